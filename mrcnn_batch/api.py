@@ -1,0 +1,92 @@
+"""The Python API, for notebooks and scripts: the same operations as the CLI.
+
+    >>> import mrcnn_batch as mb
+    >>> summary = mb.infer("s3://bucket/images/", "s3://bucket/runs/r1", model="demo")
+    >>> run = mb.open_run("s3://bucket/runs/r1")
+    >>> run.dataset("instances").to_table().to_pandas()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mrcnn_batch.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, InputSpec, PredictConfig, ReadConfig, RunConfig
+from mrcnn_batch.models.registry import ModelSpec
+from mrcnn_batch.models.registry import list_models as _list_models
+from mrcnn_batch.run.driver import RunSummary, execute
+from mrcnn_batch.run.layout import open_run
+
+__all__ = ["infer", "list_models", "make_config", "open_run"]
+
+
+def list_models() -> list[ModelSpec]:
+    return _list_models()
+
+
+def make_config(
+    input: str,
+    output: str,
+    *,
+    model: str = "maskrcnn_resnet50_fpn",
+    weights: str | None = None,
+    image_root: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    output_storage_options: dict[str, Any] | None = None,
+    score_threshold: float = 0.05,
+    mask_threshold: float = 0.5,
+    max_detections: int = 100,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    classes: tuple[str, ...] | list[str] = (),
+    batch_size: int = 2,
+    device: str = "auto",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    exif_transpose: bool = True,
+    io_threads: int = 16,
+) -> RunConfig:
+    from mrcnn_batch.models.registry import get_spec
+
+    spec = get_spec(model)
+    storage_options = dict(storage_options or {})
+    return RunConfig(
+        input=InputSpec(url=input, image_root=image_root, storage_options=storage_options),
+        output=output,
+        predict=PredictConfig(
+            model=model,
+            weights=weights,
+            score_threshold=score_threshold,
+            mask_threshold=mask_threshold,
+            max_detections=max_detections,
+            min_size=min_size or spec.default_min_size,
+            max_size=max_size or spec.default_max_size,
+            classes=tuple(classes),
+            batch_size=batch_size,
+            device=device,
+        ),
+        read=ReadConfig(max_pixels=max_pixels, exif_transpose=exif_transpose, io_threads=io_threads),
+        shard_size=shard_size,
+        output_storage_options=dict(output_storage_options if output_storage_options is not None else storage_options),
+    )
+
+
+def infer(
+    input: str,
+    output: str,
+    *,
+    overwrite: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Run a model over ``input`` into the run directory ``output``; resumes by default.
+
+    ``executor="local"`` runs shards in this process; ``"ray"`` runs a pool of Ray actors.
+    ``options`` are those of ``make_config``.
+    """
+    config = make_config(input, output, **options)
+    if executor == "local":
+        from mrcnn_batch.run.local import run_local
+
+        return execute(config, run_local, overwrite=overwrite)
+    raise ValueError(f"unknown executor {executor!r}; expected 'local' or 'ray'")

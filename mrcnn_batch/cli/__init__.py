@@ -1,0 +1,36 @@
+"""The ``mrcnn-batch`` command line. Only this package prints; the library logs and raises.
+
+Exit codes (stable, for scripts):
+  0  success
+  1  unexpected internal error
+  2  bad usage or input (unknown model, missing input, malformed options, missing weights)
+  3  refused: the output holds a run with other settings (pass --overwrite)
+  4  the job finished but some shards failed (named on stderr); rerun to retry them
+  5  evaluation refused: the run is incomplete (pass --allow-partial)
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="mrcnn-batch",
+    help="Batch Mask R-CNN / Keypoint R-CNN over image collections, to Parquet, with COCO eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_SHARDS_FAILED = 4
+EXIT_INCOMPLETE = 5
+
+# Each module registers its commands on ``app``.
+from mrcnn_batch.cli import infer_cmd  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,134 @@
+"""``mrcnn-batch infer`` and ``mrcnn-batch models``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mrcnn_batch.cli import EXIT_REFUSED, EXIT_SHARDS_FAILED, EXIT_USAGE, app
+from mrcnn_batch.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE
+
+err = Console(stderr=True)
+out = Console()
+
+
+def parse_storage_options(text: Optional[str], what: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"{what} must be a JSON object: {e}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def infer(
+    input: str = typer.Argument(..., help="Images: a prefix or glob, a manifest (.txt/.csv/.parquet), a COCO annotations .json, or tar shard(s). Any fsspec URL."),
+    output: str = typer.Argument(..., help="Run directory (any fsspec URL). Resumed if it holds this run."),
+    model: str = typer.Option("maskrcnn_resnet50_fpn", "--model", "-m", help="Registry name (see `mrcnn-batch models`)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="State dict or checkpoint at any fsspec URL. Default: the model's registry weights."),
+    image_root: Optional[str] = typer.Option(None, "--image-root", help="With a COCO .json input: where its file_names live (default: the JSON's folder)."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec storage options (JSON) for input and weights, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'. Never stored in the run.'),
+    output_storage_options: Optional[str] = typer.Option(None, "--output-storage-options", help="Storage options (JSON) for the output; default: those of the input."),
+    score_threshold: float = typer.Option(0.05, help="Keep detections scoring at least this."),
+    mask_threshold: float = typer.Option(0.5, help="Mask probability threshold."),
+    max_detections: int = typer.Option(100, help="Detections kept per image."),
+    min_size: Optional[int] = typer.Option(None, help="Resize so the short side is this (default: the model's)."),
+    max_size: Optional[int] = typer.Option(None, help="...and the long side at most this (default: the model's)."),
+    classes: Optional[str] = typer.Option(None, help="Comma-separated category names to keep, e.g. 'person,dog'."),
+    batch_size: int = typer.Option(2, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, cuda:N."),
+    shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, help="Images per shard (the unit of commit and retry)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels get status too_large."),
+    no_exif_transpose: bool = typer.Option(False, "--no-exif-transpose", help="Ignore EXIF orientation."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run with other settings in OUTPUT."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log per-image problems as they happen."),
+) -> None:
+    """Run a detector over INPUT and write Parquet tables into OUTPUT (resumable)."""
+    from mrcnn_batch.api import make_config
+    from mrcnn_batch.models.weights import WeightsUnavailable
+    from mrcnn_batch.plan import InputError
+    from mrcnn_batch.run.driver import RunRefused, execute
+    from mrcnn_batch.run.local import run_local
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = make_config(
+            input,
+            output,
+            model=model,
+            weights=weights,
+            image_root=image_root,
+            storage_options=parse_storage_options(storage_options, "--storage-options"),
+            output_storage_options=parse_storage_options(output_storage_options, "--output-storage-options") if output_storage_options else None,
+            score_threshold=score_threshold,
+            mask_threshold=mask_threshold,
+            max_detections=max_detections,
+            min_size=min_size,
+            max_size=max_size,
+            classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else (),
+            batch_size=batch_size,
+            device=device,
+            shard_size=shard_size,
+            max_pixels=max_pixels,
+            exif_transpose=not no_exif_transpose,
+        )
+        summary = execute(config, run_local, overwrite=overwrite)
+    except RunRefused as e:
+        fail(str(e), EXIT_REFUSED)
+    except (InputError, WeightsUnavailable, KeyError, ValueError, FileNotFoundError) as e:
+        fail(str(e).strip("'\""), EXIT_USAGE)
+    print_summary(summary)
+    if summary.failed_shards:
+        for shard, reason in sorted(summary.failed_shards.items()):
+            err.print(f"[red]shard {shard} failed:[/] {reason}", highlight=False)
+        err.print(f"{len(summary.failed_shards)} shard(s) failed; run the same command again to retry them.")
+        raise typer.Exit(EXIT_SHARDS_FAILED)
+
+
+def print_summary(summary) -> None:
+    status = ", ".join(f"{k} {v}" for k, v in summary.images_by_status.items()) or "none"
+    state = "complete" if summary.complete else "INCOMPLETE"
+    out.print(
+        f"run {summary.run_id} in {summary.output}: {state}; {summary.planned_images} images in"
+        f" {summary.planned_shards} shards ({len(summary.executed_shards)} run now"
+        f"{', resumed' if summary.resumed else ''}); images: {status};"
+        f" {summary.instances} instances, {summary.keypoints} keypoint detections;"
+        f" {summary.seconds:.1f}s",
+        highlight=False,
+    )
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON.")) -> None:
+    """List the registered models and their metadata."""
+    from mrcnn_batch.models.registry import list_models
+
+    specs = list_models()
+    if as_json:
+        json.dump([s.metadata() | {"description": s.description, "default_weights": s.default_weights} for s in specs], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table(show_lines=False)
+    table.add_column("name", no_wrap=True)
+    for col in ("outputs", "categories", "keypoints", "default weights"):
+        table.add_column(col, overflow="fold")
+    for s in specs:
+        outputs = "+".join(x for x, on in (("boxes", True), ("masks", s.has_masks), ("keypoints", s.has_keypoints)) if on)
+        cats = len([c for c in s.categories if c not in ("__background__", "N/A")])
+        table.add_row(s.name, outputs, str(cats), str(len(s.keypoint_names) or "-"), s.default_weights or "-")
+    out.print(table)

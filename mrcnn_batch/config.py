@@ -1,0 +1,89 @@
+"""Frozen, typed configuration of a run, passed explicitly from the CLI or API to every stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_SHARD_SIZE = 256
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold (0.25 GiB of RGBA)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What to read: a URL (prefix, glob, manifest, COCO JSON or tar shard(s)) and how."""
+
+    url: str
+    image_root: str | None = None  # with a COCO annotations JSON: where its file_names live
+    storage_options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Model and prediction settings; the run's identity depends on every field here."""
+
+    model: str = "maskrcnn_resnet50_fpn"
+    weights: str | None = None  # fsspec URI of a state dict; None: the registry's default
+    score_threshold: float = 0.05
+    mask_threshold: float = 0.5
+    max_detections: int = 100
+    min_size: int = 800
+    max_size: int = 1333
+    classes: tuple[str, ...] = ()  # keep only these category names; empty: all
+    batch_size: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = True
+    io_threads: int = 16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    input: InputSpec
+    output: str
+    predict: PredictConfig = PredictConfig()
+    read: ReadConfig = ReadConfig()
+    shard_size: int = DEFAULT_SHARD_SIZE
+    output_storage_options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The configuration as stored in ``_run.json``: never a storage option (secrets)."""
+        d = dataclasses.asdict(self)
+        d["input"].pop("storage_options", None)
+        d.pop("output_storage_options", None)
+        d["predict"]["classes"] = list(self.predict.classes)
+        return d
+
+    def identity(self, *, weights_sha256: str) -> dict[str, Any]:
+        """What must match for a run directory to be resumed rather than refused.
+
+        Everything that changes which images are planned or what rows they produce; not the
+        batch size, device or I/O threads, which change only how fast.
+        """
+        p = self.predict
+        return {
+            "input": self.input.url,
+            "image_root": self.input.image_root,
+            "shard_size": self.shard_size,
+            "model": p.model,
+            "weights_sha256": weights_sha256,
+            "score_threshold": p.score_threshold,
+            "mask_threshold": p.mask_threshold,
+            "max_detections": p.max_detections,
+            "min_size": p.min_size,
+            "max_size": p.max_size,
+            "classes": sorted(p.classes),
+            "max_pixels": self.read.max_pixels,
+            "exif_transpose": self.read.exif_transpose,
+        }
+
+
+def fingerprint(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,32 @@
+"""COCO evaluation with exactly pycocotools' semantics, per image, merged across shards.
+
+The phases are pycocotools' own, one module each:
+
+* ``groundtruth`` loads and validates COCO ground truth from any fsspec URL;
+* ``predictions`` turns a run's tables or a COCO results JSON into columnar detections;
+* ``similarity`` computes IoU (boxes, masks) and OKS (keypoints) per image and category;
+* ``match`` matches detections to ground truth greedily, as ``COCOeval.evaluateImg`` does;
+* ``accumulate`` builds the precision/recall arrays, as ``COCOeval.accumulate`` does;
+* ``summary`` computes the summary ``stats`` and per-category AP, as ``COCOeval.summarize``;
+* ``evaluator`` is the reset/process/evaluate API; ``distributed`` runs it over Ray;
+* ``outputs`` writes ``metrics.json``, ``metrics.parquet`` and precision-recall plots.
+"""
+
+from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
+from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult
+from mrcnn_batch.evaluate.groundtruth import GroundTruth, load_ground_truth
+from mrcnn_batch.evaluate.params import IOU_TYPES, EvalParams
+from mrcnn_batch.evaluate.predictions import Detections, load_results_json
+
+__all__ = [
+    "COCOEvaluator",
+    "Detections",
+    "EvalInputError",
+    "EvalParams",
+    "EvalResult",
+    "GroundTruth",
+    "IOU_TYPES",
+    "IncompleteRunError",
+    "load_ground_truth",
+    "load_results_json",
+]

@@ -1,0 +1,300 @@
+"""COCO ground truth: loaded once from any fsspec URL, validated, held as columns.
+
+What pycocotools reads from each annotation, and so what is required here for each IoU type:
+``id``, ``image_id``, ``category_id``, ``area`` (the area ranges use the annotation's own
+``area``, never a computed one) for all; ``iscrowd`` and ``bbox`` for ``bbox``; ``iscrowd``,
+``segmentation`` (polygons, uncompressed or compressed RLE) and the image's ``height``/``width``
+for ``segm``; ``bbox``, ``keypoints`` and ``num_keypoints`` for ``keypoints``.
+
+pycocotools' handling, kept: an annotation's ``ignore`` field is overridden by ``iscrowd``
+(``COCOeval._prepare``); for keypoints an annotation with ``num_keypoints == 0`` is ignored.
+Annotations keep their file order within an image: it decides ties in matching.
+
+Refused with an error that names the problem (pycocotools would silently misbehave or crash):
+duplicate image, category or annotation ids, annotations of unknown images or categories,
+missing or malformed fields, keypoint lists whose length is not 3 x the category's keypoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from mrcnn_batch.evaluate.errors import EvalInputError
+from mrcnn_batch.evaluate.jsonio import is_box, is_int, is_number, is_number_list, read_json
+from mrcnn_batch.evaluate.params import IOU_TYPES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int
+    name: str
+    keypoints: tuple[str, ...] = ()
+    oks_sigmas: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """Ground truth as columns. Annotation rows are stably sorted by image id."""
+
+    source: str
+    image_ids: np.ndarray  # (I,) int64, sorted, unique
+    image_sizes: np.ndarray  # (I, 2) int64 [height, width]; -1 where absent
+    categories: tuple[Category, ...]  # sorted by id
+    ann_id: np.ndarray  # (N,) int64
+    ann_image_id: np.ndarray  # (N,) int64
+    ann_category_id: np.ndarray  # (N,) int64
+    area: np.ndarray  # (N,) float64
+    iscrowd: np.ndarray  # (N,) int8; -1 where absent
+    bbox: np.ndarray  # (N, 4) float64; nan where absent
+    num_keypoints: np.ndarray  # (N,) int64; -1 where absent
+    kp_offsets: np.ndarray  # (N + 1,) int64 into kp_values
+    kp_values: np.ndarray  # flat float64 [x, y, v, ...]
+    segmentation: list[Any] | None = field(default=None, repr=False)  # raw COCO objects
+
+    @property
+    def category_ids(self) -> np.ndarray:
+        return np.array([c.id for c in self.categories], dtype=np.int64)
+
+    def category(self, category_id: int) -> Category:
+        for c in self.categories:
+            if c.id == category_id:
+                return c
+        raise KeyError(category_id)
+
+    def keypoint_category_ids(self) -> list[int]:
+        """Categories evaluated for keypoints: those declaring keypoint names, else those
+        whose annotations carry keypoints."""
+        declared = [c.id for c in self.categories if c.keypoints]
+        if declared:
+            return declared
+        has = self.kp_offsets[1:] > self.kp_offsets[:-1]
+        return sorted({int(c) for c in self.ann_category_id[has]})
+
+    def image_size(self, image_id: int) -> tuple[int, int]:
+        i = int(np.searchsorted(self.image_ids, image_id))
+        return int(self.image_sizes[i, 0]), int(self.image_sizes[i, 1])
+
+    def subset(self, image_ids: np.ndarray) -> "GroundTruth":
+        """The ground truth of these images only (a partition for one task)."""
+        image_ids = np.unique(np.asarray(image_ids, dtype=np.int64))
+        img_keep = np.isin(self.image_ids, image_ids)
+        rows = np.flatnonzero(np.isin(self.ann_image_id, image_ids))
+        kept = replace(self, image_ids=self.image_ids[img_keep], image_sizes=self.image_sizes[img_keep])
+        return _take(kept, rows)
+
+
+def load_ground_truth(
+    url: str,
+    *,
+    iou_types: tuple[str, ...] = ("bbox",),
+    storage_options: dict[str, Any] | None = None,
+) -> GroundTruth:
+    """Load COCO ground truth from ``url`` and check it has what ``iou_types`` need."""
+    doc = read_json(url, storage_options=storage_options, what="ground truth")
+    return ground_truth_from_dict(doc, iou_types=iou_types, source=url)
+
+
+def ground_truth_from_dict(
+    doc: Any, *, iou_types: tuple[str, ...] = ("bbox",), source: str = "<dict>"
+) -> GroundTruth:
+    """Build :class:`GroundTruth` from a parsed COCO annotations document."""
+    for t in iou_types:
+        if t not in IOU_TYPES:
+            raise EvalInputError(f"unknown IoU type {t!r}; expected one of {', '.join(IOU_TYPES)}")
+    if not isinstance(doc, dict):
+        raise EvalInputError(f"ground truth {source}: expected a JSON object, found {type(doc).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            raise EvalInputError(f"ground truth {source}: missing or non-list {key!r}")
+
+    image_ids, sizes = _images(doc["images"], source, need_size="segm" in iou_types)
+    categories = _categories(doc["categories"], source)
+    cat_by_id = {c.id: c for c in categories}
+    kp_cats = {c.id for c in categories if c.keypoints}
+
+    anns = doc["annotations"]
+    n = len(anns)
+    ann_id = np.empty(n, np.int64)
+    ann_img = np.empty(n, np.int64)
+    ann_cat = np.empty(n, np.int64)
+    area = np.empty(n, np.float64)
+    iscrowd = np.full(n, -1, np.int8)
+    bbox = np.full((n, 4), np.nan, np.float64)
+    num_kp = np.full(n, -1, np.int64)
+    kp_lens = np.zeros(n, np.int64)
+    kp_lists: list[list[float]] = []
+    segm: list[Any] | None = [] if "segm" in iou_types else None
+    known_images = set(image_ids.tolist())
+    need_bbox = "bbox" in iou_types or "keypoints" in iou_types
+    need_crowd = "bbox" in iou_types or "segm" in iou_types
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict):
+            raise EvalInputError(f"ground truth {source}: annotations[{i}] is not an object")
+        where = f"ground truth {source}: annotation {a.get('id', f'#{i}')!r}"
+        for key in ("id", "image_id", "category_id"):
+            if not is_int(a.get(key)):
+                raise EvalInputError(f"{where}: {key!r} missing or not an integer")
+        if not is_number(a.get("area")):
+            raise EvalInputError(f"{where}: 'area' missing or not a number")
+        ann_id[i], ann_img[i], ann_cat[i], area[i] = a["id"], a["image_id"], a["category_id"], a["area"]
+        if a["image_id"] not in known_images:
+            raise EvalInputError(f"{where}: image_id {a['image_id']} is not in 'images'")
+        if a["category_id"] not in cat_by_id:
+            raise EvalInputError(f"{where}: category_id {a['category_id']} is not in 'categories'")
+        crowd = a.get("iscrowd")
+        if crowd is not None:
+            if not (is_int(crowd) or isinstance(crowd, bool)):
+                raise EvalInputError(f"{where}: 'iscrowd' must be 0 or 1, found {crowd!r}")
+            iscrowd[i] = int(bool(crowd))
+        elif need_crowd:
+            raise EvalInputError(f"{where}: 'iscrowd' missing (pycocotools requires it)")
+        if "bbox" in a:
+            if not is_box(a["bbox"]):
+                raise EvalInputError(f"{where}: 'bbox' must be [x, y, w, h], found {a['bbox']!r}")
+            bbox[i] = a["bbox"]
+        elif need_bbox:
+            raise EvalInputError(f"{where}: 'bbox' missing")
+        if segm is not None:
+            s = a.get("segmentation")
+            if not _is_segmentation(s):
+                raise EvalInputError(f"{where}: 'segmentation' missing or not polygons/RLE")
+            segm.append(s)
+        if "keypoints" in iou_types and (a["category_id"] in kp_cats or "keypoints" in a):
+            kps, nk = a.get("keypoints"), a.get("num_keypoints")
+            if not is_number_list(kps) or len(kps) % 3:
+                raise EvalInputError(f"{where}: 'keypoints' missing or not [x, y, v] triplets")
+            cat = cat_by_id[a["category_id"]]
+            if cat.keypoints and len(kps) != 3 * len(cat.keypoints):
+                raise EvalInputError(
+                    f"{where}: {len(kps) // 3} keypoints, category {cat.id} ({cat.name}) "
+                    f"declares {len(cat.keypoints)}"
+                )
+            if not is_int(nk):
+                raise EvalInputError(f"{where}: 'num_keypoints' missing or not an integer")
+            num_kp[i] = nk
+            kp_lens[i] = len(kps)
+            kp_lists.append(kps)
+
+    _check_unique(ann_id, f"ground truth {source}: annotation")
+    order = np.argsort(ann_img, kind="stable")
+    kp_offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(kp_lens, out=kp_offsets[1:])
+    kp_values = np.fromiter(
+        (x for kps in kp_lists for x in kps), dtype=np.float64, count=int(kp_offsets[-1])
+    )
+    gt = GroundTruth(
+        source=source,
+        image_ids=image_ids,
+        image_sizes=sizes,
+        categories=categories,
+        ann_id=ann_id,
+        ann_image_id=ann_img,
+        ann_category_id=ann_cat,
+        area=area,
+        iscrowd=iscrowd,
+        bbox=bbox,
+        num_keypoints=num_kp,
+        kp_offsets=kp_offsets,
+        kp_values=kp_values,
+        segmentation=segm,
+    )
+    if "keypoints" in iou_types:
+        _check_keypoint_lengths(gt)
+    if (ann_id == 0).any():
+        log.warning(
+            "ground truth %s has an annotation with id 0: pycocotools counts a detection "
+            "matched to it as a false positive, and so does this evaluation", source
+        )
+    return _take(gt, order) if not np.all(order == np.arange(n)) else gt
+
+
+def _take(gt: GroundTruth, rows: np.ndarray) -> GroundTruth:
+    starts, lengths = gt.kp_offsets[rows], gt.kp_offsets[rows + 1] - gt.kp_offsets[rows]
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    kp_idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return replace(
+        gt,
+        ann_id=gt.ann_id[rows],
+        ann_image_id=gt.ann_image_id[rows],
+        ann_category_id=gt.ann_category_id[rows],
+        area=gt.area[rows],
+        iscrowd=gt.iscrowd[rows],
+        bbox=gt.bbox[rows],
+        num_keypoints=gt.num_keypoints[rows],
+        kp_offsets=offsets,
+        kp_values=gt.kp_values[kp_idx],
+        segmentation=None if gt.segmentation is None else [gt.segmentation[i] for i in rows],
+    )
+
+
+def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.empty(len(images), np.int64)
+    sizes = np.full((len(images), 2), -1, np.int64)
+    for i, img in enumerate(images):
+        if not isinstance(img, dict) or not is_int(img.get("id")):
+            raise EvalInputError(f"ground truth {source}: images[{i}] has no integer 'id'")
+        ids[i] = img["id"]
+        h, w = img.get("height"), img.get("width")
+        if is_int(h) and is_int(w):
+            sizes[i] = (h, w)
+        elif need_size:
+            raise EvalInputError(
+                f"ground truth {source}: image {img['id']} lacks integer 'height'/'width' "
+                "(needed to rasterise polygons for segm)"
+            )
+    _check_unique(ids, f"ground truth {source}: image")
+    order = np.argsort(ids, kind="stable")
+    return ids[order], sizes[order]
+
+
+def _categories(cats: list[Any], source: str) -> tuple[Category, ...]:
+    out = []
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict) or not is_int(c.get("id")):
+            raise EvalInputError(f"ground truth {source}: categories[{i}] has no integer 'id'")
+        names = c.get("keypoints") or ()
+        if not isinstance(names, (list, tuple)):
+            raise EvalInputError(f"ground truth {source}: category {c['id']}: 'keypoints' must be a list")
+        sigmas = c.get("oks_sigmas")
+        if sigmas is not None:
+            if not is_number_list(sigmas) or (names and len(sigmas) != len(names)):
+                raise EvalInputError(
+                    f"ground truth {source}: category {c['id']}: 'oks_sigmas' must be one number "
+                    f"per keypoint ({len(names)}), found {sigmas!r}"
+                )
+            sigmas = tuple(float(s) for s in sigmas)
+        out.append(Category(c["id"], str(c.get("name", c["id"])), tuple(map(str, names)), sigmas))
+    _check_unique(np.array([c.id for c in out], np.int64), f"ground truth {source}: category")
+    return tuple(sorted(out, key=lambda c: c.id))
+
+
+def _check_unique(ids: np.ndarray, what: str) -> None:
+    uniq, counts = np.unique(ids, return_counts=True)
+    dup = uniq[counts > 1]
+    if len(dup):
+        raise EvalInputError(f"{what} ids are not unique: {dup[:10].tolist()} appear more than once")
+
+
+def _check_keypoint_lengths(gt: GroundTruth) -> None:
+    lens = (gt.kp_offsets[1:] - gt.kp_offsets[:-1]) // 3
+    for cid in gt.keypoint_category_ids():
+        sel = (gt.ann_category_id == cid) & (lens > 0)
+        found = np.unique(lens[sel])
+        if len(found) > 1:
+            raise EvalInputError(
+                f"ground truth {gt.source}: category {cid} annotations have different keypoint "
+                f"counts {found.tolist()}"
+            )
+
+
+def _is_segmentation(s: Any) -> bool:
+    if isinstance(s, list):
+        return all(is_number_list(p) for p in s)
+    return isinstance(s, dict) and "size" in s and "counts" in s

@@ -1,0 +1,319 @@
+"""Per-image matching: ``COCOeval.evaluateImg`` for every image, category and area range at once.
+
+pycocotools' rules, reproduced exactly:
+
+* detections of an (image, category) are sorted by descending score with a stable sort
+  (``mergesort``), ties keeping input order, and only the first ``maxDets[-1]`` are kept;
+* a ground-truth object is ignored if it is a crowd (keypoints: or has no labelled keypoint) or
+  its ``area`` is outside the range; non-ignored objects come first, each group in file order;
+* for each IoU threshold ``t``, each detection in score order takes, among the objects not yet
+  taken (crowds can be taken again) with IoU >= ``t``, the non-ignored one of highest IoU, the
+  last in order among equals; only when there is none, the ignored one by the same rule;
+* a detection matched to an ignored object is ignored; an unmatched detection whose own area is
+  outside the range is ignored; a match to an object of id 0 counts as no match (pycocotools
+  stores matches as ids and tests them for truth).
+
+The sequential greedy loop runs over detection ranks only, vectorised over every (image,
+category) group, area range and threshold; detections and objects that reach no threshold are
+left out of it, as they can neither match nor change another match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mrcnn_batch.evaluate.errors import EvalInputError
+from mrcnn_batch.evaluate.groundtruth import GroundTruth
+from mrcnn_batch.evaluate.params import EvalParams
+from mrcnn_batch.evaluate.predictions import Detections
+from mrcnn_batch.evaluate.similarity import mask_iou, oks, pair_box_iou
+
+CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
+_CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
+
+
+@dataclass(frozen=True, eq=False)
+class MatchResult:
+    """What accumulation needs from a set of images: one row per kept detection."""
+
+    iou_type: str
+    image_ids: np.ndarray  # (I,) int64: every image evaluated, with or without detections
+    category_index: np.ndarray  # (N,) int32 into the evaluated category ids
+    image_id: np.ndarray  # (N,) int64
+    rank: np.ndarray  # (N,) int32: position within its (image, category) after the score sort
+    score: np.ndarray  # (N,) float64
+    codes: np.ndarray  # (N, A, T) uint8: CODE_IGNORED / CODE_TP / CODE_FP
+    npig: np.ndarray  # (K, A) int64: non-ignored ground truth per category and area range
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+
+def match_images(
+    gt: GroundTruth,
+    dets: Detections,
+    *,
+    params: EvalParams,
+    category_ids: np.ndarray,
+    sigmas: dict[int, np.ndarray] | None = None,
+    image_ids: np.ndarray | None = None,
+) -> MatchResult:
+    """Match ``dets`` to ``gt`` on ``image_ids`` (default: all of ``gt``'s images)."""
+    image_ids = gt.image_ids if image_ids is None else np.unique(np.asarray(image_ids, np.int64))
+    category_ids = np.asarray(category_ids, np.int64)
+    K, A, T = len(category_ids), len(params.area_rngs), len(params.iou_thrs)
+    areas = params.area_array()
+
+    # Ground truth of the evaluated images and categories, in (image, category, file) order.
+    g_rows = np.flatnonzero(np.isin(gt.ann_image_id, image_ids) & np.isin(gt.ann_category_id, category_ids))
+    g_key = _group_key(gt.ann_image_id[g_rows], gt.ann_category_id[g_rows], image_ids, category_ids)
+    g_order = np.argsort(g_key, kind="stable")
+    g_rows, g_key = g_rows[g_order], g_key[g_order]
+    crowd = gt.iscrowd[g_rows] > 0
+    base_ignore = crowd.copy()
+    if params.iou_type == "keypoints":
+        base_ignore |= gt.num_keypoints[g_rows] == 0
+    g_area = gt.area[g_rows]
+    g_ig = base_ignore[:, None] | (g_area[:, None] < areas[:, 0]) | (g_area[:, None] > areas[:, 1])  # (G, A)
+    npig = np.zeros((K, A), np.int64)
+    np.add.at(npig, g_key % K if K else g_key, ~g_ig)
+
+    # Detections: (image, category) groups, score-sorted (stable), first max_det of each.
+    d_keep = np.flatnonzero(np.isin(dets.image_id, image_ids) & np.isin(dets.category_id, category_ids))
+    d_key = _group_key(dets.image_id[d_keep], dets.category_id[d_keep], image_ids, category_ids)
+    d_order = np.lexsort((-dets.score[d_keep], d_key))
+    d_rows, d_key = d_keep[d_order], d_key[d_order]
+    rank = _rank_in_group(d_key)
+    top = rank < params.max_det
+    d_rows, d_key, rank = d_rows[top], d_key[top], rank[top]
+    d_area = dets.area[d_rows]
+    d_out = (d_area[:, None] < areas[:, 0]) | (d_area[:, None] > areas[:, 1])  # (D, A)
+
+    # Similarities of every detection-object pair of a group that reaches the lowest threshold.
+    tmin = min(min(params.iou_thrs), 1 - 1e-10)
+    pd, pg, pv = _similar_pairs(gt, dets, params, g_rows, g_key, crowd, d_rows, d_key, tmin, category_ids, sigmas)
+    keep = pv >= tmin
+    pd, pg, pv = pd[keep], pg[keep], pv[keep]
+
+    matched = _greedy_match(pd, pg, pv, d_key, g_key, crowd, g_ig, params)  # (D, A, T) local gt or -1
+    has = matched >= 0
+    m = np.where(has, matched, 0)
+    gt_ids = gt.ann_id[g_rows]
+    matched_id_nonzero = has & (gt_ids[m] != 0) if len(g_rows) else has
+    a_idx = np.arange(A)[None, :, None]
+    ig_of_match = np.where(has, g_ig[m, a_idx] if len(g_rows) else False, False)
+    dt_ig = ig_of_match | (~matched_id_nonzero & d_out[:, :, None])
+    codes = np.where(dt_ig, CODE_IGNORED, np.where(matched_id_nonzero, CODE_TP, CODE_FP)).astype(np.uint8)
+
+    return MatchResult(
+        iou_type=params.iou_type,
+        image_ids=image_ids,
+        category_index=(d_key % K).astype(np.int32) if K else d_key.astype(np.int32),
+        image_id=dets.image_id[d_rows],
+        rank=rank.astype(np.int32),
+        score=dets.score[d_rows],
+        codes=codes,
+        npig=npig,
+    )
+
+
+def _group_key(img: np.ndarray, cat: np.ndarray, image_ids: np.ndarray, category_ids: np.ndarray) -> np.ndarray:
+    return np.searchsorted(image_ids, img).astype(np.int64) * len(category_ids) + np.searchsorted(category_ids, cat)
+
+
+def _rank_in_group(sorted_key: np.ndarray) -> np.ndarray:
+    n = len(sorted_key)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    return np.arange(n) - np.repeat(starts, lengths)
+
+
+def _groups(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique keys of a sorted key array, with each group's start and length."""
+    uniq, starts, counts = np.unique(key, return_index=True, return_counts=True)
+    return uniq, starts, counts
+
+
+def _similar_pairs(
+    gt: GroundTruth,
+    dets: Detections,
+    params: EvalParams,
+    g_rows: np.ndarray,
+    g_key: np.ndarray,
+    crowd: np.ndarray,
+    d_rows: np.ndarray,
+    d_key: np.ndarray,
+    tmin: float,
+    category_ids: np.ndarray,
+    sigmas: dict[int, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (detection, object, similarity) of the groups that have both; local indices."""
+    gk, gs, gc = _groups(g_key)
+    dk, ds, dc = _groups(d_key)
+    both, gi, di = np.intersect1d(gk, dk, assume_unique=True, return_indices=True)
+    if len(both) == 0:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), np.zeros(0)
+    gs, gc, ds, dc = gs[gi], gc[gi], ds[di], dc[di]
+    if params.iou_type == "bbox":
+        sizes = dc * gc
+        owner = np.repeat(np.arange(len(both)), sizes)
+        within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        pd = ds[owner] + within // gc[owner]
+        pg = gs[owner] + within % gc[owner]
+        pv = pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
+        return pd, pg, pv
+    out_d, out_g, out_v = [], [], []
+    for b in range(len(both)):
+        dl = np.arange(ds[b], ds[b] + dc[b])
+        gl = np.arange(gs[b], gs[b] + gc[b])
+        if params.iou_type == "segm":
+            sim = mask_iou(dets.rles(d_rows[dl]), _gt_rles(gt, g_rows[gl]), crowd[gl])
+        else:
+            cat = int(category_ids[both[b] % len(category_ids)])
+            sim = oks(
+                _kp_matrix(dets.kp_offsets, dets.kp_values, d_rows[dl], f"detections of category {cat}"),
+                _kp_matrix(gt.kp_offsets, gt.kp_values, g_rows[gl], f"ground truth of category {cat}"),
+                gt.bbox[g_rows[gl]],
+                gt.area[g_rows[gl]],
+                _sigmas_for(sigmas, cat, dets, d_rows[dl]),
+            )
+        hit = np.nonzero(sim >= tmin)
+        out_d.append(dl[hit[0]])
+        out_g.append(gl[hit[1]])
+        out_v.append(sim[hit])
+    return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
+
+
+def _gt_rles(gt: GroundTruth, rows: np.ndarray) -> list[dict]:
+    """Ground-truth segmentations as RLE, as ``COCO.annToRLE`` converts them."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for r in rows:
+        segm = gt.segmentation[r]
+        h, w = gt.image_size(int(gt.ann_image_id[r]))
+        if isinstance(segm, list):
+            out.append(mask_utils.merge(mask_utils.frPyObjects(segm, h, w)))
+        elif isinstance(segm["counts"], list):
+            out.append(mask_utils.frPyObjects(segm, h, w))
+        else:
+            out.append(segm)
+    return out
+
+
+def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
+    lengths = offsets[rows + 1] - offsets[rows]
+    if len(rows) and (lengths != lengths[0]).any():
+        raise EvalInputError(f"{what}: keypoint lists of different lengths {sorted(set(lengths.tolist()))}")
+    width = int(lengths[0]) if len(rows) else 0
+    idx = offsets[rows][:, None] + np.arange(width)[None, :]
+    return values[idx]
+
+
+def _sigmas_for(sigmas: dict[int, np.ndarray] | None, cat: int, dets: Detections, d_rows: np.ndarray) -> np.ndarray:
+    if not sigmas or cat not in sigmas:
+        raise EvalInputError(f"no OKS sigmas for keypoint category {cat}")
+    s = sigmas[cat]
+    k = int(dets.kp_offsets[d_rows[0] + 1] - dets.kp_offsets[d_rows[0]]) // 3
+    if k != len(s):
+        raise EvalInputError(f"detections of category {cat} have {k} keypoints, the OKS sigmas {len(s)}")
+    return s
+
+
+def _greedy_match(
+    pd: np.ndarray,
+    pg: np.ndarray,
+    pv: np.ndarray,
+    d_key: np.ndarray,
+    g_key: np.ndarray,
+    crowd: np.ndarray,
+    g_ig: np.ndarray,
+    params: EvalParams,
+) -> np.ndarray:
+    """For every detection, area range and threshold: the matched object (row) or -1."""
+    A, T = g_ig.shape[1], len(params.iou_thrs)
+    matched = np.full((len(d_key), A, T), -1, np.int64)
+    if len(pd) == 0:
+        return matched
+    thr = np.minimum(params.iou_thrs_array(), 1 - 1e-10)
+    # Candidates, compacted per group; their order (rank / file order) is kept.
+    cd, cd_inv = np.unique(pd, return_inverse=True)
+    cg, cg_inv = np.unique(pg, return_inverse=True)
+    grp_ids, d_first, ndet = np.unique(d_key[cd], return_index=True, return_counts=True)
+    _, g_first, ngt = np.unique(g_key[cg], return_index=True, return_counts=True)
+    d_local = np.arange(len(cd)) - np.repeat(d_first, ndet)
+    g_local = np.arange(len(cg)) - np.repeat(g_first, ngt)
+    g_grp = np.repeat(np.arange(len(grp_ids)), ngt)
+    pair_grp = np.searchsorted(grp_ids, d_key[pd])
+    local = np.full((len(cd), A, T), -1, np.int64)
+
+    order = np.argsort(-ngt, kind="stable")
+    start = 0
+    while start < len(order):
+        gmax = int(ngt[order[start]])
+        size = max(1, _CHUNK_ELEMENTS // (gmax * max(A * T, int(ndet.max()))))
+        batch = order[start:start + size]
+        batch = batch[np.argsort(-ndet[batch], kind="stable")]
+        P, dmax = len(batch), int(ndet[batch[0]])
+        pos = np.full(len(grp_ids), -1, np.int64)
+        pos[batch] = np.arange(P)
+        sel = pos[pair_grp] >= 0
+        iou = np.full((P, dmax, gmax), -1.0)
+        iou[pos[pair_grp[sel]], d_local[cd_inv[sel]], g_local[cg_inv[sel]]] = pv[sel]
+        gs = pos[g_grp] >= 0
+        crowd_b = np.zeros((P, gmax), bool)
+        crowd_b[pos[g_grp[gs]], g_local[gs]] = crowd[cg[gs]]
+        ig_b = np.ones((P, A, gmax), bool)
+        ig_b[pos[g_grp[gs]], :, g_local[gs]] = g_ig[cg[gs]]
+        _greedy(iou, crowd_b, ig_b, ndet[batch], d_first[batch], thr, local)
+        start += size
+    d_grp = np.repeat(np.arange(len(grp_ids)), ndet)
+    rows = cg[np.clip(g_first[d_grp][:, None, None] + local, 0, len(cg) - 1)]
+    matched[cd] = np.where(local >= 0, rows, -1)
+    return matched
+
+
+def _greedy(
+    iou: np.ndarray,
+    crowd: np.ndarray,
+    ig: np.ndarray,
+    ndet: np.ndarray,
+    first: np.ndarray,
+    thr: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """The greedy loop over detection ranks for a batch of groups sorted by ``ndet`` descending.
+
+    ``iou (P, D, G)`` (-1 where not a candidate), ``crowd (P, G)``, ``ig (P, A, G)``; writes the
+    chosen object of group ``p``'s ``s``-th detection into ``out[first[p] + s]`` as ``(A, T)``.
+    """
+    P, D, G = iou.shape
+    A, T = ig.shape[1], len(thr)
+    taken = np.zeros((P, A, T, G), bool)
+    thr_b = thr[None, None, :, None]
+    crowd_b = crowd[:, None, None, :]
+    ig_b = ig[:, :, None, :]
+    for s in range(D):
+        n = int(np.count_nonzero(ndet > s))
+        row = iou[:n, s][:, None, None, :]
+        ok = (row >= thr_b) & (~taken[:n] | crowd_b[:n])
+        reg = ok & ~ig_b[:n]
+        ign = ok & ig_b[:n]
+        m = np.where(
+            reg.any(-1),
+            _last_argmax(np.where(reg, row, -np.inf)),
+            np.where(ign.any(-1), _last_argmax(np.where(ign, row, -np.inf)), -1),
+        )
+        out[first[:n] + s] = m
+        p, a, t = np.nonzero(m >= 0)
+        taken[p, a, t, m[p, a, t]] = True
+
+
+def _last_argmax(x: np.ndarray) -> np.ndarray:
+    """Index of the last maximum along the last axis."""
+    return x.shape[-1] - 1 - np.argmax(x[..., ::-1], axis=-1)

@@ -1,0 +1,317 @@
+"""Detections as columns, from a COCO results JSON or from a run's Parquet tables.
+
+Row order is the order pycocotools sees the detections in (the results file's order; for a
+run, ``(image_id, instance_id)``): with ``mergesort`` it decides how equal scores are ranked.
+
+The detection ``area`` (used only to ignore unmatched detections outside an area range) is the
+one pycocotools' ``COCO.loadRes`` derives, which depends on the *first* result's fields:
+``bbox`` present -> every area is ``w * h`` of the box (also for segm and keypoints); else
+``segmentation`` -> the mask's pixel count; else ``keypoints`` -> the keypoints' extent
+``(x1 - x0) * (y1 - y0)``. A bbox-only result evaluated as segm is the box's polygon, as in
+loadRes. A run is evaluated as the results file of its own IoU type alone would be (torchvision's
+reference export): bbox -> box area; segm -> mask area; keypoints -> keypoint extent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pycocotools import mask as mask_utils
+
+from mrcnn_batch.evaluate.errors import EvalInputError
+from mrcnn_batch.evaluate.groundtruth import GroundTruth
+from mrcnn_batch.evaluate.jsonio import is_box, is_int, is_number, is_number_list, read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """Detections for one IoU type. ``segm_counts`` holds compressed RLE strings (Arrow)."""
+
+    iou_type: str
+    image_id: np.ndarray  # (N,) int64
+    category_id: np.ndarray  # (N,) int64
+    score: np.ndarray  # (N,) float64
+    area: np.ndarray  # (N,) float64
+    bbox: np.ndarray | None = None  # (N, 4) float64
+    segm_counts: pa.Array | None = None  # (N,) string/binary
+    segm_size: np.ndarray | None = None  # (N, 2) int64 [height, width]
+    kp_offsets: np.ndarray | None = None  # (N + 1,) int64
+    kp_values: np.ndarray | None = None  # flat float64 [x, y, v, ...]
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    def take(self, rows: np.ndarray) -> "Detections":
+        rows = np.asarray(rows, dtype=np.int64)
+        kp_offsets = kp_values = None
+        if self.kp_offsets is not None:
+            starts = self.kp_offsets[rows]
+            lengths = self.kp_offsets[rows + 1] - starts
+            kp_offsets = np.zeros(len(rows) + 1, np.int64)
+            np.cumsum(lengths, out=kp_offsets[1:])
+            idx = np.repeat(starts - kp_offsets[:-1], lengths) + np.arange(kp_offsets[-1])
+            kp_values = self.kp_values[idx]
+        return replace(
+            self,
+            image_id=self.image_id[rows],
+            category_id=self.category_id[rows],
+            score=self.score[rows],
+            area=self.area[rows],
+            bbox=None if self.bbox is None else self.bbox[rows],
+            segm_counts=None if self.segm_counts is None else self.segm_counts.take(pa.array(rows)),
+            segm_size=None if self.segm_size is None else self.segm_size[rows],
+            kp_offsets=kp_offsets,
+            kp_values=kp_values,
+        )
+
+    def subset(self, image_ids: np.ndarray) -> "Detections":
+        return self.take(np.flatnonzero(np.isin(self.image_id, image_ids)))
+
+    def rles(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """pycocotools RLE objects of these rows (built per call, never stored)."""
+        counts = self.segm_counts.take(pa.array(np.asarray(rows, np.int64))).to_pylist()
+        return [{"size": [int(h), int(w)], "counts": c} for (h, w), c in zip(self.segm_size[rows], counts)]
+
+
+def empty_detections(iou_type: str) -> Detections:
+    z = np.zeros(0, np.int64)
+    return Detections(
+        iou_type, z, z.copy(), np.zeros(0), np.zeros(0), np.zeros((0, 4)),
+        pa.array([], pa.string()), np.zeros((0, 2), np.int64), np.zeros(1, np.int64), np.zeros(0),
+    )
+
+
+# --------------------------------------------------------------------------- results JSON
+
+
+def load_results_json(
+    url: str,
+    *,
+    gt: GroundTruth,
+    iou_type: str,
+    storage_options: dict[str, Any] | None = None,
+    unknown_categories: str = "error",
+) -> Detections:
+    """Read a COCO results file (``[{image_id, category_id, score, bbox|segmentation|keypoints}]``)."""
+    doc = read_json(url, storage_options=storage_options, what="predictions")
+    return detections_from_results(
+        doc, gt=gt, iou_type=iou_type, source=url, unknown_categories=unknown_categories
+    )
+
+
+def detections_from_results(
+    anns: Any,
+    *,
+    gt: GroundTruth,
+    iou_type: str,
+    source: str = "<results>",
+    unknown_categories: str = "error",
+) -> Detections:
+    """:func:`load_results_json` for an already parsed list of result dicts."""
+    if not isinstance(anns, list):
+        raise EvalInputError(f"predictions {source}: expected a JSON list of results, found {type(anns).__name__}")
+    if not anns:
+        log.warning("predictions %s: no results; every AP is 0", source)
+        return empty_detections(iou_type)
+    first = anns[0]
+    if not isinstance(first, dict):
+        raise EvalInputError(f"predictions {source}: results[0] is not an object")
+    if "bbox" in first and first["bbox"] != []:
+        mode = "bbox"
+    elif "segmentation" in first:
+        mode = "segm"
+    elif "keypoints" in first:
+        mode = "keypoints"
+    else:
+        raise EvalInputError(f"predictions {source}: results[0] has no 'bbox', 'segmentation' or 'keypoints'")
+    need = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
+    if iou_type == "segm" and mode == "keypoints":
+        raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for segm")
+
+    n = len(anns)
+    image_id = np.empty(n, np.int64)
+    category_id = np.empty(n, np.int64)
+    score = np.empty(n, np.float64)
+    boxes = np.full((n, 4), np.nan)
+    segms: list[Any] = []
+    kps: list[Any] = []
+    for i, a in enumerate(anns):
+        where = f"predictions {source}: results[{i}]"
+        if not isinstance(a, dict):
+            raise EvalInputError(f"{where} is not an object")
+        if not is_int(a.get("image_id")) or not is_int(a.get("category_id")):
+            raise EvalInputError(f"{where}: 'image_id' and 'category_id' must be integers")
+        s = a.get("score")
+        if not is_number(s) or not np.isfinite(s):
+            raise EvalInputError(f"{where}: 'score' missing or not a finite number")
+        image_id[i], category_id[i], score[i] = a["image_id"], a["category_id"], s
+        if mode == "bbox" or "bbox" in a:
+            if not is_box(a.get("bbox")):
+                raise EvalInputError(f"{where}: 'bbox' missing or not [x, y, w, h]")
+            boxes[i] = a["bbox"]
+        if iou_type == "segm" or mode == "segm":
+            seg = a.get("segmentation")
+            if seg is None and mode == "bbox":
+                seg = _box_polygon(a["bbox"])
+            if seg is None:
+                raise EvalInputError(f"{where}: 'segmentation' missing")
+            segms.append(seg)
+        if iou_type == "keypoints" or mode == "keypoints":
+            k = a.get(need if iou_type == "keypoints" else "keypoints")
+            if not is_number_list(k) or not k or len(k) % 3:
+                raise EvalInputError(f"{where}: 'keypoints' missing or not [x, y, v] triplets")
+            kps.append(k)
+
+    keep = _check_ids(image_id, category_id, gt, source, unknown_categories)
+    segm_counts = segm_size = kp_offsets = kp_values = None
+    if segms:
+        segm_counts, segm_size = _rles_from_results(segms, image_id, gt, source)
+    if kps:
+        lens = np.fromiter((len(k) for k in kps), np.int64, count=n)
+        kp_offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lens, out=kp_offsets[1:])
+        kp_values = np.fromiter((x for k in kps for x in k), np.float64, count=int(kp_offsets[-1]))
+    if mode == "bbox":
+        area = boxes[:, 2] * boxes[:, 3]
+    elif mode == "segm":
+        area = mask_utils.area(_rle_objects(segm_counts, segm_size)).astype(np.float64)
+        missing = np.isnan(boxes[:, 0])
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            boxes[rows] = mask_utils.toBbox(_rle_objects(segm_counts.take(pa.array(rows)), segm_size[rows]))
+    else:
+        kx0, ky0, kx1, ky1 = keypoint_extent(kp_offsets, kp_values)
+        area = (kx1 - kx0) * (ky1 - ky0)
+        boxes = np.stack([kx0, ky0, kx1 - kx0, ky1 - ky0], axis=1)
+    dets = Detections(iou_type, image_id, category_id, score, area, boxes, segm_counts, segm_size, kp_offsets, kp_values)
+    return dets if keep is None else dets.take(keep)
+
+
+def _check_ids(
+    image_id: np.ndarray, category_id: np.ndarray, gt: GroundTruth, source: str, unknown_categories: str
+) -> np.ndarray | None:
+    bad_img = np.setdiff1d(image_id, gt.image_ids)
+    if len(bad_img):
+        raise EvalInputError(
+            f"predictions {source}: {len(bad_img)} image ids are not in the ground truth "
+            f"{gt.source} (e.g. {bad_img[:5].tolist()})"
+        )
+    bad_cat = np.setdiff1d(category_id, gt.category_ids)
+    if not len(bad_cat):
+        return None
+    msg = (
+        f"predictions {source}: category ids {bad_cat[:10].tolist()} are not in the ground truth "
+        f"{gt.source}"
+    )
+    if unknown_categories != "drop":
+        raise EvalInputError(msg + " (pass unknown_categories='drop' / --drop-unknown-categories to ignore them)")
+    keep = np.flatnonzero(~np.isin(category_id, bad_cat))
+    log.warning("%s; dropping their %d detections", msg, len(category_id) - len(keep))
+    return keep
+
+
+def _box_polygon(bb: list[float]) -> list[list[float]]:
+    x1, x2, y1, y2 = bb[0], bb[0] + bb[2], bb[1], bb[1] + bb[3]
+    return [[x1, y1, x1, y2, x2, y2, x2, y1]]
+
+
+def _rles_from_results(
+    segms: list[Any], image_id: np.ndarray, gt: GroundTruth, source: str
+) -> tuple[pa.Array, np.ndarray]:
+    counts: list[Any] = []
+    sizes = np.empty((len(segms), 2), np.int64)
+    img_pos = np.searchsorted(gt.image_ids, image_id)
+    for i, s in enumerate(segms):
+        h, w = (int(v) for v in gt.image_sizes[img_pos[i]])
+        if isinstance(s, list):  # polygons (the box of a bbox-only result), as annToRLE does
+            if h < 0:
+                raise EvalInputError(f"ground truth: image {image_id[i]} lacks height/width")
+            rle = mask_utils.merge(mask_utils.frPyObjects(s, h, w))
+        elif isinstance(s, dict) and isinstance(s.get("counts"), (str, bytes)) and _is_size(s.get("size")):
+            rle = s
+        else:
+            raise EvalInputError(
+                f"predictions {source}: results[{i}]: 'segmentation' must be a compressed RLE "
+                "{'size': [h, w], 'counts': str}"
+            )
+        if h >= 0 and (rle["size"][0], rle["size"][1]) != (h, w):
+            raise EvalInputError(
+                f"predictions {source}: results[{i}]: mask size {list(rle['size'])} differs from "
+                f"image {image_id[i]}'s [{h}, {w}]"
+            )
+        sizes[i] = rle["size"]
+        c = rle["counts"]
+        counts.append(c.decode() if isinstance(c, bytes) else c)
+    return pa.array(counts, pa.string()), sizes
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) for x in v)
+
+
+def _rle_objects(counts: pa.Array, sizes: np.ndarray) -> list[dict[str, Any]]:
+    return [{"size": [int(h), int(w)], "counts": c} for (h, w), c in zip(sizes, counts.to_pylist())]
+
+
+def keypoint_extent(offsets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per detection ``(x0, y0, x1, y1)``: min and max of its keypoints' x and y (loadRes)."""
+    starts = offsets[:-1] // 3
+    x, y = values[0::3], values[1::3]
+    return (
+        np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts),
+        np.maximum.reduceat(x, starts), np.maximum.reduceat(y, starts),
+    )
+
+
+# --------------------------------------------------------------------------- run tables
+
+
+def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Detections:
+    """A run's ``instances`` (bbox, segm) or ``keypoints`` table as :class:`Detections`.
+
+    Rows are put in ``(image_id, instance_id)`` order, independent of how shards were read.
+    """
+    order = pc.sort_indices(table, sort_keys=[("image_id", "ascending"), ("instance_id", "ascending")])
+    table = table.take(order)
+    n = table.num_rows
+    image_id = table["image_id"].to_numpy().astype(np.int64)
+    category_id = table["category_id"].to_numpy().astype(np.int64)
+    score = table["score"].to_numpy().astype(np.float64)
+    bbox = _fixed_list(table["bbox"], 4)
+    segm_counts = segm_size = kp_offsets = kp_values = None
+    if iou_type == "bbox":
+        area = bbox[:, 2] * bbox[:, 3]
+    elif iou_type == "segm":
+        mask = table["mask"].combine_chunks()
+        if mask.null_count:
+            raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; segm needs a mask model")
+        segm_counts = pc.struct_field(mask, "counts")
+        segm_size = _fixed_list(pc.struct_field(mask, "size"), 2).astype(np.int64)
+        area = mask_utils.area(_rle_objects(segm_counts, segm_size)).astype(np.float64) if n else np.zeros(0)
+    else:
+        kps = table["keypoints"].combine_chunks()
+        kp_offsets = kps.offsets.to_numpy().astype(np.int64)
+        kp_offsets = kp_offsets - kp_offsets[0]
+        kp_values = kps.flatten().to_numpy().astype(np.float64)
+        if n and ((np.diff(kp_offsets) % 3).any() or (np.diff(kp_offsets) == 0).any()):
+            raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
+        if n:
+            x0, y0, x1, y1 = keypoint_extent(kp_offsets, kp_values)
+            area = (x1 - x0) * (y1 - y0)
+        else:
+            area = np.zeros(0)
+    return Detections(iou_type, image_id, category_id, score, area, bbox, segm_counts, segm_size, kp_offsets, kp_values)
+
+
+def _fixed_list(col: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(arr) == 0:
+        return np.zeros((0, width), np.float64)
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)

@@ -1,0 +1,206 @@
+"""Listing an input URL into (key, uri[, image_id]) columns, streamed into Arrow chunks.
+
+Input kinds, told apart by the URL:
+
+* a COCO annotations JSON (``*.json``): images from its ``images`` list, ids from the JSON,
+  files under ``image_root`` (default: the JSON's folder);
+* a manifest: ``*.txt`` (one URI per line), ``*.csv`` or ``*.parquet`` with a ``uri`` column
+  and an optional ``image_id`` column;
+* tar shards (``*.tar``, or a glob of them): every image member, WebDataset style, read as
+  ``tar://MEMBER::TAR_URL``;
+* otherwise a prefix (folder) or glob of image files on any fsspec filesystem.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import tarfile
+from dataclasses import dataclass
+from typing import Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mrcnn_batch.config import InputSpec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+_CHUNK = 65_536
+
+
+class InputError(ValueError):
+    """The input URL cannot be listed into a plan."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A listed input: keys (for stable ids), URIs, and ids where the input carries them."""
+
+    kind: str
+    keys: pa.ChunkedArray
+    uris: pa.ChunkedArray
+    ids: pa.ChunkedArray | None
+    sort: bool  # listings are sorted by key; manifests and COCO keep their own order
+
+
+def input_kind(url: str) -> str:
+    path = url.split("::")[0].split("?")[0].lower()
+    if path.endswith(".json"):
+        return "coco"
+    if path.endswith((".txt", ".csv", ".parquet")):
+        return "manifest"
+    if path.endswith(".tar"):
+        return "tar"
+    return "files"
+
+
+def list_input(spec: InputSpec) -> Listing:
+    kind = input_kind(spec.url)
+    fs, path = fsspec.core.url_to_fs(spec.url, **spec.storage_options)
+    lister = {"coco": _list_coco, "manifest": _list_manifest, "tar": _list_tars, "files": _list_files}
+    keys, uris, ids = lister[kind](fs, path, spec)
+    if len(uris) == 0:
+        raise InputError(f"no images found in {spec.url!r} (read as {kind} input)")
+    return Listing(kind, keys, uris, ids, sort=kind in ("files", "tar"))
+
+
+def _chunked(pairs: Iterator[tuple[str, str]]) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """Two string columns from a stream of pairs, holding at most one chunk of Python strings."""
+    keys, uris, kbuf, ubuf = [], [], [], []
+    for k, u in pairs:
+        kbuf.append(k)
+        ubuf.append(u)
+        if len(kbuf) >= _CHUNK:
+            keys.append(pa.array(kbuf, pa.string()))
+            uris.append(pa.array(ubuf, pa.string()))
+            kbuf, ubuf = [], []
+    keys.append(pa.array(kbuf, pa.string()))
+    uris.append(pa.array(ubuf, pa.string()))
+    return pa.chunked_array(keys), pa.chunked_array(uris)
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_files(fs, path: str, spec: InputSpec):
+    if _has_magic(path):
+        root = _glob_root(path)
+        found = (p for p in fs.glob(path) if _is_image(p))
+        pairs = ((posixpath.relpath(p, root), fs.unstrip_protocol(p)) for p in found)
+    else:
+        if not fs.exists(path):
+            raise InputError(f"input {spec.url!r} does not exist")
+        if fs.isfile(path):
+            root = posixpath.dirname(path)
+            pairs = iter([(posixpath.basename(path), fs.unstrip_protocol(path))])
+        else:
+            root = path.rstrip("/")
+            pairs = (
+                (posixpath.relpath(p, root), fs.unstrip_protocol(p))
+                for p in _walk_files(fs, root)
+                if _is_image(p)
+            )
+    keys, uris = _chunked(pairs)
+    return keys, uris, None
+
+
+def _walk_files(fs, root: str) -> Iterator[str]:
+    for dirpath, _dirs, files in fs.walk(root, detail=False):
+        for name in files:
+            yield posixpath.join(dirpath, name)
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split("/")
+    fixed = []
+    for part in parts:
+        if _has_magic(part):
+            break
+        fixed.append(part)
+    return "/".join(fixed) or "/"
+
+
+def _list_manifest(fs, path: str, spec: InputSpec):
+    if not fs.exists(path):
+        raise InputError(f"manifest {spec.url!r} does not exist")
+    if path.lower().endswith(".parquet"):
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    elif path.lower().endswith(".csv"):
+        with fs.open(path, "rb") as f:
+            table = pacsv.read_csv(f)
+    else:
+        with fs.open(path, "rb") as f:
+            lines = (ln.strip() for ln in io.TextIOWrapper(f, encoding="utf-8"))
+            uris = [ln for ln in lines if ln and not ln.startswith("#")]
+        table = pa.table({"uri": pa.array(uris, pa.string())})
+    if "uri" not in table.column_names:
+        raise InputError(
+            f"manifest {spec.url!r} has no 'uri' column (found: {', '.join(table.column_names)})"
+        )
+    uris = table.column("uri").cast(pa.string())
+    if uris.null_count:
+        raise InputError(f"manifest {spec.url!r} has {uris.null_count} empty 'uri' values")
+    ids = None
+    if "image_id" in table.column_names:
+        ids = table.column("image_id")
+        if ids.null_count:
+            raise InputError(f"manifest {spec.url!r} has {ids.null_count} empty 'image_id' values")
+        ids = ids.cast(pa.int64())
+    return uris, uris, ids
+
+
+def _list_coco(fs, path: str, spec: InputSpec):
+    if not fs.exists(path):
+        raise InputError(f"COCO annotations {spec.url!r} do not exist")
+    with fs.open(path, "rb") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise InputError(f"COCO annotations {spec.url!r} are not valid JSON: {e}") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise InputError(f"COCO annotations {spec.url!r} have no 'images' list")
+    if spec.image_root:
+        rfs, root = fsspec.core.url_to_fs(spec.image_root, **spec.storage_options)
+    else:
+        rfs, root = fs, posixpath.dirname(path)
+    root = root.rstrip("/")
+    keys, uris, ids = [], [], []
+    for i, im in enumerate(images):
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise InputError(
+                f"COCO annotations {spec.url!r}: images[{i}] lacks 'id' or 'file_name'"
+            )
+        keys.append(im["file_name"])
+        uris.append(rfs.unstrip_protocol(posixpath.join(root, im["file_name"])))
+        ids.append(int(im["id"]))
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    take = lambda xs, t: pa.chunked_array([pa.array([xs[j] for j in order], t)])  # noqa: E731
+    return take(keys, pa.string()), take(uris, pa.string()), take(ids, pa.int64())
+
+
+def _list_tars(fs, path: str, spec: InputSpec):
+    tars = sorted(fs.glob(path)) if _has_magic(path) else [path]
+    if not tars or not all(fs.exists(t) for t in tars):
+        raise InputError(f"tar shard(s) {spec.url!r} do not exist")
+
+    def pairs():
+        for t in tars:
+            url = fs.unstrip_protocol(t)
+            with fs.open(t, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+                for member in tf:
+                    if member.isfile() and _is_image(member.name):
+                        yield f"{posixpath.basename(t)}/{member.name}", f"tar://{member.name}::{url}"
+
+    keys, uris = _chunked(pairs())
+    return keys, uris, None

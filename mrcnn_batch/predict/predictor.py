@@ -1,0 +1,152 @@
+"""Batched inference with a registry model, stopping short of torchvision's mask pasting.
+
+torchvision's ``GeneralizedRCNN.forward`` runs transform -> backbone -> rpn -> roi_heads and then
+pastes every mask into a full-image tensor. We call the same modules in the same order, resize
+boxes and keypoints back to the original image exactly as ``transform.postprocess`` does, and
+return the M x M mask probabilities unpasted: ``encode.masks`` pastes and encodes them box by box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.models.detection.transform import resize_boxes, resize_keypoints
+from torchvision.ops import box_iou
+
+from mrcnn_batch.models.loaded import LoadedModel
+
+
+@dataclass
+class Detections:
+    """One image's kept detections, on the model's device, in score order."""
+
+    boxes: torch.Tensor  # N x 4, (x1, y1, x2, y2), original-image pixels
+    scores: torch.Tensor  # N
+    labels: torch.Tensor  # N, int64 = category id
+    masks: torch.Tensor | None  # N x 1 x M x M probabilities, or None
+    # keypoint detections (K of them; for single-network models the same N as above)
+    kp_boxes: torch.Tensor | None = None
+    kp_scores: torch.Tensor | None = None
+    kp_labels: torch.Tensor | None = None
+    keypoints: torch.Tensor | None = None  # K x P x 3 (x, y, 1)
+    keypoint_scores: torch.Tensor | None = None  # K x P
+    kp_instance: np.ndarray | None = None  # K: the matching instance's index, or -1
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def forward_raw(net: torch.nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """torchvision's detector forward without the final mask paste (images: float CHW in [0, 1])."""
+    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    batch, _ = net.transform(images)
+    features = net.backbone(batch.tensors)
+    proposals, _ = net.rpn(batch, features)
+    detections, _ = net.roi_heads(features, proposals, batch.image_sizes)
+    for det, resized, original in zip(detections, batch.image_sizes, original_sizes):
+        det["boxes"] = resize_boxes(det["boxes"], resized, original)
+        if "keypoints" in det:
+            det["keypoints"] = resize_keypoints(det["keypoints"], resized, original)
+    return detections
+
+
+class Predictor:
+    """Runs a loaded model on batches of uint8 RGB images; keeps only the wanted classes."""
+
+    def __init__(self, model: LoadedModel, *, device: torch.device, classes: tuple[str, ...] = ()):
+        self.model = model.to(device)
+        self.device = device
+        self.spec = model.spec
+        self.keep_labels = _label_filter(self.spec.categories, classes)
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[Detections]:
+        images = [
+            torch.from_numpy(a).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+            for a in arrays
+        ]
+        nets = self.model.networks
+        if "main" in nets:
+            return [self._single(d) for d in forward_raw(nets["main"], images)]
+        masks = forward_raw(nets["mask"], images)
+        kps = forward_raw(nets["keypoint"], images)
+        return [self._joined(m, k) for m, k in zip(masks, kps)]
+
+    def _keep(self, labels: torch.Tensor) -> torch.Tensor | None:
+        if self.keep_labels is None:
+            return None
+        return torch.isin(labels, self.keep_labels.to(labels.device))
+
+    def _single(self, d: dict[str, torch.Tensor]) -> Detections:
+        keep = self._keep(d["labels"])
+        if keep is not None:
+            d = {k: v[keep] for k, v in d.items()}
+        out = Detections(d["boxes"], d["scores"], d["labels"], d.get("masks"))
+        if "keypoints" in d:
+            kp = self._keypoint_rows(d["labels"])
+            out.kp_boxes, out.kp_scores, out.kp_labels = d["boxes"][kp], d["scores"][kp], d["labels"][kp]
+            out.keypoints, out.keypoint_scores = d["keypoints"][kp], d["keypoints_scores"][kp]
+            # same network: the keypoint row is the instance itself (only if it has a mask)
+            idx = kp.nonzero().squeeze(1).cpu().numpy()
+            out.kp_instance = idx if out.masks is not None else np.full(len(idx), -1)
+        return out
+
+    def _keypoint_rows(self, labels: torch.Tensor) -> torch.Tensor:
+        cat = self.spec.keypoint_category_id
+        return torch.ones_like(labels, dtype=torch.bool) if cat is None else labels == cat
+
+    def _joined(self, m: dict[str, torch.Tensor], k: dict[str, torch.Tensor]) -> Detections:
+        keep = self._keep(m["labels"])
+        if keep is not None:
+            m = {key: v[keep] for key, v in m.items()}
+        kkeep = self._keep(k["labels"])
+        if kkeep is not None:
+            k = {key: v[kkeep] for key, v in k.items()}
+        out = Detections(m["boxes"], m["scores"], m["labels"], m.get("masks"))
+        out.kp_boxes, out.kp_scores, out.kp_labels = k["boxes"], k["scores"], k["labels"]
+        out.keypoints, out.keypoint_scores = k["keypoints"], k["keypoints_scores"]
+        people = (m["labels"] == self.spec.keypoint_category_id).nonzero().squeeze(1)
+        out.kp_instance = join_by_iou(k["boxes"], m["boxes"][people], people)
+        return out
+
+
+JOIN_MIN_IOU = 0.5
+
+
+def join_by_iou(kp_boxes: torch.Tensor, inst_boxes: torch.Tensor, inst_index: torch.Tensor) -> np.ndarray:
+    """Greedy one-to-one match of keypoint boxes (in score order) to instance boxes by IoU.
+
+    Returns, per keypoint detection, the matched instance's index, or -1 where no unmatched
+    instance overlaps it by at least ``JOIN_MIN_IOU``.
+    """
+    out = np.full(kp_boxes.shape[0], -1, dtype=np.int64)
+    if kp_boxes.shape[0] == 0 or inst_boxes.shape[0] == 0:
+        return out
+    iou = box_iou(kp_boxes, inst_boxes).cpu().numpy()
+    index = inst_index.cpu().numpy()
+    taken = np.zeros(iou.shape[1], dtype=bool)
+    for i in range(iou.shape[0]):
+        row = np.where(taken, -1.0, iou[i])
+        j = int(row.argmax())
+        if row[j] >= JOIN_MIN_IOU:
+            out[i] = index[j]
+            taken[j] = True
+    return out
+
+
+def _label_filter(categories: tuple[str, ...], classes: tuple[str, ...]) -> torch.Tensor | None:
+    if not classes:
+        return None
+    lookup = {name: i for i, name in enumerate(categories) if name not in ("__background__", "N/A")}
+    unknown = [c for c in classes if c not in lookup]
+    if unknown:
+        raise ValueError(
+            f"unknown class name(s) {', '.join(map(repr, unknown))}; the model's categories:"
+            f" {', '.join(sorted(lookup))}"
+        )
+    return torch.tensor(sorted(lookup[c] for c in classes), dtype=torch.int64)

@@ -1,0 +1,101 @@
+"""Decoding image bytes to an RGB uint8 array, or to the reason it could not be done.
+
+Handled: grayscale, 1-bit, palette (with or without transparency), RGBA/LA (alpha dropped, as
+torchvision's ``ImageReadMode.RGB`` does), CMYK and YCbCr (PIL's conversion), 16- and 32-bit
+integer images (scaled to 8 bits by their bit depth), multi-frame files (first frame). EXIF
+orientation is applied by default, so the recorded width and height are those the model saw.
+The pixel limit guards against decompression bombs and is checked from the header, before any
+pixel is decoded. This module owns that limit: PIL's own global check is switched off here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = None  # the limit is ReadConfig.max_pixels, checked below
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An image ready for the model (``status == "ok"``), or why it is not."""
+
+    status: str
+    error: str | None = None
+    array: np.ndarray | None = None  # H x W x 3, uint8
+    width: int | None = None
+    height: int | None = None
+
+
+def decode_image(data: bytes, *, max_pixels: int, exif_transpose: bool = True) -> Decoded:
+    if len(data) == 0:
+        return Decoded("decode_error", "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return Decoded(
+            "decode_error", f"not a recognised image format (starts with {data[:8]!r})"
+        )
+    except Exception as e:  # noqa: BLE001 - a broken header is this image's problem only
+        return Decoded("decode_error", f"cannot read image header: {e}")
+    w, h = im.size
+    if w * h > max_pixels:
+        return Decoded(
+            "too_large",
+            f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (--max-pixels)",
+            width=w,
+            height=h,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.seek(0)
+            im.load()
+            if exif_transpose:
+                im = _exif_transpose(im)
+            array = _to_rgb(im)
+    except _Unsupported as e:
+        return Decoded("unsupported", str(e), width=w, height=h)
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt data
+        return Decoded("decode_error", f"cannot decode {im.format or 'image'} data: {e}")
+    return Decoded("ok", None, array, width=array.shape[1], height=array.shape[0])
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _exif_transpose(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels as stored
+        return im
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "RGB":
+        arr = np.asarray(im)
+    elif mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit signed)
+        raw = np.asarray(im)
+        bits = 16 if mode.startswith("I;16") or raw.max(initial=0) <= 0xFFFF else 32
+        gray = (np.clip(raw, 0, None).astype(np.uint64) >> (bits - 8)).astype(np.uint8)
+        arr = np.repeat(gray[..., None], 3, axis=2)
+    elif mode == "F":
+        raise _Unsupported("floating-point images (PIL mode 'F') have no defined RGB scale")
+    elif mode in ("P", "PA") and "transparency" in im.info or mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        arr = np.asarray(im.convert("RGBA"))[..., :3]
+    else:  # L, 1, P, CMYK, YCbCr, LAB, HSV
+        try:
+            arr = np.asarray(im.convert("RGB"))
+        except ValueError as e:
+            raise _Unsupported(f"PIL mode {mode!r} cannot be converted to RGB: {e}") from None
+    if not arr.flags.writeable or not arr.flags.c_contiguous or arr.dtype != np.uint8:
+        arr = np.array(arr, dtype=np.uint8, order="C")  # torch wants writable memory
+    return arr

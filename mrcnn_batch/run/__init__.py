@@ -1,0 +1,1 @@
+"""Running a job: the run directory, shard processing, and the executors."""

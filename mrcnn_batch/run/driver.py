@@ -1,0 +1,189 @@
+"""The driver of ``infer``: plan (or resume), execute pending shards, mark success.
+
+1. Plan: on a new output, list the input into the shard plan and write it with ``_run.json``
+   before any work starts. On an existing output with the same settings, reuse both (resume);
+   with other settings, refuse (``RunRefused``) unless ``overwrite``.
+2. Execute: hand the shards without a commit marker to an executor (in-process, or Ray actors).
+3. Commit: when every planned shard has a marker, write ``_SUCCESS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import pyarrow as pa
+
+from mrcnn_batch import __version__
+from mrcnn_batch.config import RunConfig
+from mrcnn_batch.models.loaded import effective_spec, resolve_weights
+from mrcnn_batch.models.registry import get_spec
+from mrcnn_batch.models.weights import Weights
+from mrcnn_batch.plan import build_plan, shard_ids
+from mrcnn_batch.run.layout import PLAN_FILE, RUN_JSON, SUCCESS, RunDir
+from mrcnn_batch.schemas import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+
+class RunRefused(RuntimeError):
+    """The output holds a run made with other settings."""
+
+
+@dataclass
+class RunSummary:
+    output: str
+    run_id: str
+    planned_shards: int
+    planned_images: int
+    executed_shards: list[int]
+    failed_shards: dict[int, str]
+    images_by_status: dict[str, int]
+    instances: int
+    keypoints: int
+    seconds: float
+    resumed: bool
+    complete: bool
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+class Executor(Protocol):
+    def __call__(
+        self,
+        pending: list[int],
+        plan: pa.Table,
+        *,
+        config: RunConfig,
+        run_id: str,
+        weights: Weights,
+        on_commit: Callable[[dict[str, Any]], None],
+    ) -> dict[int, str]:
+        """Run the pending shards; return the failed ones with their reason."""
+
+
+def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict, pa.Table, Weights, bool]:
+    """The run directory, its metadata and plan, and the weights: new, or resumed."""
+    spec = get_spec(config.predict.model)
+    weights = resolve_weights(spec, config.predict.weights, storage_options=config.input.storage_options)
+    identity = config.identity(weights_sha256=weights.sha256)
+    run = RunDir(config.output, config.output_storage_options)
+    if run.exists(RUN_JSON):
+        meta = run.run_meta()
+        if meta.get("identity") == identity and run.exists(PLAN_FILE):
+            return run, meta, run.read_plan(), weights, True
+        if not overwrite:
+            raise RunRefused(_refusal(config.output, meta.get("identity", {}), identity))
+        log.warning("overwriting the run in %s", config.output)
+    if run.fs.exists(run.root) and overwrite:
+        for child in run.fs.ls(run.root, detail=False):
+            run.fs.rm(child, recursive=True)
+    plan = build_plan(config.input, shard_size=config.shard_size)
+    _write_plan(run, plan)
+    meta = _run_meta(config, identity, weights, plan)
+    run.write_json(RUN_JSON, meta)
+    return run, meta, plan, weights, False
+
+
+def execute(
+    config: RunConfig,
+    executor: Executor,
+    *,
+    overwrite: bool = False,
+    on_plan: Callable[[dict, pa.Table, list[int]], None] | None = None,
+    on_commit: Callable[[dict[str, Any]], None] | None = None,
+) -> RunSummary:
+    start = time.perf_counter()
+    run, meta, plan, weights, resumed = prepare(config, overwrite=overwrite)
+    all_shards = shard_ids(plan)
+    done = set(run.committed_shards())
+    pending = [s for s in all_shards if s not in done]
+    if on_plan:
+        on_plan(meta, plan, pending)
+    records: list[dict[str, Any]] = []
+
+    def committed(record: dict[str, Any]) -> None:
+        records.append(record)
+        if on_commit:
+            on_commit(record)
+
+    failed = executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed) if pending else {}
+    complete = set(run.committed_shards()) >= set(all_shards)
+    if complete:
+        run.write_json(SUCCESS, {"run_id": meta["run_id"], "completed_at": time.time()})
+    by_status, n_inst, n_kp = _totals(run)
+    return RunSummary(
+        output=config.output,
+        run_id=meta["run_id"],
+        planned_shards=len(all_shards),
+        planned_images=plan.num_rows,
+        executed_shards=sorted(r["shard"] for r in records),
+        failed_shards=failed,
+        images_by_status=by_status,
+        instances=n_inst,
+        keypoints=n_kp,
+        seconds=time.perf_counter() - start,
+        resumed=resumed,
+        complete=complete,
+        records=records,
+    )
+
+
+def _totals(run: RunDir) -> tuple[dict[str, int], int, int]:
+    by_status: dict[str, int] = {}
+    n_inst = n_kp = 0
+    for shard in run.committed_shards():
+        rec = run.read_json(f"_commits/shard-{shard:06d}.json")
+        for k, v in rec["status_counts"].items():
+            by_status[k] = by_status.get(k, 0) + v
+        n_inst += rec["rows"]["instances"]
+        n_kp += rec["rows"]["keypoints"]
+    return dict(sorted(by_status.items())), n_inst, n_kp
+
+
+def _write_plan(run: RunDir, plan: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
+    run.fs.makedirs(run.path("_plan"), exist_ok=True)
+    with run.fs.open(run.path(PLAN_FILE), "wb") as f:
+        pq.write_table(plan, f, compression="zstd")
+
+
+def _run_meta(config: RunConfig, identity: dict, weights: Weights, plan: pa.Table) -> dict[str, Any]:
+    import pyarrow
+    import torch
+    import torchvision
+
+    spec = effective_spec(get_spec(config.predict.model), weights)
+    return {
+        "run_id": uuid.uuid4().hex,
+        "created_at": time.time(),
+        "schema_version": SCHEMA_VERSION,
+        "identity": identity,
+        "config": config.public_dict(),
+        "model": spec.metadata(),
+        "weights": {"source": weights.source, "sha256": weights.sha256},
+        "plan": {"images": plan.num_rows, "shards": len(shard_ids(plan))},
+        "versions": {
+            "mrcnn_batch": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "pyarrow": pyarrow.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _refusal(output: str, old: dict, new: dict) -> str:
+    diffs = [
+        f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    return (
+        f"{output} holds a run made with other settings ({'; '.join(diffs)}). Use another"
+        " output, or pass --overwrite to delete it and start again."
+    )

@@ -1,0 +1,43 @@
+"""The in-process executor: shards one after another with one processor, bounded retries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from mrcnn_batch.config import RunConfig
+from mrcnn_batch.models.weights import Weights
+from mrcnn_batch.plan import shard_rows
+from mrcnn_batch.run.processor import ShardProcessor, shard_images
+
+log = logging.getLogger(__name__)
+
+
+def run_local(
+    pending: list[int],
+    plan: pa.Table,
+    *,
+    config: RunConfig,
+    run_id: str,
+    weights: Weights,
+    on_commit: Callable[[dict[str, Any]], None],
+    max_attempts: int = 3,
+) -> dict[int, str]:
+    processor = ShardProcessor(config, run_id=run_id, weights=weights)
+    failed: dict[int, str] = {}
+    try:
+        for shard in pending:
+            images = shard_images(shard_rows(plan, shard))
+            for attempt in range(1, max_attempts + 1):
+                try:
+                    on_commit(processor(shard, images))
+                    failed.pop(shard, None)
+                    break
+                except Exception as e:  # noqa: BLE001 - a shard's failure is reported, not fatal
+                    failed[shard] = f"{type(e).__name__}: {e}"
+                    log.warning("shard %d attempt %d/%d failed: %s", shard, attempt, max_attempts, e)
+    finally:
+        processor.close()
+    return failed

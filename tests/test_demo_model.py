@@ -1,0 +1,124 @@
+"""Contracts of the demo model's registry entry and its shipped weights."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+from torchvision.models.detection import MaskRCNN
+
+from mrcnn_batch.demo import synthetic
+from mrcnn_batch.models.registry import get_spec
+
+PACKAGE_PREFIX = "package://"
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return get_spec("demo")
+
+
+@pytest.fixture(scope="module")
+def weights_file(spec):
+    assert spec.default_weights.startswith(PACKAGE_PREFIX)
+    package_path = spec.default_weights[len(PACKAGE_PREFIX):]
+    package, _, rest = package_path.partition("/models/")
+    return resources.files(f"{package}.models").joinpath(rest)
+
+
+@pytest.fixture(scope="module")
+def model(spec, weights_file):
+    torch.set_num_threads(1)
+    net = spec.build(num_classes=len(spec.categories), num_keypoints=len(spec.keypoint_names))
+    with resources.as_file(weights_file) as path:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    net.load_state_dict(state)  # strict: every key matches
+    return net.eval()
+
+
+def test_registry_entry_carries_the_dataset_metadata(spec):
+    assert spec.categories == synthetic.CATEGORIES
+    assert spec.categories[0] == "__background__"
+    assert spec.has_masks and spec.has_keypoints
+    assert spec.keypoint_names == synthetic.KEYPOINT_NAMES
+    assert spec.skeleton == synthetic.SKELETON
+    assert spec.oks_sigmas == synthetic.OKS_SIGMAS
+    assert all(0.025 <= s <= 0.107 for s in spec.oks_sigmas)
+    assert spec.keypoint_category_id == synthetic.TRIANGLE_ID
+    assert spec.categories[spec.keypoint_category_id] == "triangle"
+    assert spec.default_min_size < 800 and spec.default_max_size < 1333
+    json.dumps(spec.metadata())
+
+
+def test_shipped_weights_are_small_and_documented(weights_file):
+    assert weights_file.is_file()
+    assert len(weights_file.read_bytes()) <= 25 * 1024 * 1024
+    facts = json.loads(weights_file.with_name("demo.json").read_text())
+    assert facts["model"] == "demo"
+    assert facts["heldout_seed"] == synthetic.HELDOUT_SEED
+    assert facts["config"]["seed"] != synthetic.HELDOUT_SEED
+    assert facts["iterations"] > 0
+
+
+def test_builder_makes_a_mask_rcnn_with_a_keypoint_head(model):
+    assert isinstance(model, MaskRCNN)
+    heads = model.roi_heads
+    assert heads.has_mask() and heads.has_keypoint()
+    assert model.transform.min_size == (get_spec("demo").default_min_size,)
+    assert model.transform.max_size == get_spec("demo").default_max_size
+
+
+def _image(index: int = 0) -> tuple[torch.Tensor, synthetic.Sample]:
+    sample = synthetic.generate_sample(seed=synthetic.HELDOUT_SEED, index=index)
+    return torch.from_numpy(sample.image).permute(2, 0, 1).float() / 255.0, sample
+
+
+@torch.no_grad()
+def test_forward_returns_boxes_masks_and_keypoints(model):
+    image, sample = _image(0)
+    (out,) = model([image])
+    n = len(out["boxes"])
+    height, width = sample.image.shape[:2]
+    assert n > 0
+    assert out["masks"].shape == (n, 1, height, width)
+    assert out["keypoints"].shape == (n, 3, 3)
+    assert out["keypoints_scores"].shape == (n, 3)
+    assert set(out["labels"].tolist()) <= {1, 2, 3}
+
+
+@torch.no_grad()
+def test_stepwise_forward_matches_the_full_forward(model):
+    """The pipeline's path: transform, backbone, rpn, roi_heads; then the transform's postprocess."""
+    image, _ = _image(1)
+    images, _ = model.transform([image])
+    features = model.backbone(images.tensors)
+    proposals, _ = model.rpn(images, features)
+    detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+    n = len(detections[0]["boxes"])
+    assert detections[0]["masks"].shape == (n, 1, 28, 28)
+    assert detections[0]["keypoints"].shape == (n, 3, 3)
+    pasted = model.transform.postprocess(detections, images.image_sizes, [image.shape[-2:]])
+    (full,) = model([image])
+    torch.testing.assert_close(pasted[0]["boxes"], full["boxes"])
+    torch.testing.assert_close(pasted[0]["keypoints"], full["keypoints"])
+
+
+@torch.no_grad()
+def test_shipped_weights_find_the_shapes(model):
+    """A coarse check that the weights are trained: most ground-truth shapes are detected."""
+    from torchvision.ops import box_iou
+
+    found = total = 0
+    for k in range(4):
+        image, sample = _image(k)
+        (out,) = model([image])
+        keep = out["scores"] > 0.5
+        gt = torch.from_numpy(sample.boxes)
+        total += len(gt)
+        if keep.any():
+            iou = box_iou(gt, out["boxes"][keep])
+            same = torch.from_numpy(sample.labels)[:, None] == out["labels"][keep][None, :]
+            found += int(((iou > 0.5) & same).any(dim=1).sum())
+    assert found >= 0.7 * total, (found, total)
