@@ -53,7 +53,7 @@ IMAGES = pa.schema(
 
 MASK = pa.struct(
     [
-        pa.field("size", pa.list_(pa.int32(), 2), nullable=False),
+        pa.field("size", pa.list_(pa.int32()), nullable=False),  # [height, width]
         pa.field("counts", pa.string(), nullable=False),
     ]
 )

@@ -131,10 +131,72 @@ def detections_from_results(
         mode = "keypoints"
     else:
         raise EvalInputError(f"predictions {source}: results[0] has no 'bbox', 'segmentation' or 'keypoints'")
-    need = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
     if iou_type == "segm" and mode == "keypoints":
         raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for segm")
 
+    n = len(anns)
+    fast = _fast_columns(anns, mode=mode, iou_type=iou_type)
+    if fast is None:
+        fast = _checked_columns(anns, mode=mode, iou_type=iou_type, source=source)
+    image_id, category_id, score, boxes, segms, kps = fast
+
+    keep = check_ids(image_id, category_id, gt=gt, source=source, unknown_categories=unknown_categories)
+    segm_counts = segm_size = kp_offsets = kp_values = None
+    if segms:
+        segm_counts, segm_size = _rles_from_results(segms, image_id, gt, source)
+    if kps:
+        lens = np.fromiter((len(k) for k in kps), np.int64, count=n)
+        kp_offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lens, out=kp_offsets[1:])
+        kp_values = np.fromiter((x for k in kps for x in k), np.float64, count=int(kp_offsets[-1]))
+    if mode == "bbox":
+        area = boxes[:, 2] * boxes[:, 3]
+    elif mode == "segm":
+        area = rle_area(_rle_objects(segm_counts, segm_size))
+        missing = np.isnan(boxes[:, 0])
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            boxes[rows] = mask_utils.toBbox(_rle_objects(segm_counts.take(pa.array(rows)), segm_size[rows]))
+    else:
+        kx0, ky0, kx1, ky1 = keypoint_extent(kp_offsets, kp_values)
+        area = (kx1 - kx0) * (ky1 - ky0)
+        boxes = np.stack([kx0, ky0, kx1 - kx0, ky1 - ky0], axis=1)
+    dets = Detections(iou_type, image_id, category_id, score, area, boxes, segm_counts, segm_size, kp_offsets, kp_values)
+    return dets if keep is None else dets.take(keep)
+
+
+def _fast_columns(anns: list[Any], *, mode: str, iou_type: str) -> tuple | None:
+    """The columns of well-formed results, checked in bulk; None: let the itemwise check speak."""
+    n = len(anns)
+    if iou_type == "keypoints" or mode == "keypoints":
+        return None
+    try:
+        image_id = np.array([a["image_id"] for a in anns])
+        category_id = np.array([a["category_id"] for a in anns])
+        score = np.array([a["score"] for a in anns])
+        if image_id.dtype.kind != "i" or category_id.dtype.kind != "i" or score.dtype.kind not in "if":
+            return None
+        if not np.isfinite(score).all():
+            return None
+        if mode == "bbox":
+            boxes = np.array([a["bbox"] for a in anns])
+            if boxes.shape != (n, 4) or boxes.dtype.kind not in "if":
+                return None
+        elif any("bbox" in a for a in anns):
+            return None
+        else:
+            boxes = np.full((n, 4), np.nan)
+        segms: list[Any] = []
+        if iou_type == "segm" or mode == "segm":
+            segms = [a["segmentation"] for a in anns]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return (image_id.astype(np.int64), category_id.astype(np.int64), score.astype(np.float64),
+            boxes.astype(np.float64), segms, [])
+
+
+def _checked_columns(anns: list[Any], *, mode: str, iou_type: str, source: str) -> tuple:
+    """The columns, every result checked, the first bad one named."""
     n = len(anns)
     image_id = np.empty(n, np.int64)
     category_id = np.empty(n, np.int64)
@@ -164,39 +226,19 @@ def detections_from_results(
                 raise EvalInputError(f"{where}: 'segmentation' missing")
             segms.append(seg)
         if iou_type == "keypoints" or mode == "keypoints":
-            k = a.get(need if iou_type == "keypoints" else "keypoints")
+            k = a.get("keypoints")
             if not is_number_list(k) or not k or len(k) % 3:
                 raise EvalInputError(f"{where}: 'keypoints' missing or not [x, y, v] triplets")
             kps.append(k)
-
-    keep = _check_ids(image_id, category_id, gt, source, unknown_categories)
-    segm_counts = segm_size = kp_offsets = kp_values = None
-    if segms:
-        segm_counts, segm_size = _rles_from_results(segms, image_id, gt, source)
-    if kps:
-        lens = np.fromiter((len(k) for k in kps), np.int64, count=n)
-        kp_offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(lens, out=kp_offsets[1:])
-        kp_values = np.fromiter((x for k in kps for x in k), np.float64, count=int(kp_offsets[-1]))
-    if mode == "bbox":
-        area = boxes[:, 2] * boxes[:, 3]
-    elif mode == "segm":
-        area = mask_utils.area(_rle_objects(segm_counts, segm_size)).astype(np.float64)
-        missing = np.isnan(boxes[:, 0])
-        if missing.any():
-            rows = np.flatnonzero(missing)
-            boxes[rows] = mask_utils.toBbox(_rle_objects(segm_counts.take(pa.array(rows)), segm_size[rows]))
-    else:
-        kx0, ky0, kx1, ky1 = keypoint_extent(kp_offsets, kp_values)
-        area = (kx1 - kx0) * (ky1 - ky0)
-        boxes = np.stack([kx0, ky0, kx1 - kx0, ky1 - ky0], axis=1)
-    dets = Detections(iou_type, image_id, category_id, score, area, boxes, segm_counts, segm_size, kp_offsets, kp_values)
-    return dets if keep is None else dets.take(keep)
+    return image_id, category_id, score, boxes, segms, kps
 
 
-def _check_ids(
-    image_id: np.ndarray, category_id: np.ndarray, gt: GroundTruth, source: str, unknown_categories: str
+def check_ids(
+    image_id: np.ndarray, category_id: np.ndarray, *, gt: GroundTruth, source: str, unknown_categories: str
 ) -> np.ndarray | None:
+    """Refuse image ids absent from ``gt``; refuse (or drop, logged) unknown category ids.
+
+    Returns the rows to keep, or None for all."""
     bad_img = np.setdiff1d(image_id, gt.image_ids)
     if len(bad_img):
         raise EvalInputError(
@@ -227,19 +269,22 @@ def _rles_from_results(
 ) -> tuple[pa.Array, np.ndarray]:
     counts: list[Any] = []
     sizes = np.empty((len(segms), 2), np.int64)
-    img_pos = np.searchsorted(gt.image_ids, image_id)
+    hw = gt.image_sizes[np.searchsorted(gt.image_ids, image_id)].tolist()
     for i, s in enumerate(segms):
-        h, w = (int(v) for v in gt.image_sizes[img_pos[i]])
-        if isinstance(s, list):  # polygons (the box of a bbox-only result), as annToRLE does
+        h, w = hw[i]
+        if isinstance(s, list) and all(is_number_list(p) and len(p) >= 6 for p in s):
+            # polygons (e.g. the box of a bbox-only result), converted as COCO.annToRLE does
             if h < 0:
                 raise EvalInputError(f"ground truth: image {image_id[i]} lacks height/width")
             rle = mask_utils.merge(mask_utils.frPyObjects(s, h, w))
         elif isinstance(s, dict) and isinstance(s.get("counts"), (str, bytes)) and _is_size(s.get("size")):
             rle = s
+        elif isinstance(s, dict) and is_number_list(s.get("counts")) and _is_size(s.get("size")):
+            rle = mask_utils.frPyObjects(s, *s["size"])  # uncompressed RLE
         else:
             raise EvalInputError(
                 f"predictions {source}: results[{i}]: 'segmentation' must be a compressed RLE "
-                "{'size': [h, w], 'counts': str}"
+                "{'size': [h, w], 'counts': str}, an uncompressed RLE or polygons"
             )
         if h >= 0 and (rle["size"][0], rle["size"][1]) != (h, w):
             raise EvalInputError(
@@ -258,6 +303,15 @@ def _is_size(v: Any) -> bool:
 
 def _rle_objects(counts: pa.Array, sizes: np.ndarray) -> list[dict[str, Any]]:
     return [{"size": [int(h), int(w)], "counts": c} for (h, w), c in zip(sizes, counts.to_pylist())]
+
+
+def rle_area(rles: list[dict[str, Any]]) -> np.ndarray:
+    """Pixel counts of RLE masks (``maskUtils.area``; called in blocks of 255, as pycocotools
+    2.0.x's ``area`` overflows a uint8 for longer lists under NumPy 2)."""
+    out = np.zeros(len(rles), np.float64)
+    for i in range(0, len(rles), 255):
+        out[i:i + 255] = mask_utils.area(rles[i:i + 255])
+    return out
 
 
 def keypoint_extent(offsets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -294,7 +348,7 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
             raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; segm needs a mask model")
         segm_counts = pc.struct_field(mask, "counts")
         segm_size = _fixed_list(pc.struct_field(mask, "size"), 2).astype(np.int64)
-        area = mask_utils.area(_rle_objects(segm_counts, segm_size)).astype(np.float64) if n else np.zeros(0)
+        area = rle_area(_rle_objects(segm_counts, segm_size)) if n else np.zeros(0)
     else:
         kps = table["keypoints"].combine_chunks()
         kp_offsets = kps.offsets.to_numpy().astype(np.int64)

@@ -1,0 +1,226 @@
+"""Benchmark: COCO evaluation wall time and peak memory, mrcnn-batch vs pycocotools vs
+faster-coco-eval, on a generated COCO-scale set (default 5,000 images of 640x480, ~35k
+ground-truth objects over 80 categories with ~1% crowds, 100 detections per image), bbox and segm.
+
+Each measurement runs in a fresh subprocess (peak RSS = that process's ``ru_maxrss``; for Ray,
+the driver's, plus the workers' summed peaks) and counts everything from the files on disk to
+the summary: loading ground truth and predictions, matching, accumulating, summarising.
+mrcnn-batch is measured from the results JSON (``--predictions``) and from a run directory
+(Parquet shards, as ``infer`` writes them), with Ray started beforehand (its start-up is
+reported apart) and with ``workers=0`` (in-process). Every tool's ``stats`` are checked equal.
+
+    python benchmarks/bench_eval.py                      # full size; writes benchmarks/results/eval.json
+    python benchmarks/bench_eval.py --images 500 --quick # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the run-directory writer of the tests
+
+
+def generate(out: Path, *, images: int, dets_per_image: int, seed: int = 0) -> None:
+    """gt.json, bbox.json, segm.json and a run directory ``run/`` under ``out``."""
+    from pycocotools import mask as mask_utils
+
+    from eval_fixtures import write_run
+
+    rng = np.random.default_rng(seed)
+    H, W = 480, 640
+    cats = [{"id": i, "name": f"c{i}"} for i in range(1, 81)]
+    imgs, anns, res = [], [], []
+    aid = 1
+    for img_id in range(1, images + 1):
+        imgs.append({"id": img_id, "height": H, "width": W, "file_name": f"{img_id:012d}.jpg"})
+        n = int(rng.poisson(7))
+        gts = []
+        for _ in range(n):
+            s = float(np.exp(rng.uniform(np.log(8), np.log(400))))
+            bw, bh = min(W - 1, s * rng.uniform(0.6, 1.6)), min(H - 1, s * rng.uniform(0.6, 1.6))
+            x, y = rng.uniform(0, W - bw), rng.uniform(0, H - bh)
+            poly = [x, y, x + bw, y + bh * 0.2, x + bw * 0.8, y + bh, x, y + bh * 0.7]
+            crowd = int(rng.random() < 0.01)
+            rle = mask_utils.merge(mask_utils.frPyObjects([poly], H, W))
+            a = {"id": aid, "image_id": img_id, "category_id": int(rng.integers(1, 81)), "iscrowd": crowd,
+                 "bbox": [round(float(v), 2) for v in (x, y, bw, bh)], "area": float(mask_utils.area(rle)),
+                 "segmentation": {"size": [H, W], "counts": rle["counts"].decode()} if crowd else [[round(float(v), 2) for v in poly]]}
+            aid += 1
+            gts.append(a)
+        anns += gts
+        for _ in range(dets_per_image):
+            if gts and rng.random() < 0.3:
+                g = gts[int(rng.integers(len(gts)))]
+                x, y, bw, bh = (v + rng.normal(0, 0.1) * sc for v, sc in zip(g["bbox"], g["bbox"][2:] * 2))
+                cat = g["category_id"] if rng.random() < 0.8 else int(rng.integers(1, 81))
+            else:
+                s = float(np.exp(rng.uniform(np.log(8), np.log(300))))
+                bw, bh, x, y = s, s * rng.uniform(0.5, 2), rng.uniform(0, W - s), rng.uniform(0, H - s)
+                cat = int(rng.integers(1, 81))
+            bw, bh = max(2.0, bw), max(2.0, bh)
+            x, y = min(max(x, 0), W - 2), min(max(y, 0), H - 2)
+            poly = [x, y, x + bw, y + bh * 0.1, x + bw * 0.9, y + bh, x + bw * 0.1, y + bh * 0.8]
+            rle = mask_utils.merge(mask_utils.frPyObjects([poly], H, W))
+            res.append({"image_id": img_id, "category_id": cat, "score": _f32(round(float(rng.random()), 3)),
+                        "bbox": [_f32(round(float(v), 2)) for v in (x, y, bw, bh)],
+                        "segmentation": {"size": [H, W], "counts": rle["counts"].decode()}})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gt.json").write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
+    (out / "bbox.json").write_text(json.dumps([{k: r[k] for k in ("image_id", "category_id", "score", "bbox")} for r in res]))
+    (out / "segm.json").write_text(json.dumps([{k: r[k] for k in ("image_id", "category_id", "score", "segmentation")} for r in res]))
+    ids = list(range(1, images + 1))
+    shards = [ids[i:i + 256] for i in range(0, images, 256)]
+    # scores and boxes are float32 values, so the run's tables hold exactly the JSON's numbers
+    write_run(out / "run", {"images": imgs, "categories": cats}, res, shards=shards,
+              model={"name": "bench", "has_masks": True, "has_keypoints": False})
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
+    """One measurement, in this (fresh) process."""
+    gt_file, dt_file = str(data / "gt.json"), str(data / f"{iou_type}.json")
+    extra: dict = {}
+    if tool in ("pycocotools", "faster-coco-eval"):
+        if tool == "pycocotools":
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval as Eval
+        else:
+            from faster_coco_eval import COCO
+            from faster_coco_eval import COCOeval_faster as Eval
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(gt_file)
+            dt = gt.loadRes(dt_file)
+            e = Eval(gt, dt, iou_type)
+            e.evaluate()
+            e.accumulate()
+            e.summarize()
+        wall = time.perf_counter() - t0
+        stats = [float(x) for x in e.stats]
+    else:
+        from mrcnn_batch.evaluate.distributed import ensure_ray, evaluate_detections, evaluate_run
+
+        global _warm
+        from mrcnn_batch.evaluate.groundtruth import load_ground_truth
+        from mrcnn_batch.evaluate.predictions import load_results_json
+
+        if workers:
+            t0 = time.perf_counter()
+            ensure_ray(workers)
+            import ray
+
+            _warm = ray.remote(num_cpus=1)(_warm_impl)
+            ray.get([_warm.remote() for _ in range(2 * workers)])  # workers up, modules imported
+            extra["ray_start_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        gt = load_ground_truth(gt_file, iou_types=(iou_type,))
+        if tool == "mrcnn-batch-json":
+            dets = load_results_json(dt_file, gt=gt, iou_type=iou_type)
+            out = evaluate_detections({iou_type: dets}, gt, workers=workers)
+        else:
+            out, _ = evaluate_run(str(data / "run"), gt, iou_types=(iou_type,), workers=workers)
+        wall = time.perf_counter() - t0
+        stats = [float(x) for x in out[iou_type].stats]
+        if workers:
+            import ray
+
+            extra["worker_peak_rss_mib"] = _ray_worker_rss()
+    peak = _vm_hwm_mib()
+    return {"tool": tool, "iou_type": iou_type, "workers": workers, "wall_s": round(wall, 2),
+            "peak_rss_mib": round(peak), "stats": stats, **extra}
+
+
+def _vm_hwm_mib() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _warm_impl() -> int:
+    import mrcnn_batch.evaluate.distributed  # noqa: F401  (the package imports torch: ~2 s)
+
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def _ray_worker_rss() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith("ray::") and "IDLE" not in cmd or cmd.startswith("ray::IDLE"):
+            with contextlib.suppress(Exception):
+                total += p.memory_info().rss
+    return round(total / 2**20)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--dets", type=int, default=100)
+    ap.add_argument("--data", type=Path, default=None, help="where the generated set lives (kept, reused)")
+    ap.add_argument("--iou-types", default="bbox,segm")
+    ap.add_argument("--tools", default="pycocotools,faster-coco-eval,mrcnn-batch-json,mrcnn-batch-run")
+    ap.add_argument("--workers", default="2,0", help="worker counts for mrcnn-batch")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "eval.json")
+    ap.add_argument("--measure", nargs=3, metavar=("TOOL", "IOU_TYPE", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="skip pycocotools (slow)")
+    args = ap.parse_args()
+    data = args.data or Path(f"/tmp/mrcnn_batch_bench_eval_{args.images}_{args.dets}")
+    if args.measure:
+        tool, t, w = args.measure
+        print(json.dumps(measure(tool, t, data, int(w))))
+        return
+    if not (data / "run" / "_SUCCESS").exists():
+        t0 = time.perf_counter()
+        generate(data, images=args.images, dets_per_image=args.dets)
+        print(f"generated {data} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    gt = json.loads((data / "gt.json").read_text())
+    info = {"images": len(gt["images"]), "gt_objects": len(gt["annotations"]),
+            "crowd": sum(a["iscrowd"] for a in gt["annotations"]), "detections": args.images * args.dets,
+            "cpus": os.cpu_count()}
+    del gt
+    print(json.dumps(info), file=sys.stderr)
+    rows = []
+    tools = [t for t in args.tools.split(",") if not (args.quick and t == "pycocotools")]
+    for t in args.iou_types.split(","):
+        for tool in tools:
+            for w in ([int(x) for x in args.workers.split(",")] if tool.startswith("mrcnn") else [0]):
+                cmd = [sys.executable, __file__, "--images", str(args.images), "--dets", str(args.dets),
+                       "--data", str(data), "--measure", tool, t, str(w)]
+                r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                rows.append(r)
+                print(f"{t:5s} {tool:18s} workers={w}  wall {r['wall_s']:8.2f}s  peak RSS {r['peak_rss_mib']:6d} MiB"
+                      + (f"  (Ray start {r['ray_start_s']}s, workers' RSS {r.get('worker_peak_rss_mib')} MiB)" if "ray_start_s" in r else ""),
+                      flush=True)
+        ref = {r["tool"] + str(r["workers"]): r["stats"] for r in rows if r["iou_type"] == t}
+        base = next(iter(ref.values()))
+        for k, s in ref.items():
+            print(f"{t:5s} {k:20s} max |stats - {next(iter(ref))}| = {np.abs(np.array(s) - base).max():.1e}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"setup": info, "results": rows}, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""``mrcnn-batch eval``: COCO metrics of a run (or of a results JSON), exactly pycocotools'."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import typer
+
+from mrcnn_batch.cli import EXIT_INCOMPLETE, EXIT_USAGE, app
+from mrcnn_batch.cli.infer_cmd import err, fail, out, parse_storage_options
+
+
+def _iou_types(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    from mrcnn_batch.evaluate.params import IOU_TYPES
+
+    if not text:
+        return None
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in types if t not in IOU_TYPES]
+    if bad or not types:
+        raise typer.BadParameter(f"--iou-types: {', '.join(bad) or text!r} not in {', '.join(IOU_TYPES)}")
+    return tuple(dict.fromkeys(types))
+
+
+def _sigmas(text: Optional[str]) -> Optional[list[float]]:
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter("--kpt-sigmas must be comma-separated numbers, one per keypoint") from None
+    if not values or any(v <= 0 for v in values):
+        raise typer.BadParameter("--kpt-sigmas must be positive numbers, one per keypoint")
+    return values
+
+
+@app.command("eval")
+def eval_command(
+    run: Optional[str] = typer.Argument(None, help="Run directory (any fsspec URL). Omit with --predictions."),
+    annotations: str = typer.Option(..., "--annotations", "-a", help="COCO ground-truth JSON (any fsspec URL, .gz ok)."),
+    iou_types: Optional[str] = typer.Option(None, "--iou-types", help="Comma-separated: bbox,segm,keypoints. Default: what the model (or the results file) provides."),
+    predictions: Optional[str] = typer.Option(None, "--predictions", "-p", help="A COCO results JSON to evaluate instead of a run (needs --out)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write metrics and plots (default: RUN/eval)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere)."),
+    kpt_sigmas: Optional[str] = typer.Option(None, "--kpt-sigmas", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17)."),
+    drop_unknown_categories: bool = typer.Option(False, "--drop-unknown-categories", help="Ignore detections of categories absent from the ground truth instead of failing."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks in parallel (default: the CPUs of Ray / this machine); 0: in-process, no Ray."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for every URL."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the precision-recall PNGs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
+) -> None:
+    """Evaluate a run's detections (or a results JSON) against COCO ground truth."""
+    from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if (run is None) == (predictions is None):
+        fail("give either a RUN directory or --predictions FILE (not both)", EXIT_USAGE)
+    if predictions is not None and out_dir is None:
+        fail("--predictions needs --out DIR for the metrics", EXIT_USAGE)
+    options = parse_storage_options(storage_options, "--storage-options")
+    try:
+        results, context, target = _evaluate(
+            run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,
+            out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=_sigmas(kpt_sigmas),
+            unknown="drop" if drop_unknown_categories else "error", workers=workers, options=options,
+            plots=not no_plots,
+        )
+    except IncompleteRunError as e:
+        fail(str(e), EXIT_INCOMPLETE)
+    except (EvalInputError, FileNotFoundError) as e:
+        fail(str(e), EXIT_USAGE)
+    for t, r in results.items():
+        out.print(f"[bold]{t}[/]" + (f"  [bold yellow]PARTIAL: {r.num_images} of {r.num_gt_images} images[/]" if r.partial else ""))
+        for line in r.lines:
+            out.print(line, highlight=False, markup=False)
+    if context.get("notice"):
+        err.print(f"[bold yellow]warning:[/] {context['notice']}", highlight=False)
+    err.print(f"metrics written to {target}", highlight=False)
+
+
+def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partial, kpt_sigmas, unknown, workers, options, plots):
+    import posixpath
+
+    from mrcnn_batch.evaluate.distributed import evaluate_detections, evaluate_run
+    from mrcnn_batch.evaluate.errors import EvalInputError
+    from mrcnn_batch.evaluate.groundtruth import load_ground_truth
+    from mrcnn_batch.evaluate.jsonio import read_json
+    from mrcnn_batch.evaluate.outputs import metrics_document, write_outputs
+    from mrcnn_batch.evaluate.predictions import detections_from_results
+    from mrcnn_batch.run.layout import EVAL_DIR, open_run
+
+    t0 = time.perf_counter()
+    if predictions is not None:
+        doc = read_json(predictions, storage_options=options, what="predictions")
+        if iou_types is None:
+            iou_types = _types_of_results(doc)
+        gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
+        dets = {t: detections_from_results(doc, gt=gt, iou_type=t, source=predictions, unknown_categories=unknown) for t in iou_types}
+        del doc
+        results = evaluate_detections(dets, gt, kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers)
+        context = {"ground_truth": annotations, "predictions": predictions, "run": None}
+        target = out_dir
+    else:
+        rd = open_run(run, storage_options=options)
+        if iou_types is None:
+            model = rd.run_meta().get("model") or {}
+            iou_types = ("bbox",) + (("segm",) if model.get("has_masks") else ()) + (("keypoints",) if model.get("has_keypoints") else ())
+        gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
+        results, scope = evaluate_run(
+            run, gt, iou_types=iou_types, storage_options=options, allow_partial=allow_partial,
+            kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers,
+        )
+        context = {"ground_truth": annotations, "predictions": None, "run": run,
+                   "run_id": rd.run_meta().get("run_id"), "missing_images": scope.missing_images,
+                   "failed_images": scope.failed_images, "uncommitted_shards": scope.uncommitted_shards}
+        target = out_dir or posixpath.join(run.rstrip("/"), EVAL_DIR)
+    if not results:
+        raise EvalInputError("nothing was evaluated")
+    context["seconds"] = round(time.perf_counter() - t0, 3)
+    write_outputs(results, target, context=context, storage_options=options, plots=plots)
+    return results, metrics_document(results, context=context), target
+
+
+def _types_of_results(doc) -> tuple[str, ...]:
+    """The IoU types a results file supports, from its first result (as loadRes decides)."""
+    from mrcnn_batch.evaluate.errors import EvalInputError
+
+    if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
+        raise EvalInputError("predictions: cannot tell the IoU type of an empty or malformed results list; pass --iou-types")
+    first = doc[0]
+    if "keypoints" in first:
+        return ("keypoints",)
+    types = tuple(t for t, key in (("bbox", "bbox"), ("segm", "segmentation")) if key in first)
+    if not types:
+        raise EvalInputError("predictions: results[0] has no 'bbox', 'segmentation' or 'keypoints'")
+    return types

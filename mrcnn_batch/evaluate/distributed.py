@@ -1,0 +1,238 @@
+"""Evaluation over Ray: ground truth loaded once on the driver and partitioned; per-image
+matching in tasks over groups of shards (or of images); exact merge on the driver.
+
+A task gets its images' ground truth (through the object store) and either the shards it reads
+itself from the run directory, or its slice of a results file's detections. It returns only
+:class:`~mrcnn_batch.evaluate.match.MatchResult` arrays (a score, a rank and one byte per area
+range and IoU threshold per detection), so the driver holds no Python object per detection.
+Matching is per image and accumulation sorts by (category, image id, rank) before pycocotools'
+stable score sort, so the numbers do not depend on how images were split into shards or tasks.
+``workers=0`` runs the same tasks in-process, without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
+from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
+from mrcnn_batch.evaluate.groundtruth import GroundTruth
+from mrcnn_batch.evaluate.match import MatchResult, match_images
+from mrcnn_batch.evaluate.predictions import Detections, check_ids, detections_from_table
+
+log = logging.getLogger(__name__)
+
+_TABLE_COLUMNS = {
+    "bbox": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox"]),
+    "segm": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask"]),
+    "keypoints": ("keypoints", ["image_id", "instance_id", "category_id", "score", "bbox", "keypoints"]),
+}
+_IMAGES_PER_TASK = 50_000  # bound on one task's images (its memory)
+
+
+@dataclass(frozen=True)
+class ShardGroup:
+    """Shards of a run directory that one task reads and matches."""
+
+    url: str
+    shards: tuple[int, ...]
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, iou_type: str) -> Detections:
+        from mrcnn_batch.run.layout import RunDir
+
+        table_name, columns = _TABLE_COLUMNS[iou_type]
+        run = RunDir(self.url, dict(self.storage_options))
+        table = run.dataset(table_name, list(self.shards)).to_table(columns=columns)
+        return detections_from_table(table, iou_type=iou_type, source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """Which images of a run are evaluated, and how complete the run is."""
+
+    image_ids: np.ndarray  # ground-truth images evaluated
+    groups: tuple[tuple[tuple[int, ...], np.ndarray], ...]  # (shards, their evaluated image ids)
+    missing_images: int  # ground-truth images the run never processed
+    failed_images: int  # processed images whose status is not "ok" (evaluated without detections)
+    uncommitted_shards: int
+
+
+def match_group(
+    gt_part: GroundTruth,
+    source: ShardGroup | dict[str, Detections],
+    setup: EvalSetup,
+    image_ids: np.ndarray,
+    unknown_categories: str,
+) -> dict[str, MatchResult]:
+    """One task: the detections of ``source`` matched against ``gt_part`` on ``image_ids``."""
+    out = {}
+    for t in setup.iou_types:
+        dets = source.load(t) if isinstance(source, ShardGroup) else source[t]
+        dets = dets.subset(image_ids)
+        keep = check_ids(dets.image_id, dets.category_id, gt=gt_part, source=str(getattr(source, "url", "predictions")),
+                         unknown_categories=unknown_categories)
+        if keep is not None:
+            dets = dets.take(keep)
+        out[t] = match_images(
+            gt_part, dets, params=setup.params[t], category_ids=setup.category_ids[t],
+            sigmas=setup.sigmas, image_ids=image_ids,
+        )
+    return out
+
+
+def run_scope(run: Any, gt: GroundTruth, *, allow_partial: bool, shards_per_task: int | None, workers: int) -> RunScope:
+    """Compare the run's committed images with the ground truth; refuse an incomplete run."""
+    import pyarrow.compute as pc
+
+    committed = run.committed_shards()
+    planned = set(run.read_plan()["shard"].to_numpy().tolist()) if run.exists("_plan/plan.parquet") else set(committed)
+    uncommitted = len(planned - set(committed))
+    images = run.dataset("images", committed).to_table(columns=["image_id", "shard", "status"]) if committed else None
+    ids = images["image_id"].to_numpy() if images is not None else np.zeros(0, np.int64)
+    shard_of = images["shard"].to_numpy() if images is not None else np.zeros(0, np.int32)
+    failed = int(len(ids) - pc.sum(pc.equal(pc.cast(images["status"], "string"), "ok")).as_py()) if images is not None and len(ids) else 0
+    extra = np.setdiff1d(ids, gt.image_ids)
+    if len(extra):
+        raise EvalInputError(
+            f"run {run.url}: {len(extra)} of its {len(ids)} images are not in the ground truth {gt.source} "
+            f"(e.g. image ids {extra[:5].tolist()}); image ids must be the ground truth's: plan the run "
+            "from the COCO annotations JSON"
+        )
+    missing = np.setdiff1d(gt.image_ids, ids)
+    if len(missing) and not allow_partial:
+        raise IncompleteRunError(
+            f"run {run.url} is incomplete: {len(missing)} of the {len(gt.image_ids)} ground-truth images "
+            f"were never processed ({uncommitted} planned shards have no commit marker; e.g. image ids "
+            f"{missing[:5].tolist()}). Their objects would count as missed or, left out, inflate AP. "
+            "Finish the run, or pass --allow-partial to evaluate the processed images only"
+        )
+    if failed:
+        log.warning("run %s: %d processed images failed (not status ok); evaluated as images without detections", run.url, failed)
+    evaluated = np.setdiff1d(gt.image_ids, missing)
+    per_shard = max(1, math.ceil(len(ids) / max(1, len(committed))))
+    if shards_per_task is None:
+        shards_per_task = max(1, min(math.ceil(len(committed) / max(1, 4 * workers)), _IMAGES_PER_TASK // per_shard))
+    groups = []
+    for i in range(0, len(committed), shards_per_task):
+        shards = tuple(committed[i:i + shards_per_task])
+        groups.append((shards, np.unique(ids[np.isin(shard_of, shards)])))
+    return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted)
+
+
+def evaluate_run(
+    url: str,
+    gt: GroundTruth,
+    *,
+    iou_types: Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+    allow_partial: bool = False,
+    kpt_sigmas: Sequence[float] | None = None,
+    unknown_categories: str = "error",
+    workers: int | None = None,
+    shards_per_task: int | None = None,
+) -> tuple[dict[str, EvalResult], RunScope]:
+    """Evaluate a run directory's committed tables against ``gt``."""
+    from mrcnn_batch.run.layout import open_run
+
+    run = open_run(url, storage_options=storage_options)
+    model_meta = run.run_meta().get("model") or {}
+    workers = _workers(workers)
+    scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=shards_per_task, workers=workers)
+    ev = COCOEvaluator(gt, iou_types=iou_types, kpt_sigmas=kpt_sigmas, model_metadata=model_meta,
+                       unknown_categories=unknown_categories)
+    jobs = [
+        (gt.subset(img_ids), ShardGroup(url, shards, dict(storage_options or {})), img_ids)
+        for shards, img_ids in scope.groups
+    ]
+    covered = np.concatenate([j[2] for j in jobs]) if jobs else np.zeros(0, np.int64)
+    rest = np.setdiff1d(scope.image_ids, covered)  # none expected; kept for safety
+    if len(rest):
+        jobs.append((gt.subset(rest), {t: _no_detections(t) for t in ev.iou_types}, rest))
+    _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
+    return ev.evaluate(allow_partial=allow_partial), scope
+
+
+def evaluate_detections(
+    dets: dict[str, Detections],
+    gt: GroundTruth,
+    *,
+    kpt_sigmas: Sequence[float] | None = None,
+    unknown_categories: str = "error",
+    workers: int | None = None,
+    images_per_task: int | None = None,
+) -> dict[str, EvalResult]:
+    """Evaluate in-memory detections (e.g. a results file) on every ground-truth image."""
+    workers = _workers(workers)
+    ev = COCOEvaluator(gt, iou_types=tuple(dets), kpt_sigmas=kpt_sigmas, unknown_categories=unknown_categories)
+    n = len(gt.image_ids)
+    per_task = images_per_task or max(1, min(_IMAGES_PER_TASK, math.ceil(n / max(1, 4 * workers))))
+    jobs = []
+    for i in range(0, n, per_task):
+        img_ids = gt.image_ids[i:i + per_task]
+        jobs.append((gt.subset(img_ids), {t: d.subset(img_ids) for t, d in dets.items()}, img_ids))
+    _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
+    return ev.evaluate()
+
+
+def _run_jobs(ev: COCOEvaluator, jobs: list, *, unknown_categories: str, workers: int) -> None:
+    if workers == 0 or len(jobs) <= 1:
+        for gt_part, source, img_ids in jobs:
+            _add(ev, match_group(gt_part, source, ev.setup, img_ids, unknown_categories))
+        return
+    import ray
+
+    ensure_ray(workers)
+    remote = ray.remote(num_cpus=1)(match_group)
+    setup_ref = ray.put(ev.setup)
+    pending = [remote.remote(ray.put(g), s, setup_ref, i, unknown_categories) for g, s, i in jobs]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            _add(ev, ray.get(done[0]))
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, (EvalInputError, IncompleteRunError)):
+                raise cause from None
+            raise
+
+
+def _add(ev: COCOEvaluator, results: dict[str, MatchResult]) -> None:
+    for t in ev.iou_types:
+        ev.add(t, results[t])
+
+
+def ensure_ray(workers: int) -> None:
+    """Start a local Ray unless one is running (a cluster, or a test session's)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+
+
+def _workers(workers: int | None) -> int:
+    if workers is not None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        return workers
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return max(1, int(ray.available_resources().get("CPU", 1)))
+    except ImportError:  # pragma: no cover
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+def _no_detections(iou_type: str) -> Detections:
+    from mrcnn_batch.evaluate.predictions import empty_detections
+
+    return empty_detections(iou_type)
+

@@ -1,0 +1,89 @@
+"""Shared fixtures: real test data, random-initialised torchvision weights, a real S3 endpoint
+(moto's server on 127.0.0.1, reached through s3fs) and one local Ray session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+IMAGES = DATA / "images"
+SMALL = dict(min_size=128, max_size=192)
+
+
+def _random_weights(path: Path, builder, *, num_classes: int, boost: list[int], seed: int) -> Path:
+    torch.manual_seed(seed)
+    net = builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    with torch.no_grad():
+        # Random heads score every class ~1/num_classes; lift a few so detections are confident.
+        net.roi_heads.box_predictor.cls_score.bias[boost] += 4.0
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="session")
+def mask_weights(weights_dir) -> Path:
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    return _random_weights(weights_dir / "mask.pth", maskrcnn_resnet50_fpn, num_classes=91, boost=[1, 3, 18], seed=0)
+
+
+@pytest.fixture(scope="session")
+def keypoint_weights(weights_dir) -> Path:
+    from torchvision.models.detection import keypointrcnn_resnet50_fpn
+
+    return _random_weights(weights_dir / "kp.pth", keypointrcnn_resnet50_fpn, num_classes=2, boost=[1], seed=1)
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    """A copy of the real photographs (public domain / Apache-2.0, see data/SOURCES.md)."""
+    d = tmp_path_factory.mktemp("images")
+    for p in sorted(IMAGES.glob("*.jpg")):
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint: moto's server on 127.0.0.1 (fake credentials, no AWS involved)."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    """An s3fs filesystem on the moto endpoint with a fresh bucket, and its storage options."""
+    import uuid
+
+    import s3fs
+
+    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(**options)
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    return fs, bucket, options

@@ -1,0 +1,115 @@
+"""Paste + RLE against torchvision's paste_masks_in_image and pycocotools' encode, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_masks_in_image
+
+from mrcnn_batch.encode.masks import paste_and_encode
+
+
+def reference(masks, boxes, h, w, thr):
+    pasted = (paste_masks_in_image(masks, boxes, (h, w)) > thr)[:, 0].numpy().astype(np.uint8)
+    return pasted, [mask_utils.encode(np.asfortranarray(m)) for m in pasted]
+
+
+def inside(boxes, h, w):
+    """Boxes that still meet the image once torchvision expands and rounds them.
+
+    Detector boxes always do (roi_heads clips them to the image); torchvision's paste raises on
+    the others, and ours returns an empty mask for them (tested below).
+    """
+    _, scale = expand_masks(torch.zeros(1, 1, 28, 28), padding=1)
+    b = expand_boxes(boxes, scale).to(torch.int64)
+    return (b[:, 0].clamp(min=0) < (b[:, 2] + 1).clamp(max=w)) & (b[:, 1].clamp(min=0) < (b[:, 3] + 1).clamp(max=h))
+
+
+def check(masks, boxes, h, w, thr=0.5):
+    keep = inside(boxes, h, w)
+    rles, areas = paste_and_encode(masks, boxes, height=h, width=w, threshold=thr)
+    for i in (~keep).nonzero().flatten().tolist():
+        assert areas[i] == 0 and rles[i]["counts"] == mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))["counts"].decode()
+    rles = [r for r, k in zip(rles, keep.tolist()) if k]
+    areas = areas[keep.numpy()]
+    masks, boxes = masks[keep], boxes[keep]
+    pasted, ref = reference(masks, boxes, h, w, thr)
+    assert len(rles) == len(ref)
+    for i, (ours, theirs) in enumerate(zip(rles, ref)):
+        assert ours["size"] == [h, w]
+        assert ours["counts"] == theirs["counts"].decode(), f"mask {i}, box {boxes[i].tolist()}"
+        decoded = mask_utils.decode({"size": ours["size"], "counts": ours["counts"].encode()})
+        np.testing.assert_array_equal(decoded, pasted[i])
+        assert areas[i] == pasted[i].sum()
+
+
+box_coord = st.floats(min_value=-60, max_value=260, allow_nan=False, width=32)
+
+
+@st.composite
+def detections(draw):
+    h = draw(st.integers(1, 120))
+    w = draw(st.integers(1, 160))
+    n = draw(st.integers(0, 12))
+    boxes = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(["any", "subpixel", "huge", "border", "empty"]))
+        if kind == "subpixel":
+            x, y = draw(st.floats(0, w - 1)), draw(st.floats(0, h - 1))
+            box = [x, y, x + draw(st.floats(0, 0.99)), y + draw(st.floats(0, 0.99))]
+        elif kind == "huge":
+            box = [-draw(st.floats(0, 500)), -draw(st.floats(0, 500)), w + draw(st.floats(0, 500)), h + draw(st.floats(0, 500))]
+        elif kind == "border":
+            box = [0.0, draw(st.floats(0, h - 1)), w - 1.0, h - 1.0]
+        elif kind == "empty":
+            x, y = draw(st.floats(0, w - 1)), draw(st.floats(0, h - 1))
+            box = [x, y, x, y]
+        else:
+            x0, y0 = draw(st.floats(-30, w - 1)), draw(st.floats(-30, h - 1))
+            box = [x0, y0, x0 + draw(st.floats(0, 2 * w)), y0 + draw(st.floats(0, 2 * h))]
+        boxes.append(box)
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    smooth = draw(st.booleans())
+    m = torch.rand(n, 1, 7 if smooth else 28, 7 if smooth else 28, generator=g)
+    if smooth:
+        m = F.interpolate(m, size=(28, 28), mode="bilinear", align_corners=False)
+    return m, torch.tensor(boxes, dtype=torch.float32).reshape(n, 4), h, w
+
+
+@settings(max_examples=300, deadline=None)
+@given(detections(), st.sampled_from([0.5, 0.3, 0.7]))
+def test_matches_torchvision_paste_and_pycocotools_encode(det, thr):
+    masks, boxes, h, w = det
+    check(masks, boxes, h, w, thr)
+
+
+@pytest.mark.parametrize("h,w", [(480, 640), (1080, 1920)])
+def test_many_detections_at_real_sizes(h, w):
+    g = torch.Generator().manual_seed(h)
+    n = 100
+    masks = F.interpolate(torch.rand(n, 1, 7, 7, generator=g), size=(28, 28), mode="bilinear")
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w - 40.0, h - 40.0]) - 20
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([w / 2, h / 2]) + 1
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[0] = torch.tensor([0, 0, w - 1, h - 1.0])  # full image: runs continue across columns
+    boxes[1] = torch.tensor([-50, -50, w + 50, h + 50.0])
+    check(masks, boxes, h, w)
+
+
+def test_all_ones_and_all_zeros():
+    h, w = 7, 5
+    boxes = torch.tensor([[0, 0, w - 1, h - 1.0]] * 2)
+    masks = torch.stack([torch.ones(1, 28, 28), torch.zeros(1, 28, 28)])
+    check(masks, boxes, h, w)
+
+
+def test_box_outside_image_is_an_empty_mask():
+    rles, areas = paste_and_encode(torch.ones(1, 1, 28, 28), torch.tensor([[50.0, 50, 60, 60]]), height=10, width=10)
+    assert areas.tolist() == [0]
+    assert mask_utils.decode({"size": [10, 10], "counts": rles[0]["counts"].encode()}).sum() == 0

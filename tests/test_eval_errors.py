@@ -1,0 +1,167 @@
+"""Bad ground truth and bad predictions: a clear error naming the problem (or pycocotools'
+documented handling, where it has one)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mrcnn_batch.cli import app
+from mrcnn_batch.evaluate import COCOEvaluator, EvalInputError, load_ground_truth
+from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
+from mrcnn_batch.evaluate.predictions import detections_from_results
+
+GT = {
+    "images": [{"id": 1, "height": 20, "width": 30}, {"id": 2, "height": 20, "width": 30}],
+    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "p", "keypoints": ["x", "y"]}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0,
+         "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]},
+        {"id": 2, "image_id": 2, "category_id": 2, "bbox": [2, 2, 5, 5], "area": 25, "iscrowd": 0,
+         "segmentation": [[2, 2, 7, 2, 7, 7]], "keypoints": [3, 3, 2, 4, 4, 2], "num_keypoints": 2},
+    ],
+}
+
+
+def _gt(edit):
+    doc = copy.deepcopy(GT)
+    edit(doc)
+    return doc
+
+
+def _set(path, value):
+    def edit(doc):
+        obj = doc
+        for k in path[:-1]:
+            obj = obj[k]
+        if value is KeyError:
+            del obj[path[-1]]
+        else:
+            obj[path[-1]] = value
+    return edit
+
+
+BAD_GT = {
+    "not an object": (lambda d: d.clear(), "missing or non-list 'images'"),
+    "duplicate annotation id": (_set(["annotations", 1, "id"], 1), "annotation ids are not unique"),
+    "duplicate image id": (_set(["images", 1, "id"], 1), "image ids are not unique"),
+    "duplicate category id": (_set(["categories", 1, "id"], 1), "category ids are not unique"),
+    "unknown image": (_set(["annotations", 0, "image_id"], 9), "image_id 9 is not in 'images'"),
+    "unknown category": (_set(["annotations", 0, "category_id"], 9), "category_id 9 is not in 'categories'"),
+    "missing area": (_set(["annotations", 0, "area"], KeyError), "'area' missing"),
+    "missing iscrowd": (_set(["annotations", 0, "iscrowd"], KeyError), "'iscrowd' missing"),
+    "bad bbox": (_set(["annotations", 0, "bbox"], [1, 2, 3]), "'bbox' must be"),
+    "string id": (_set(["annotations", 0, "id"], "7"), "'id' missing or not an integer"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_GT))
+def test_bad_ground_truth(name):
+    edit, message = BAD_GT[name]
+    with pytest.raises(EvalInputError, match=message):
+        ground_truth_from_dict(_gt(edit), iou_types=("bbox",), source="gt.json")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set(["annotations", 1, "keypoints"], [3, 3, 2]), "1 keypoints, category 2 \\(p\\) declares 2"),
+    (_set(["annotations", 1, "num_keypoints"], KeyError), "'num_keypoints' missing"),
+    (_set(["categories", 1, "oks_sigmas"], [0.1]), "'oks_sigmas' must be one number per keypoint"),
+])
+def test_bad_keypoint_ground_truth(edit, message):
+    with pytest.raises(EvalInputError, match=message):
+        ground_truth_from_dict(_gt(edit), iou_types=("keypoints",))
+
+
+def test_segm_needs_image_size():
+    with pytest.raises(EvalInputError, match="lacks integer 'height'/'width'"):
+        ground_truth_from_dict(_gt(_set(["images", 0, "height"], KeyError)), iou_types=("segm",))
+
+
+def test_keypoints_without_sigmas_for_unusual_count():
+    gt = ground_truth_from_dict(GT, iou_types=("keypoints",))
+    with pytest.raises(EvalInputError, match="no OKS sigmas for keypoint category 2"):
+        COCOEvaluator(gt, iou_types=("keypoints",))
+    COCOEvaluator(gt, iou_types=("keypoints",), kpt_sigmas=[0.1, 0.2])  # given explicitly: fine
+
+
+BOX = {"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.9}
+BAD_PRED = {
+    "not a list": ({"a": 1}, "bbox", "expected a JSON list"),
+    "unknown image": ([{**BOX, "image_id": 5}], "bbox", "image ids are not in the ground truth"),
+    "unknown category": ([{**BOX, "category_id": 5}], "bbox", "category ids \\[5\\] are not in the ground truth"),
+    "missing score": ([{k: v for k, v in BOX.items() if k != "score"}], "bbox", "'score' missing"),
+    "nan score": ([{**BOX, "score": float("nan")}], "bbox", "'score' missing or not a finite"),
+    "no fields": ([{"image_id": 1, "category_id": 1, "score": 1}], "bbox", "no 'bbox', 'segmentation' or 'keypoints'"),
+    "later box missing": ([BOX, {"image_id": 1, "category_id": 1, "score": 1}], "bbox", "results\\[1\\]: 'bbox' missing"),
+    "bad segm": ([{"image_id": 1, "category_id": 1, "score": 1, "segmentation": "abc"}], "segm",
+                 "must be a compressed RLE"),
+    "mask size": ([{"image_id": 1, "category_id": 1, "score": 1, "segmentation": {"size": [5, 5], "counts": "05"}}],
+                  "segm", "mask size \\[5, 5\\] differs from image 1's \\[20, 30\\]"),
+    "keypoint triplets": ([{"image_id": 2, "category_id": 2, "score": 1, "keypoints": [1, 2]}], "keypoints",
+                          "not \\[x, y, v\\] triplets"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_PRED))
+def test_bad_predictions(name):
+    preds, iou_type, message = BAD_PRED[name]
+    gt = ground_truth_from_dict(GT, iou_types=(iou_type,))
+    with pytest.raises(EvalInputError, match=message):
+        detections_from_results(preds, gt=gt, iou_type=iou_type, source="dt.json")
+
+
+def test_wrong_keypoint_count_in_predictions():
+    gt = ground_truth_from_dict(GT, iou_types=("keypoints",))
+    ev = COCOEvaluator(gt, iou_types=("keypoints",), kpt_sigmas=[0.1, 0.2])
+    with pytest.raises(EvalInputError, match="detections of category 2 have 3 keypoints, the OKS sigmas 2"):
+        ev.process([{"image_id": 2, "category_id": 2, "score": 1, "keypoints": [3, 3, 2] * 3}], image_ids=[1, 2])
+
+
+def test_polygon_and_uncompressed_segm_results_are_rasterised():
+    gt = ground_truth_from_dict(GT, iou_types=("segm",))
+    preds = [{"image_id": 1, "category_id": 1, "score": 1, "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]},
+             {"image_id": 1, "category_id": 1, "score": 1, "segmentation": {"size": [20, 30], "counts": [25, 5, 570]}}]
+    dets = detections_from_results(preds, gt=gt, iou_type="segm")
+    assert dets.area.tolist() == [25.0, 5.0]
+
+
+def test_unknown_categories_can_be_dropped():
+    gt = ground_truth_from_dict(GT, iou_types=("bbox",))
+    dets = detections_from_results([BOX, {**BOX, "category_id": 5}], gt=gt, iou_type="bbox", unknown_categories="drop")
+    assert len(dets) == 1
+
+
+def test_empty_results_score_zero():
+    gt = ground_truth_from_dict(GT, iou_types=("bbox",))
+    ev = COCOEvaluator(gt, iou_types=("bbox",))
+    ev.process([], image_ids=[1, 2])
+    assert ev.evaluate()["bbox"].stats[0] == 0
+
+
+def test_evaluator_refuses_missing_images_unless_partial():
+    gt = ground_truth_from_dict(GT, iou_types=("bbox",))
+    ev = COCOEvaluator(gt, iou_types=("bbox",))
+    ev.process([BOX], image_ids=[1])
+    with pytest.raises(Exception, match="1 of the 2 ground-truth images were not processed"):
+        ev.evaluate()
+    assert ev.evaluate(allow_partial=True)["bbox"].partial
+    with pytest.raises(EvalInputError, match="already processed"):
+        ev.process([BOX], image_ids=[1])
+
+
+def test_malformed_json_file_and_cli_exit_code(tmp_path):
+    bad = tmp_path / "gt.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(EvalInputError, match="not valid JSON"):
+        load_ground_truth(str(bad))
+    with pytest.raises(EvalInputError, match="no such file"):
+        load_ground_truth(str(tmp_path / "missing.json"))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(GT))
+    preds = tmp_path / "dt.json"
+    preds.write_text(json.dumps([{**BOX, "image_id": 77}]))
+    res = CliRunner().invoke(app, ["eval", "--predictions", str(preds), "-a", str(good), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "image ids are not in the ground truth" in " ".join(res.output.split())

@@ -1,0 +1,74 @@
+"""Randomised contracts: generated ground truth and predictions (crowds, empty images, tied
+scores, every area range, >100 detections in a cell, annotation id 0, a custom 5-keypoint
+category) give pycocotools' stats and precision/recall arrays to 1e-12, and any split of the
+images into batches gives exactly the single-batch result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eval_fixtures import CUSTOM_SIGMAS, assert_same_as_pycoco, pycoco, random_case
+from mrcnn_batch.evaluate import COCOEvaluator
+from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
+from mrcnn_batch.evaluate.predictions import detections_from_results
+
+SEEDS = {"bbox": range(40), "segm": range(16), "keypoints": range(40)}
+
+
+def _ours(gt_doc, results, iou_type, *, batches=None):
+    gt = ground_truth_from_dict(gt_doc, iou_types=(iou_type,))
+    dets = detections_from_results(results, gt=gt, iou_type=iou_type)
+    ev = COCOEvaluator(gt, iou_types=(iou_type,))
+    for ids in batches or [gt.image_ids]:
+        ev.process(dets.subset(ids), image_ids=ids)
+    return ev.evaluate()[iou_type]
+
+
+@pytest.mark.parametrize("iou_type,seed", [(t, s) for t, seeds in SEEDS.items() for s in seeds])
+def test_random_sets_equal_pycocotools(iou_type, seed):
+    gt_doc, results = random_case(seed, iou_type=iou_type)
+    r = _ours(gt_doc, results, iou_type)
+    e = pycoco(gt_doc, results, iou_type, sigmas=CUSTOM_SIGMAS if iou_type == "keypoints" else None)
+    assert_same_as_pycoco(r, e)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n_batches=st.integers(1, 6), iou_type=st.sampled_from(["bbox", "keypoints"]),
+       split_seed=st.integers(0, 1_000))
+def test_any_split_gives_the_single_batch_result(seed, n_batches, iou_type, split_seed):
+    gt_doc, results = random_case(seed, iou_type=iou_type, n_images=10)
+    whole = _ours(gt_doc, results, iou_type)
+    ids = np.array([im["id"] for im in gt_doc["images"]])
+    labels = np.random.default_rng(split_seed).integers(0, n_batches, size=len(ids))
+    batches = [ids[labels == b] for b in range(n_batches) if (labels == b).any()]
+    batches = batches[::-1]  # any order of arrival
+    split = _ours(gt_doc, results, iou_type, batches=batches)
+    np.testing.assert_array_equal(split.stats, whole.stats)
+    np.testing.assert_array_equal(split.accumulated.precision, whole.accumulated.precision)
+    np.testing.assert_array_equal(split.accumulated.scores, whole.accumulated.scores)
+
+
+def test_oks_and_box_iou_bit_identical_to_pycocotools():
+    from pycocotools import mask as mask_utils
+    from pycocotools.cocoeval import COCOeval
+
+    from eval_fixtures import pycoco as _pycoco
+    from mrcnn_batch.evaluate.similarity import box_iou, oks
+
+    rng = np.random.default_rng(3)
+    dt, gt = rng.uniform(0, 50, (30, 4)), rng.uniform(0, 50, (9, 4))
+    crowd = rng.random(9) < 0.3
+    np.testing.assert_array_equal(box_iou(dt, gt, crowd), mask_utils.iou(dt.tolist(), gt.tolist(), crowd.astype(int).tolist()))
+    gt_doc, results = random_case(5, iou_type="keypoints", n_images=6)
+    e: COCOeval = _pycoco(gt_doc, results, "keypoints", sigmas=CUSTOM_SIGMAS)
+    for (img, cat), ious in e.ious.items():
+        if len(ious) == 0:
+            continue
+        gts, dts = e._gts[img, cat], e._dts[img, cat]
+        order = np.argsort([-d["score"] for d in dts], kind="mergesort")[:20]
+        ours = oks(np.array([dts[i]["keypoints"] for i in order]), np.array([g["keypoints"] for g in gts], float),
+                   np.array([g["bbox"] for g in gts]), np.array([g["area"] for g in gts]), np.array(CUSTOM_SIGMAS))
+        np.testing.assert_array_equal(ours, ious)

@@ -1,0 +1,146 @@
+"""Evaluating a run directory (Parquet tables written straight from COCO results, no model):
+through the API, through Ray over shard groups, through the CLI; refusal of an incomplete run,
+``--allow-partial``, ground truth on S3."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from eval_fixtures import (
+    CUSTOM_SIGMAS, as_run_results, assert_same_as_pycoco, ensure_ray, pycoco, random_case, with_boxes, write_run,
+)
+from mrcnn_batch.cli import EXIT_INCOMPLETE, EXIT_OK, app
+from mrcnn_batch.evaluate import IncompleteRunError
+from mrcnn_batch.evaluate.distributed import evaluate_run
+from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict, load_ground_truth
+
+
+def _shards(gt_doc, n, seed=0):
+    ids = np.array([im["id"] for im in gt_doc["images"]])
+    np.random.default_rng(seed).shuffle(ids)
+    return [part.tolist() for part in np.array_split(ids, n)]
+
+
+@pytest.fixture(scope="module")
+def instances_case(tmp_path_factory):
+    gt_doc, results = random_case(11, iou_type="segm", n_images=14)
+    results = with_boxes(results)
+    root = tmp_path_factory.mktemp("run")
+    gt_path = root / "gt.json"
+    gt_path.write_text(json.dumps(gt_doc))
+    run = write_run(root / "run", gt_doc, results, shards=_shards(gt_doc, 4),
+                    model={"name": "m", "has_masks": True, "has_keypoints": False})
+    return gt_doc, results, gt_path, run
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_equals_pycocotools_on_its_export(instances_case, workers):
+    gt_doc, results, gt_path, run = instances_case
+    if workers:
+        ensure_ray()
+    gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
+    out, scope = evaluate_run(str(run), gt, iou_types=("bbox", "segm"), workers=workers, shards_per_task=1)
+    assert scope.missing_images == 0 and not out["bbox"].partial
+    for t in ("bbox", "segm"):
+        assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
+
+
+def test_shard_layout_does_not_change_numbers(instances_case, tmp_path):
+    gt_doc, results, gt_path, run = instances_case
+    gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
+    ref, _ = evaluate_run(str(run), gt, iou_types=("bbox", "segm"), workers=0)
+    for n, seed in ((1, 0), (7, 1), (14, 2)):
+        other = write_run(tmp_path / f"r{n}", gt_doc, results, shards=_shards(gt_doc, n, seed))
+        got, _ = evaluate_run(str(other), gt, iou_types=("bbox", "segm"), workers=0, shards_per_task=2)
+        for t in ("bbox", "segm"):
+            np.testing.assert_array_equal(got[t].stats, ref[t].stats)
+            np.testing.assert_array_equal(got[t].accumulated.precision, ref[t].accumulated.precision)
+
+
+def test_keypoint_run_uses_model_sigmas(tmp_path):
+    gt_doc, results = random_case(4, iou_type="keypoints", n_images=10)
+    for c in gt_doc["categories"]:
+        del c["oks_sigmas"]  # only the model metadata has them
+    run = write_run(tmp_path / "run", gt_doc, with_boxes(results), shards=_shards(gt_doc, 3), kind="keypoints",
+                    model={"name": "kp", "has_keypoints": True, "oks_sigmas": CUSTOM_SIGMAS, "keypoint_category_id": 3})
+    gt = ground_truth_from_dict(gt_doc, iou_types=("keypoints",))
+    out, _ = evaluate_run(str(run), gt, iou_types=("keypoints",), workers=0)
+    assert out["keypoints"].oks_sigmas == {3: CUSTOM_SIGMAS}
+    e = pycoco(gt_doc, as_run_results(results, iou_type="keypoints"), "keypoints", sigmas=CUSTOM_SIGMAS)
+    assert_same_as_pycoco(out["keypoints"], e)
+
+
+def test_incomplete_run_refused_and_partial_marked(tmp_path):
+    gt_doc, results = random_case(21, iou_type="bbox", n_images=12)
+    shards = _shards(gt_doc, 3)
+    run = write_run(tmp_path / "run", gt_doc, results, shards=shards, commit=[0, 2])
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(gt_doc))
+    gt = load_ground_truth(str(gt_path))
+    with pytest.raises(IncompleteRunError, match="incomplete"):
+        evaluate_run(str(run), gt, iou_types=("bbox",), workers=0)
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", str(run), "--annotations", str(gt_path), "--iou-types", "bbox", "--workers", "0"])
+    assert res.exit_code == EXIT_INCOMPLETE, res.output
+    assert not (run / "eval" / "metrics.json").exists()
+
+    res = runner.invoke(app, ["eval", str(run), "-a", str(gt_path), "--iou-types", "bbox", "--workers", "0", "--allow-partial"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert "PARTIAL" in res.output
+    doc = json.loads((run / "eval" / "metrics.json").read_text())
+    processed = sorted(shards[0] + shards[2])
+    assert doc["partial"] is True and "PARTIAL" in doc["notice"] and doc["missing_images"] == len(shards[1])
+    assert doc["num_images"] == len(processed)
+    table = pq.read_table(run / "eval" / "metrics.parquet")
+    assert all(table["partial"].to_pylist())
+    # the partial numbers are pycocotools' on the processed images only
+    exported = [r for r in as_run_results(results, iou_type="bbox") if r["image_id"] in set(processed)]
+    e = pycoco({**gt_doc, "images": [im for im in gt_doc["images"] if im["id"] in set(processed)]}, exported, "bbox")
+    np.testing.assert_allclose(doc["iou_types"]["bbox"]["stats"], e.stats, rtol=0, atol=1e-12)
+
+
+def test_cli_run_outputs(instances_case, tmp_path):
+    gt_doc, results, gt_path, run = instances_case
+    out_dir = tmp_path / "metrics"
+    res = CliRunner().invoke(app, ["eval", str(run), "-a", str(gt_path), "--workers", "0", "--out", str(out_dir)])
+    assert res.exit_code == EXIT_OK, res.output
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in res.output
+    names = {p.name for p in out_dir.iterdir()}
+    assert {"metrics.json", "metrics.parquet", "pr_bbox.png", "pr_segm.png", "precision_bbox.npz"} <= names
+    doc = json.loads((out_dir / "metrics.json").read_text())
+    assert set(doc["iou_types"]) == {"bbox", "segm"}  # from the model metadata: has_masks
+    for t in ("bbox", "segm"):
+        e = pycoco(gt_doc, as_run_results(results, iou_type=t), t)
+        assert doc["iou_types"][t]["stats"] == e.stats.tolist()
+        assert len(doc["iou_types"][t]["per_category"]) == len(gt_doc["categories"])
+    table = pq.read_table(out_dir / "metrics.parquet").to_pylist()
+    ap = [r for r in table if r["iou_type"] == "bbox" and r["scope"] == "overall" and r["metric"] == "AP"][0]
+    assert ap["value"] == doc["iou_types"]["bbox"]["stats"][0] and ap["stat_index"] == 0
+    assert (out_dir / "pr_bbox.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_predictions_file_needs_out(tmp_path):
+    from eval_fixtures import DATA
+
+    gt, dt = str(DATA / "instances_val2014_100.json"), str(DATA / "instances_val2014_fakebbox100_results.json")
+    res = CliRunner().invoke(app, ["eval", "--predictions", dt, "-a", gt])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(app, ["eval", "--predictions", dt, "-a", gt, "--out", str(tmp_path), "--workers", "0"])
+    assert res.exit_code == EXIT_OK, res.output
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert round(doc["iou_types"]["bbox"]["stats"][0], 4) == 0.5046 and doc["partial"] is False
+
+
+def test_ground_truth_from_s3(s3, instances_case):
+    fs, bucket, options = s3
+    gt_doc, results, gt_path, run = instances_case
+    fs.put(str(gt_path), f"{bucket}/ann/gt.json")
+    gt = load_ground_truth(f"s3://{bucket}/ann/gt.json", iou_types=("bbox",), storage_options=options)
+    out, _ = evaluate_run(str(run), gt, iou_types=("bbox",), workers=0)
+    assert_same_as_pycoco(out["bbox"], pycoco(gt_doc, as_run_results(results, iou_type="bbox"), "bbox"))

@@ -1,0 +1,156 @@
+"""The rows a run writes equal calling the torchvision model directly on the same images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from pycocotools import mask as mask_utils
+from torchvision.models.detection import keypointrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
+from torchvision.transforms.functional import pil_to_tensor
+
+import mrcnn_batch as mb
+from conftest import SMALL
+
+BATCH = 2
+
+
+def load_images(plan):
+    out = []
+    for uri in plan.column("uri").to_pylist():
+        im = ImageOps.exif_transpose(Image.open(uri.removeprefix("file://"))).convert("RGB")
+        out.append(pil_to_tensor(im).float() / 255)
+    return out
+
+
+def reference_outputs(net, plan, shard_size):
+    """The model called directly, on the same batches as the run (batches never cross shards)."""
+    images = load_images(plan)
+    ids = plan.column("image_id").to_pylist()
+    out = {}
+    with torch.inference_mode():
+        for s in range(0, len(images), shard_size):
+            shard = list(range(s, min(s + shard_size, len(images))))
+            for b in range(0, len(shard), BATCH):
+                idx = shard[b : b + BATCH]
+                for i, res in zip(idx, net([images[i] for i in idx])):
+                    out[ids[i]] = res
+    return out
+
+
+def rows_by_image(table):
+    rows = {}
+    for r in table.to_pylist():
+        rows.setdefault(r["image_id"], []).append(r)
+    return {k: sorted(v, key=lambda r: r["instance_id"]) for k, v in rows.items()}
+
+
+def assert_boxes_equal(rows, ref):
+    boxes = ref["boxes"].numpy()
+    assert len(rows) == len(boxes)
+    xywh = np.array([r["bbox"] for r in rows], dtype=np.float32).reshape(-1, 4)
+    expected = boxes.copy()
+    expected[:, 2:] -= expected[:, :2]
+    np.testing.assert_allclose(xywh, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose([r["score"] for r in rows], ref["scores"].numpy(), atol=1e-4, rtol=0)
+    assert [r["category_id"] for r in rows] == ref["labels"].tolist()
+
+
+@pytest.fixture(scope="module")
+def mask_run(tmp_path_factory, image_dir, mask_weights):
+    out = tmp_path_factory.mktemp("runs") / "mask"
+    summary = mb.infer(str(image_dir), str(out), model="maskrcnn_resnet50_fpn", weights=str(mask_weights), shard_size=3, batch_size=BATCH, **SMALL)
+    return mb.open_run(str(out)), summary
+
+
+def test_mask_model_rows_equal_torchvision(mask_run, mask_weights):
+    run, summary = mask_run
+    assert summary.complete and summary.images_by_status == {"ok": 5}
+    net = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **SMALL)
+    net.load_state_dict(torch.load(mask_weights, weights_only=True))
+    ref = reference_outputs(net.eval(), run.read_plan(), shard_size=3)
+    rows = rows_by_image(run.read_table("instances"))
+    images = {r["image_id"]: r for r in run.read_table("images").to_pylist()}
+    total = 0
+    categories = mb.list_models()  # noqa: F841 - registry loads
+    for image_id, res in ref.items():
+        got = rows.get(image_id, [])
+        assert_boxes_equal(got, res)
+        h, w = res["masks"].shape[-2:]
+        assert (images[image_id]["height"], images[image_id]["width"]) == (h, w)
+        expected = (res["masks"][:, 0] > 0.5).numpy()
+        for r, m in zip(got, expected):
+            decoded = mask_utils.decode({"size": r["mask"]["size"], "counts": r["mask"]["counts"].encode()})
+            np.testing.assert_array_equal(decoded, m)
+            assert r["area"] == m.sum()
+            total += 1
+        assert images[image_id]["num_instances"] == len(got)
+    assert total > 50  # the comparison covered many masks
+
+
+def test_keypoint_model_rows_equal_torchvision(tmp_path, image_dir, keypoint_weights):
+    summary = mb.infer(str(image_dir), str(tmp_path / "kp"), model="keypointrcnn_resnet50_fpn", weights=str(keypoint_weights), shard_size=3, batch_size=BATCH, **SMALL)
+    run = mb.open_run(str(tmp_path / "kp"))
+    net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, **SMALL)
+    net.load_state_dict(torch.load(keypoint_weights, weights_only=True))
+    ref = reference_outputs(net.eval(), run.read_plan(), shard_size=3)
+    kps = rows_by_image(run.read_table("keypoints"))
+    inst = rows_by_image(run.read_table("instances"))
+    n = 0
+    for image_id, res in ref.items():
+        assert_boxes_equal(inst.get(image_id, []), res)
+        got = kps.get(image_id, [])
+        assert_boxes_equal(got, res)  # every detection is a person
+        for r, k, ks in zip(got, res["keypoints"].numpy(), res["keypoints_scores"].numpy()):
+            trip = np.array(r["keypoints"], dtype=np.float32).reshape(17, 3)
+            np.testing.assert_allclose(trip[:, :2], k[:, :2], atol=1e-4, rtol=0)
+            assert (trip[:, 2] == 2).all()
+            np.testing.assert_allclose(r["keypoint_scores"], ks, atol=1e-4, rtol=0)
+            assert r["mask_instance_id"] is None and r["category"] == "person"
+            n += 1
+    assert n > 10 and summary.keypoints == n
+
+
+def test_mask_and_keypoint_model_joins_people(tmp_path, image_dir, mask_weights, keypoint_weights):
+    both = tmp_path / "both.pth"
+    state = {f"mask.{k}": v for k, v in torch.load(mask_weights, weights_only=True).items()}
+    state.update({f"keypoint.{k}": v for k, v in torch.load(keypoint_weights, weights_only=True).items()})
+    torch.save(state, both)
+    mb.infer(str(image_dir), str(tmp_path / "run"), model="maskrcnn+keypointrcnn_resnet50_fpn", weights=str(both), shard_size=5, batch_size=BATCH, **SMALL)
+    run = mb.open_run(str(tmp_path / "run"))
+    inst = rows_by_image(run.read_table("instances"))
+    kps = rows_by_image(run.read_table("keypoints"))
+    joined = 0
+    for image_id, rows in kps.items():
+        people = {r["instance_id"]: r for r in inst.get(image_id, []) if r["category_id"] == 1}
+        used = [r["mask_instance_id"] for r in rows if r["mask_instance_id"] is not None]
+        assert len(used) == len(set(used))  # one-to-one
+        for r in rows:
+            if r["mask_instance_id"] is not None:
+                p = people[r["mask_instance_id"]]  # joined to a person instance
+                assert _iou(p["bbox"], r["bbox"]) >= 0.5
+                joined += 1
+    assert sum(len(v) for v in kps.values()) > 0 and sum(len(v) for v in inst.values()) > 0
+    assert run.run_meta()["model"]["keypoint_names"][0] == "nose"
+
+
+def _iou(a, b):
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def test_join_by_iou_is_greedy_one_to_one_with_a_floor():
+    from mrcnn_batch.predict.predictor import join_by_iou
+
+    people = torch.tensor([[0, 0, 10, 10], [100, 100, 120, 130], [0, 0, 11, 10.0]])
+    kp = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [100, 100, 121, 131], [50, 50, 60, 60.0]])
+    got = join_by_iou(kp, people, torch.tensor([4, 7, 9]))
+    # first keypoint box takes the exact match (index 4); the second the remaining overlap (9);
+    # the third matches the far box (7); the fourth overlaps nothing.
+    assert got.tolist() == [4, 9, 7, -1]
+    assert join_by_iou(kp[:0], people, torch.tensor([4, 7, 9])).tolist() == []
+    assert join_by_iou(kp, people[:0], torch.tensor([], dtype=torch.int64)).tolist() == [-1, -1, -1, -1]
