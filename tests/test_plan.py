@@ -1,0 +1,118 @@
+"""Listing every input kind into a deterministic plan with stable ids."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mrcnn_batch.config import InputSpec
+from mrcnn_batch.plan import InputError, build_plan, input_kind
+from mrcnn_batch.plan.ids import stable_id
+from mrcnn_batch.schemas import PLAN
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "a" / "b").mkdir(parents=True)
+    for rel in ["x.jpg", "a/y.PNG", "a/b/z.jpeg", "README.md", "a/notes.txt"]:
+        (root / rel).write_bytes(b"data")
+    return root
+
+
+def plan_of(url, **kw):
+    return build_plan(InputSpec(url=url, **kw), shard_size=2)
+
+
+def test_prefix_lists_images_recursively_sorted_with_ids_from_relative_keys(tree):
+    plan = plan_of(str(tree))
+    assert plan.schema.equals(PLAN)
+    uris = plan.column("uri").to_pylist()
+    assert [u.rsplit("/imgs/", 1)[1] for u in uris] == ["a/b/z.jpeg", "a/y.PNG", "x.jpg"]
+    assert plan.column("image_id").to_pylist() == [stable_id(k) for k in ["a/b/z.jpeg", "a/y.PNG", "x.jpg"]]
+    assert plan.column("shard").to_pylist() == [0, 0, 1]
+    assert all(i >= 0 for i in plan.column("image_id").to_pylist())
+
+
+def test_ids_survive_relisting_new_files_and_moving_the_collection(tree, tmp_path):
+    before = dict(zip(plan_of(str(tree)).column("uri").to_pylist(), plan_of(str(tree)).column("image_id").to_pylist()))
+    (tree / "a" / "0first.jpg").write_bytes(b"new")
+    after = plan_of(str(tree))
+    for uri, image_id in zip(after.column("uri").to_pylist(), after.column("image_id").to_pylist()):
+        if uri in before:
+            assert before[uri] == image_id
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tree, moved)
+    assert sorted(plan_of(str(moved)).column("image_id").to_pylist()) == sorted(after.column("image_id").to_pylist())
+
+
+def test_glob(tree):
+    plan = plan_of(str(tree / "a" / "**" / "*.jpeg"))
+    assert [u.rsplit("/", 1)[1] for u in plan.column("uri").to_pylist()] == ["z.jpeg"]
+
+
+def test_manifests_txt_csv_parquet(tree, tmp_path):
+    uris = [str(tree / "x.jpg"), str(tree / "a/y.PNG")]
+    (tmp_path / "m.txt").write_text("# comment\n" + "\n".join(uris) + "\n\n")
+    (tmp_path / "m.csv").write_text("uri,image_id\n" + "".join(f"{u},{i}\n" for i, u in zip([7, 3], uris)))
+    pq.write_table(pa.table({"uri": uris}), tmp_path / "m.parquet")
+    txt = plan_of(str(tmp_path / "m.txt"))
+    assert txt.column("uri").to_pylist() == uris  # manifest order is kept
+    assert txt.column("image_id").to_pylist() == [stable_id(u) for u in uris]
+    assert plan_of(str(tmp_path / "m.csv")).column("image_id").to_pylist() == [7, 3]
+    assert plan_of(str(tmp_path / "m.parquet")).column("uri").to_pylist() == uris
+
+
+def test_coco_json_uses_its_ids_and_image_root(tree, tmp_path):
+    coco = {"images": [{"id": 42, "file_name": "x.jpg"}, {"id": 5, "file_name": "a/y.PNG"}], "annotations": []}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    plan = plan_of(str(tmp_path / "ann.json"), image_root=str(tree))
+    assert plan.column("image_id").to_pylist() == [5, 42]
+    assert plan.column("uri").to_pylist()[0].endswith("imgs/a/y.PNG")
+
+
+def test_tar_shards(tree, tmp_path):
+    for n in range(2):
+        with tarfile.open(tmp_path / f"shard-{n}.tar", "w") as tf:
+            tf.add(tree / "x.jpg", arcname=f"s{n}/x.jpg")
+            tf.add(tree / "README.md", arcname=f"s{n}/README.md")
+    plan = plan_of(str(tmp_path / "shard-*.tar"))
+    uris = plan.column("uri").to_pylist()
+    assert len(uris) == 2 and all(u.startswith("tar://s") and "::" in u for u in uris)
+    assert input_kind(str(tmp_path / "shard-0.tar")) == "tar"
+    from mrcnn_batch.read import fetch_all
+
+    assert fetch_all(uris, storage_options={}) == [b"data", b"data"]
+
+
+def test_errors_name_the_input(tree, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        plan_of(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images found"):
+        plan_of(str(tmp_path / "empty"))
+    (tmp_path / "dup.csv").write_text("uri,image_id\na.jpg,1\nb.jpg,1\n")
+    with pytest.raises(InputError, match="image id 1 to two images: 'a.jpg' and 'b.jpg'"):
+        plan_of(str(tmp_path / "dup.csv"))
+    (tmp_path / "bad.csv").write_text("path\na.jpg\n")
+    with pytest.raises(InputError, match="no 'uri' column"):
+        plan_of(str(tmp_path / "bad.csv"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        plan_of(str(tmp_path / "bad.json"))
+
+
+def test_listing_many_keys_is_chunked(tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(3000):
+        (root / f"{i:05d}.jpg").touch()
+    plan = build_plan(InputSpec(url=str(root)), shard_size=1000)
+    assert plan.num_rows == 3000
+    assert plan.column("shard").to_pylist()[-1] == 2
+    assert len(set(plan.column("image_id").to_pylist())) == 3000

@@ -1,0 +1,101 @@
+"""Object storage (a real S3 endpoint through s3fs), the written tables' schemas and metadata,
+and reading them with DuckDB with no help."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+import mrcnn_batch as mb
+from conftest import SMALL
+from mrcnn_batch.schemas import SCHEMA_VERSION, TABLES
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, image_dir, mask_weights):
+    out = tmp_path_factory.mktemp("runs") / "local"
+    mb.infer(str(image_dir), str(out), weights=str(mask_weights), shard_size=2, **SMALL)
+    return mb.open_run(str(out))
+
+
+def _sorted_rows(run, table):
+    return sorted(run.read_table(table).to_pylist(), key=lambda r: (r["image_id"], r.get("instance_id", 0)))
+
+
+def test_s3_input_and_output_give_the_same_rows(local_run, s3, image_dir, mask_weights):
+    fs, bucket, options = s3
+    for p in sorted(image_dir.glob("*.jpg")):
+        fs.put_file(str(p), f"{bucket}/photos/{p.name}")
+    fs.put_file(str(mask_weights), f"{bucket}/models/mask.pth")
+    summary = mb.infer(
+        f"s3://{bucket}/photos/",
+        f"s3://{bucket}/runs/r1",
+        weights=f"s3://{bucket}/models/mask.pth",
+        storage_options=options,
+        shard_size=2,
+        **SMALL,
+    )
+    assert summary.complete
+    run = mb.open_run(f"s3://{bucket}/runs/r1", storage_options=options)
+    assert fs.exists(f"{bucket}/runs/r1/_SUCCESS")
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{bucket}/runs/r1/_commits")) == [
+        f"shard-{i:06d}.json" for i in range(3)
+    ]
+    for table in ("instances", "keypoints"):
+        assert _sorted_rows(run, table) == _sorted_rows(local_run, table)
+    ours = {r["image_id"]: r for r in run.read_table("images").to_pylist()}
+    theirs = {r["image_id"]: r for r in local_run.read_table("images").to_pylist()}
+    assert ours.keys() == theirs.keys()  # ids come from keys relative to the root, not the bucket
+    assert all(ours[k]["uri"].startswith("s3://") for k in ours)
+    # no secret reaches the run directory
+    meta = json.dumps(run.run_meta())
+    assert "testing" not in meta and options["endpoint_url"] not in meta
+
+
+def test_files_follow_the_schemas_with_metadata(local_run):
+    meta = local_run.run_meta()
+    for table, schema in TABLES.items():
+        for shard in local_run.committed_shards():
+            path = local_run.path(f"{table}/shard-{shard:06d}.parquet")
+            f = pq.ParquetFile(path)
+            assert f.schema_arrow.remove_metadata().equals(schema), table
+            md = f.schema_arrow.metadata
+            assert md[b"mrcnn_batch.schema_version"] == SCHEMA_VERSION.encode()
+            assert md[b"mrcnn_batch.run_id"] == meta["run_id"].encode()
+            assert f.metadata.row_group(0).column(0).compression == "ZSTD"
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert meta["weights"]["sha256"] and meta["model"]["name"] == "maskrcnn_resnet50_fpn"
+
+
+def test_duckdb_reads_the_tables_without_help(local_run):
+    root = local_run.root
+    con = duckdb.connect()
+    per_category = con.execute(
+        f"SELECT category, count(*) AS n, avg(score) FROM read_parquet('{root}/instances/*.parquet')"
+        " GROUP BY category ORDER BY n DESC"
+    ).fetchall()
+    expected = {}
+    for r in local_run.read_table("instances").to_pylist():
+        expected[r["category"]] = expected.get(r["category"], 0) + 1
+    assert {c: n for c, n, _ in per_category} == expected
+    joined = con.execute(
+        f"SELECT i.uri, count(x.instance_id) FROM read_parquet('{root}/images/*.parquet') i"
+        f" LEFT JOIN read_parquet('{root}/instances/*.parquet') x USING (image_id) GROUP BY i.uri"
+    ).fetchall()
+    assert len(joined) == 5
+    h, w = con.execute(
+        f"SELECT mask.size[1], mask.size[2] FROM read_parquet('{root}/instances/*.parquet') LIMIT 1"
+    ).fetchone()
+    assert h > 0 and w > 0
+
+
+def test_resume_and_refusal(local_run, image_dir, mask_weights):
+    again = mb.infer(str(image_dir), local_run.url, weights=str(mask_weights), shard_size=2, **SMALL)
+    assert again.resumed and again.executed_shards == [] and again.complete
+    from mrcnn_batch.run.driver import RunRefused
+
+    with pytest.raises(RunRefused, match="score_threshold: 0.05 there, 0.5 now"):
+        mb.infer(str(image_dir), local_run.url, weights=str(mask_weights), shard_size=2, score_threshold=0.5, **SMALL)
