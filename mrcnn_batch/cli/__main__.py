@@ -1,0 +1,3 @@
+from mrcnn_batch.cli import main
+
+main()

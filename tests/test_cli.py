@@ -1,0 +1,74 @@
+"""The command line: help, the model registry, and exit codes scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SMALL
+
+CLI = [sys.executable, "-m", "mrcnn_batch.cli"]
+
+
+def run(*args, env=None, **kw):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=e, timeout=600, **kw)
+
+
+def test_help_lists_commands():
+    res = run("--help")
+    assert res.returncode == 0
+    for cmd in ("infer", "models", "eval"):
+        assert cmd in res.stdout
+
+
+def test_models_json_carries_metadata():
+    res = run("models", "--json")
+    assert res.returncode == 0, res.stderr
+    models = {m["name"]: m for m in json.loads(res.stdout)}
+    assert {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn", "maskrcnn+keypointrcnn_resnet50_fpn", "demo"} <= set(models)
+    kp = models["keypointrcnn_resnet50_fpn"]
+    assert len(kp["keypoint_names"]) == len(kp["oks_sigmas"]) == 17
+    assert {"id": 1, "name": "person"} in models["maskrcnn_resnet50_fpn"]["categories"]
+
+
+def test_offline_without_weights_names_the_weights_option(tmp_path, image_dir):
+    res = run("infer", image_dir, tmp_path / "out", env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert res.returncode == 2
+    assert "--weights" in res.stderr and "MaskRCNN_ResNet50_FPN_Weights" in res.stderr
+    assert not (tmp_path / "out" / "_run.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--storage-options", "{nope"], "must be a JSON object"),
+        (["--model", "nosuch"], "unknown model 'nosuch'"),
+        (["--classes", "unicorn"], "unknown class name"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(tmp_path, image_dir, mask_weights, args, message):
+    res = run("infer", image_dir, tmp_path / "out", "--weights", mask_weights, "--min-size", 128, "--max-size", 192, *args)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr
+
+
+def test_missing_input_exits_2(tmp_path, mask_weights):
+    res = run("infer", tmp_path / "nothing", tmp_path / "out", "--weights", mask_weights)
+    assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_other_settings_on_an_existing_run_exit_3(tmp_path, image_dir, mask_weights):
+    import mrcnn_batch as mb
+
+    out = tmp_path / "out"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "dog.jpg").write_bytes((image_dir / "dog.jpg").read_bytes())
+    mb.infer(str(tmp_path / "one"), str(out), weights=str(mask_weights), **SMALL)
+    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, "--min-size", 160, "--max-size", 192)
+    assert res.returncode == 3
+    assert "min_size: 128 there, 160 now" in res.stderr and "--overwrite" in res.stderr
