@@ -8,15 +8,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from mrcnn_batch.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, InputSpec, PredictConfig, ReadConfig, RunConfig
 from mrcnn_batch.models.registry import ModelSpec
 from mrcnn_batch.models.registry import list_models as _list_models
-from mrcnn_batch.run.driver import RunSummary, execute
+from mrcnn_batch.run.driver import Executor, RunSummary, execute
+from mrcnn_batch.run.local import run_local
 from mrcnn_batch.run.layout import open_run
 
-__all__ = ["infer", "list_models", "make_config", "open_run"]
+__all__ = ["infer", "list_models", "make_config", "make_executor", "open_run"]
 
 
 def list_models() -> list[ModelSpec]:
@@ -77,16 +79,50 @@ def infer(
     overwrite: bool = False,
     executor: str = "local",
     workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float | None = None,
+    address: str | None = None,
+    max_attempts: int = 3,
+    on_plan: Callable[[dict, Any, list[int]], None] | None = None,
+    on_commit: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> RunSummary:
     """Run a model over ``input`` into the run directory ``output``; resumes by default.
 
-    ``executor="local"`` runs shards in this process; ``"ray"`` runs a pool of Ray actors.
+    ``executor="local"`` runs shards in this process; ``"ray"`` runs a pool of Ray actors
+    (``workers``, ``gpus_per_worker``, ``cpus_per_worker``; on the Ray at ``address`` or
+    ``RAY_ADDRESS``, else an embedded local one; an initialised Ray is reused).
     ``options`` are those of ``make_config``.
     """
     config = make_config(input, output, **options)
-    if executor == "local":
-        from mrcnn_batch.run.local import run_local
+    return execute(
+        config,
+        make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                      address=address, max_attempts=max_attempts),
+        overwrite=overwrite,
+        on_plan=on_plan,
+        on_commit=on_commit,
+    )
 
-        return execute(config, run_local, overwrite=overwrite)
-    raise ValueError(f"unknown executor {executor!r}; expected 'local' or 'ray'")
+
+def make_executor(
+    kind: str,
+    *,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float | None = None,
+    address: str | None = None,
+    max_attempts: int = 3,
+    verbose: bool = False,
+) -> Executor:
+    """The executor named ``kind``: ``"local"`` (in-process) or ``"ray"`` (an actor pool)."""
+    if kind == "local":
+        if workers not in (None, 1) or gpus_per_worker or cpus_per_worker or address:
+            raise ValueError("workers, gpus_per_worker, cpus_per_worker and address need executor='ray'")
+        return functools.partial(run_local, max_attempts=max_attempts)
+    if kind == "ray":
+        from mrcnn_batch.run.ray_executor import RayExecutor, RayOptions
+
+        return RayExecutor(RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                                      cpus_per_worker=cpus_per_worker, max_attempts=max_attempts, verbose=verbose))
+    raise ValueError(f"unknown executor {kind!r}; expected 'local' or 'ray'")

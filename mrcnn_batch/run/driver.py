@@ -71,6 +71,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
     weights = resolve_weights(spec, config.predict.weights, storage_options=config.input.storage_options)
     identity = config.identity(weights_sha256=weights.sha256)
     run = RunDir(config.output, config.output_storage_options)
+    run.fs.invalidate_cache(run.root)
     if run.exists(RUN_JSON):
         meta = run.run_meta()
         if meta.get("identity") == identity and run.exists(PLAN_FILE):
@@ -99,6 +100,7 @@ def execute(
     start = time.perf_counter()
     run, meta, plan, weights, resumed = prepare(config, overwrite=overwrite)
     all_shards = shard_ids(plan)
+    run.fs.invalidate_cache(run.root)  # markers written by other processes (s3fs caches listings)
     done = set(run.committed_shards())
     pending = [s for s in all_shards if s not in done]
     if on_plan:
@@ -111,6 +113,7 @@ def execute(
             on_commit(record)
 
     failed = executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed) if pending else {}
+    run.fs.invalidate_cache(run.root)
     complete = set(run.committed_shards()) >= set(all_shards)
     if complete:
         run.write_json(SUCCESS, {"run_id": meta["run_id"], "completed_at": time.time()})
