@@ -1,0 +1,71 @@
+"""Contract tests over every registered model, and user checkpoints with their own categories."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mrcnn_batch as mb
+from conftest import SMALL
+from mrcnn_batch.models.loaded import build_model, effective_spec
+from mrcnn_batch.models.registry import get_spec, list_models
+from mrcnn_batch.models.weights import Weights, WeightsUnavailable, load_weights
+
+NAMES = [s.name for s in list_models()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_entry_is_consistent(name):
+    spec = get_spec(name)
+    meta = spec.metadata()
+    assert meta["name"] == name and meta["categories"]
+    assert len(spec.keypoint_names) == len(spec.oks_sigmas)
+    if spec.has_keypoints:
+        assert spec.keypoint_category_id is not None
+        assert all(0.0 < s <= 0.107 for s in spec.oks_sigmas)
+        assert all(1 <= a <= len(spec.keypoint_names) and 1 <= b <= len(spec.keypoint_names) for a, b in spec.skeleton)
+    for part in spec.components:
+        assert get_spec(part).build is not None
+    if not spec.components:
+        net = spec.build(num_classes=len(spec.categories), **SMALL)
+        assert net.roi_heads.box_predictor.cls_score.out_features == len(spec.categories)
+        assert net.roi_heads.has_mask() == spec.has_masks
+        assert net.roi_heads.has_keypoint() == spec.has_keypoints
+
+
+def test_unknown_model_lists_the_registered_ones():
+    with pytest.raises(KeyError, match="registered models: .*maskrcnn_resnet50_fpn"):
+        get_spec("yolo")
+
+
+def test_user_checkpoint_with_its_own_categories(tmp_path, image_dir):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(3)
+    net = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+    with torch.no_grad():
+        net.roi_heads.box_predictor.cls_score.bias[1:] += 4
+    ckpt = tmp_path / "mine.pt"
+    torch.save({"model": net.state_dict(), "categories": ["__background__", "cat", "hat"]}, ckpt)
+    weights = load_weights(str(ckpt))
+    spec = effective_spec(get_spec("maskrcnn_resnet50_fpn"), weights)
+    assert spec.categories == ("__background__", "cat", "hat")
+    mb.infer(str(image_dir), str(tmp_path / "run"), weights=str(ckpt), classes=["hat"], **SMALL)
+    run = mb.open_run(str(tmp_path / "run"))
+    inst = run.read_table("instances")
+    assert inst.num_rows > 0 and set(inst.column("category").to_pylist()) == {"hat"}
+    assert set(inst.column("category_id").to_pylist()) == {2}
+    assert [c["name"] for c in run.run_meta()["model"]["categories"]] == ["cat", "hat"]
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path, keypoint_weights):
+    with pytest.raises(WeightsUnavailable, match="do not fit 'maskrcnn_resnet50_fpn'"):
+        build_model("maskrcnn_resnet50_fpn", load_weights(str(keypoint_weights)), **SMALL)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(WeightsUnavailable, match="not a loadable state dict"):
+        load_weights(str(tmp_path / "junk.pth"))
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        load_weights(str(tmp_path / "none.pth"))
+    w = Weights(source="x", sha256="0", state_dict={"a": torch.zeros(1)})
+    with pytest.raises(WeightsUnavailable, match="mask\\."):
+        build_model("maskrcnn+keypointrcnn_resnet50_fpn", w)
