@@ -113,3 +113,18 @@ def test_box_outside_image_is_an_empty_mask():
     rles, areas = paste_and_encode(torch.ones(1, 1, 28, 28), torch.tensor([[50.0, 50, 60, 60]]), height=10, width=10)
     assert areas.tolist() == [0]
     assert mask_utils.decode({"size": [10, 10], "counts": rles[0]["counts"].encode()}).sum() == 0
+
+
+def test_an_image_without_detections_encodes_to_no_rows():
+    from mrcnn_batch.encode.rows import Columns, encode_detections
+    from mrcnn_batch.predict.predictor import Detections
+
+    empty = Detections(
+        boxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.int64),
+        masks=torch.zeros(0, 1, 28, 28), kp_boxes=torch.zeros(0, 4), kp_scores=torch.zeros(0),
+        kp_labels=torch.zeros(0, dtype=torch.int64), keypoints=torch.zeros(0, 17, 3),
+        keypoint_scores=torch.zeros(0, 17), kp_instance=np.zeros(0, dtype=np.int64),
+    )
+    inst, kps = Columns(), Columns()
+    n = encode_detections(empty, image_id=1, height=10, width=10, categories=("bg", "a"), mask_threshold=0.5, instances=inst, keypoints=kps)
+    assert n == (0, 0) and len(inst) == 0 and len(kps) == 0

@@ -99,3 +99,11 @@ def test_resume_and_refusal(local_run, image_dir, mask_weights):
 
     with pytest.raises(RunRefused, match="score_threshold: 0.05 there, 0.5 now"):
         mb.infer(str(image_dir), local_run.url, weights=str(mask_weights), shard_size=2, score_threshold=0.5, **SMALL)
+
+
+def test_commit_markers_carry_counts_and_timings(local_run):
+    for shard in local_run.committed_shards():
+        rec = local_run.read_json(f"_commits/shard-{shard:06d}.json")
+        assert rec["shard"] == shard and rec["rows"]["images"] == sum(rec["status_counts"].values())
+        assert rec["seconds"] >= rec["model_seconds"] > 0
+        assert rec["bytes"]["instances"] > 0

@@ -88,7 +88,7 @@ def encode_detections(
         category=[categories[c] for c in kp_labels],
         score=det.kp_scores.float().cpu().numpy().tolist(),
         bbox=xyxy_to_xywh(det.kp_boxes.float().cpu().numpy()).tolist(),
-        keypoints=triplets.reshape(k, -1).tolist(),
+        keypoints=triplets.reshape(k, kp.shape[1] * 3).tolist(),
         keypoint_scores=det.keypoint_scores.float().cpu().numpy().tolist(),
         mask_instance_id=[int(i) if i >= 0 else None for i in kp_instance],
     )

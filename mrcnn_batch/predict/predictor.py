@@ -63,7 +63,7 @@ class Predictor:
         self.model = model.to(device)
         self.device = device
         self.spec = model.spec
-        self.keep_labels = _label_filter(self.spec.categories, classes)
+        self.keep_labels = label_filter(self.spec.categories, classes)
 
     def __call__(self, arrays: list[np.ndarray]) -> list[Detections]:
         images = [
@@ -139,7 +139,7 @@ def join_by_iou(kp_boxes: torch.Tensor, inst_boxes: torch.Tensor, inst_index: to
     return out
 
 
-def _label_filter(categories: tuple[str, ...], classes: tuple[str, ...]) -> torch.Tensor | None:
+def label_filter(categories: tuple[str, ...], classes: tuple[str, ...]) -> torch.Tensor | None:
     if not classes:
         return None
     lookup = {name: i for i, name in enumerate(categories) if name not in ("__background__", "N/A")}

@@ -82,10 +82,7 @@ class ShardProcessor:
             encoded.append(self._encoder.submit(self._encode, shard, loaded, detections, cols))
         for f in encoded:
             f.result()
-        record = self._commit(shard, cols)
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        record["model_seconds"] = round(model_seconds, 3)
-        return record
+        return self._commit(shard, cols, start=start, model_seconds=model_seconds)
 
     def _load(self, batch: list[ImageRef]) -> list[tuple[ImageRef, Decoded]]:
         read = self.config.read
@@ -155,7 +152,7 @@ class ShardProcessor:
                 num_keypoints=[n_kp],
             )
 
-    def _commit(self, shard: int, cols: dict[str, Columns]) -> dict[str, Any]:
+    def _commit(self, shard: int, cols: dict[str, Columns], *, start: float, model_seconds: float) -> dict[str, Any]:
         rows, sizes = {}, {}
         for name, c in cols.items():
             table = build_table(name, c.data, categories=self.categories, run_id=self.run_id)
@@ -170,6 +167,8 @@ class ShardProcessor:
             "status_counts": dict(sorted(statuses.items())),
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "committed_at": time.time(),
+            "seconds": round(time.perf_counter() - start, 3),
+            "model_seconds": round(model_seconds, 3),
         }
         self.run.write_json(commit_path(shard), record)  # last: the shard now exists
         return record

@@ -1,0 +1,188 @@
+"""A run as COCO JSON, for the COCO API and annotation tools (CVAT, Label Studio, FiftyOne).
+
+Two formats, both read from the run's committed tables:
+
+* **coco-results** (``results_<iou_type>.json``): the list ``COCO.loadRes`` and ``COCOeval``
+  read, one file per IoU type, each holding only its own field -- ``bbox`` for bbox,
+  ``segmentation`` (compressed RLE) for segm, ``keypoints`` for keypoints -- as torchvision's
+  reference scripts write them. ``loadRes`` derives a result's ``area`` from the *first*
+  result's fields (a ``bbox`` present means ``w * h`` for every result), so mixing fields in one
+  file would change segm and keypoint AP; kept apart, pycocotools' numbers on these files equal
+  ``mrcnn-batch eval``'s on the run.
+* **coco** (``coco.json``): a COCO dataset: ``images`` (every ``ok`` image; ``file_name`` is its
+  URI relative to ``image_root`` when given, else the full URI, which is also ``coco_url``),
+  ``categories`` (the model's, with ``keypoints`` and ``skeleton`` on its keypoint category),
+  and ``annotations``: one per instance (``bbox``, ``area`` = mask pixels where a mask exists,
+  RLE ``segmentation``, ``iscrowd`` 0, and the prediction's ``score``). A keypoint detection
+  joins its instance (``mask_instance_id``) as ``keypoints``/``num_keypoints``; one without an
+  instance becomes an annotation of its own (box and keypoints).
+
+Coordinates are the tables' own: ``[x, y, w, h]`` in original-image pixels, keypoint triplets
+``[x, y, v]`` with ``v = 2``. Rows are written in (image id, instance id) order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+from typing import Any, Sequence
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mrcnn_batch.run.layout import RunDir, open_run
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("coco-results", "coco")
+IOU_TYPES = ("bbox", "segm", "keypoints")
+
+
+def run_iou_types(run: RunDir) -> tuple[str, ...]:
+    """The IoU types a run's model produced."""
+    model = run.run_meta().get("model") or {}
+    return ("bbox",) + (("segm",) if model.get("has_masks") else ()) + (("keypoints",) if model.get("has_keypoints") else ())
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    return table.sort_by([("image_id", "ascending"), ("instance_id", "ascending")])
+
+
+def coco_results(run: RunDir, *, iou_type: str) -> list[dict[str, Any]]:
+    """The run's detections as a COCO results list of one IoU type."""
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"unknown IoU type {iou_type!r}; expected one of {', '.join(IOU_TYPES)}")
+    if iou_type == "keypoints":
+        t = _sorted(run.read_table("keypoints"))
+        return [
+            {"image_id": r["image_id"], "category_id": r["category_id"], "keypoints": r["keypoints"], "score": r["score"]}
+            for r in t.select(["image_id", "instance_id", "category_id", "keypoints", "score"]).to_pylist()
+        ]
+    t = _sorted(run.read_table("instances"))
+    if iou_type == "bbox":
+        return [
+            {"image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"], "score": r["score"]}
+            for r in t.select(["image_id", "instance_id", "category_id", "bbox", "score"]).to_pylist()
+        ]
+    rows = t.select(["image_id", "instance_id", "category_id", "mask", "score"]).to_pylist()
+    missing = [r["image_id"] for r in rows if r["mask"] is None]
+    if missing:
+        raise ValueError(f"run {run.url}: instances without a mask (e.g. image {missing[0]}); segm needs a mask model")
+    return [
+        {"image_id": r["image_id"], "category_id": r["category_id"],
+         "segmentation": {"size": r["mask"]["size"], "counts": r["mask"]["counts"]}, "score": r["score"]}
+        for r in rows
+    ]
+
+
+def coco_categories(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    model = meta.get("model") or {}
+    kp_cat = model.get("keypoint_category_id")
+    cats = []
+    for c in model.get("categories") or []:
+        cat: dict[str, Any] = {"id": int(c["id"]), "name": c["name"], "supercategory": ""}
+        if model.get("has_keypoints") and kp_cat is not None and int(c["id"]) == int(kp_cat):
+            cat["keypoints"] = list(model.get("keypoint_names") or [])
+            cat["skeleton"] = [list(e) for e in model.get("skeleton") or []]
+        cats.append(cat)
+    return cats
+
+
+def _prefixes(image_root: str | None) -> list[str]:
+    """``image_root`` as URI prefixes: a local path also as the ``file://`` URI ``infer`` records."""
+    if not image_root:
+        return []
+    roots = [image_root.rstrip("/") + "/"]
+    if "://" not in image_root:
+        roots.append("file://" + os.path.abspath(image_root).rstrip("/") + "/")
+    return roots
+
+
+def coco_dataset(run: RunDir, *, image_root: str | None = None) -> dict[str, Any]:
+    """The run's predictions as a COCO dataset (images, categories, scored annotations)."""
+    meta = run.run_meta()
+    images = run.read_table("images")
+    images = images.filter(pc.equal(pc.cast(images["status"], "string"), "ok")).sort_by("image_id")
+    roots = _prefixes(image_root)
+    coco_images = []
+    for r in images.select(["image_id", "uri", "width", "height"]).to_pylist():
+        root = next((p for p in roots if r["uri"].startswith(p)), None)
+        name = r["uri"][len(root):] if root else r["uri"]
+        coco_images.append({"id": r["image_id"], "file_name": name, "coco_url": r["uri"],
+                            "width": r["width"], "height": r["height"]})
+    ok = {im["id"] for im in coco_images}
+    annotations: list[dict[str, Any]] = []
+    by_instance: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in _sorted(run.read_table("instances")).to_pylist():
+        if r["image_id"] not in ok:
+            continue
+        ann: dict[str, Any] = {
+            "id": len(annotations) + 1, "image_id": r["image_id"], "category_id": r["category_id"],
+            "bbox": r["bbox"], "area": r["area"], "iscrowd": 0, "score": r["score"],
+        }
+        if r["mask"] is not None:
+            ann["segmentation"] = {"size": r["mask"]["size"], "counts": r["mask"]["counts"]}
+        annotations.append(ann)
+        by_instance[(r["image_id"], r["instance_id"])] = ann
+    for r in _sorted(run.read_table("keypoints")).to_pylist():
+        if r["image_id"] not in ok:
+            continue
+        n = sum(1 for v in r["keypoints"][2::3] if v > 0)
+        target = by_instance.get((r["image_id"], r["mask_instance_id"])) if r["mask_instance_id"] is not None else None
+        if target is None:
+            x, y, w, h = r["bbox"]
+            target = {"id": len(annotations) + 1, "image_id": r["image_id"], "category_id": r["category_id"],
+                      "bbox": r["bbox"], "area": float(w) * float(h), "iscrowd": 0, "score": r["score"]}
+            annotations.append(target)
+        target["keypoints"] = r["keypoints"]
+        target["num_keypoints"] = n
+    return {
+        "info": {"description": f"mrcnn-batch predictions of run {meta.get('run_id')}",
+                 "model": (meta.get("model") or {}).get("name"), "run_id": meta.get("run_id")},
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": coco_categories(meta),
+    }
+
+
+def export_run(
+    url: str,
+    out_dir: str | None = None,
+    *,
+    format: str = "coco-results",
+    iou_types: Sequence[str] | None = None,
+    image_root: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    output_storage_options: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write a run's export into ``out_dir`` (default ``RUN/export/``); returns the URLs written."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    run = open_run(url, storage_options=storage_options)
+    target = out_dir or posixpath.join(url.rstrip("/"), "export")
+    opts = dict(storage_options or {}) if output_storage_options is None else dict(output_storage_options)
+    fs, root = fsspec.core.url_to_fs(target, **opts)
+    root = root.rstrip("/")
+    fs.makedirs(root, exist_ok=True)
+    docs: dict[str, Any] = {}
+    if format == "coco":
+        docs["coco.json"] = coco_dataset(run, image_root=image_root)
+    else:
+        available = run_iou_types(run)
+        types = tuple(iou_types) if iou_types else available
+        bad = [t for t in types if t not in available]
+        if bad:
+            raise ValueError(f"run {url} has no {', '.join(bad)} predictions (its model gives {', '.join(available)})")
+        for t in types:
+            docs[f"results_{t}.json"] = coco_results(run, iou_type=t)
+    written = []
+    for name, doc in docs.items():
+        path = posixpath.join(root, name)
+        with fs.open(path, "wb") as f:
+            f.write(json.dumps(doc, allow_nan=False).encode())
+        written.append(fs.unstrip_protocol(path))
+    log.info("exported %s of %s to %s", format, url, ", ".join(written))
+    return written

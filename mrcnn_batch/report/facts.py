@@ -1,0 +1,139 @@
+"""What a report says about a run, gathered from its committed tables, markers and ``eval/``.
+
+Only columns are read (``status``, ``category``, ``score``), never whole rows, so a report of a
+run with millions of images stays cheap; failed images are listed up to a limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mrcnn_batch.run.layout import COMMITS, EVAL_DIR, SUCCESS, RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    shards: int
+    images: int
+    workers: int
+    worker_seconds: float  # sum over shards of their processing time
+    model_seconds: float  # of which in the model's forward passes
+    wall_seconds: float | None  # run creation to last commit (None: unknown)
+    shard_seconds: tuple[float, ...]  # per shard, in shard order
+    shard_images: tuple[int, ...]
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images / self.wall_seconds if self.wall_seconds else None
+
+    @property
+    def images_per_worker_second(self) -> float | None:
+        return self.images / self.worker_seconds if self.worker_seconds else None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    url: str
+    meta: dict[str, Any]
+    complete: bool
+    planned_shards: int
+    committed_shards: int
+    status_counts: dict[str, int]
+    instances_per_category: dict[str, int]
+    keypoints_per_category: dict[str, int]
+    scores: dict[str, np.ndarray]  # instance scores by category
+    failures: tuple[dict[str, Any], ...]  # non-ok images (image_id, uri, status, error), first ones
+    num_failures: int
+    throughput: Throughput
+    metrics: dict[str, Any] | None  # eval/metrics.json
+    pr_curves: dict[str, bytes] = field(default_factory=dict)  # iou type -> PNG bytes
+
+
+def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
+    meta = run.run_meta()
+    shards = run.committed_shards()
+    planned = int((meta.get("plan") or {}).get("shards") or len(shards))
+    images = run.dataset("images", shards).to_table(columns=["image_id", "status"])
+    status = pc.cast(images["status"], pa.string())
+    status_counts = {str(k): int(v) for k, v in _counts(status).items()}
+    bad = run.dataset("images", shards).to_table(
+        filter=pc.field("status") != "ok", columns=["image_id", "uri", "status", "error"]
+    ).sort_by("image_id")
+    inst = run.dataset("instances", shards).to_table(columns=["category", "score"])
+    kps = run.dataset("keypoints", shards).to_table(columns=["category"])
+    inst_cat = pc.cast(inst["category"], pa.string()).to_numpy(zero_copy_only=False) if inst.num_rows else np.array([], object)
+    inst_score = inst["score"].to_numpy() if inst.num_rows else np.zeros(0, np.float32)
+    scores = {str(c): inst_score[inst_cat == c] for c in sorted(set(inst_cat.tolist()))}
+    metrics, curves = _eval_outputs(run)
+    return RunFacts(
+        url=run.url,
+        meta=meta,
+        complete=run.exists(SUCCESS),
+        planned_shards=planned,
+        committed_shards=len(shards),
+        status_counts=dict(sorted(status_counts.items(), key=lambda kv: (kv[0] != "ok", kv[0]))),
+        instances_per_category=_counts(pc.cast(inst["category"], pa.string())) if inst.num_rows else {},
+        keypoints_per_category=_counts(pc.cast(kps["category"], pa.string())) if kps.num_rows else {},
+        scores=scores,
+        failures=tuple(bad.slice(0, max_failures).to_pylist()),
+        num_failures=bad.num_rows,
+        throughput=_throughput(run, shards, meta),
+        metrics=metrics,
+        pr_curves=curves,
+    )
+
+
+def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    vc = pc.value_counts(column)
+    pairs = [(str(d["values"]), int(d["counts"])) for d in vc.to_pylist()]
+    return dict(sorted(pairs))
+
+
+def _throughput(run: RunDir, shards: list[int], meta: dict[str, Any]) -> Throughput:
+    paths = [run.path(f"{COMMITS}/shard-{s:06d}.json") for s in shards]
+    raw = run.fs.cat(paths) if paths else {}
+    if len(paths) == 1 and not isinstance(raw, dict):
+        raw = {paths[0]: raw}
+    records = []
+    for p in paths:
+        data = raw.get(p) if isinstance(raw, dict) else None
+        if data is None:  # key spelling differs across filesystems; read it directly
+            data = run.fs.cat_file(p)
+        records.append(json.loads(data))
+    seconds = [float(r.get("seconds") or 0.0) for r in records]
+    images = [int((r.get("rows") or {}).get("images") or 0) for r in records]
+    committed = [float(r["committed_at"]) for r in records if r.get("committed_at")]
+    created = meta.get("created_at")
+    wall = (max(committed) - float(created)) if committed and created else None
+    return Throughput(
+        shards=len(records),
+        images=sum(images),
+        workers=len({r.get("worker") for r in records}),
+        worker_seconds=sum(seconds),
+        model_seconds=sum(float(r.get("model_seconds") or 0.0) for r in records),
+        wall_seconds=wall if wall is None or wall > 0 else None,
+        shard_seconds=tuple(seconds),
+        shard_images=tuple(images),
+    )
+
+
+def _eval_outputs(run: RunDir) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
+    if not run.exists(f"{EVAL_DIR}/metrics.json"):
+        return None, {}
+    metrics = run.read_json(f"{EVAL_DIR}/metrics.json")
+    curves = {}
+    for t in (metrics.get("iou_types") or {}):
+        rel = posixpath.join(EVAL_DIR, f"pr_{t}.png")
+        if run.exists(rel):
+            curves[t] = run.fs.cat_file(run.path(rel))
+    return metrics, curves

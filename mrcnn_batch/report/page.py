@@ -1,0 +1,212 @@
+"""The report as one self-contained HTML page.
+
+Self-contained: no script, no external resource; images are ``data:`` URIs and the page's
+Content-Security-Policy (``default-src 'none'``) forbids loading anything else. Every string
+that comes from the inputs -- URIs, category names, error messages, model and run metadata --
+goes through ``html.escape`` (``esc``) before it reaches the markup; numbers are formatted here.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from mrcnn_batch.report.facts import RunFacts
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #d8dce3;padding-bottom:4px}
+.sub{color:#5b6475;word-break:break-all}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
+.card{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:10px 14px;min-width:120px}
+.card b{display:block;font-size:20px}.card span{color:#5b6475;font-size:12px}
+table{border-collapse:collapse;background:#fff;margin:6px 0 12px;font-size:13px}
+th,td{border:1px solid #d8dce3;padding:4px 8px;text-align:left;vertical-align:top}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.bad{color:#b42318}.warn{background:#fff4e5;border:1px solid #f5b95f;padding:8px 12px;border-radius:6px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:8px}
+figure img{display:block;max-width:100%;height:auto}
+figcaption{font-size:12px;color:#5b6475;margin-top:4px;max-width:360px;word-break:break-all}
+td{max-width:520px;overflow-wrap:anywhere}
+"""
+
+
+def esc(value: Any) -> str:
+    """Text from the inputs, safe in element content and quoted attributes."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def img(png: bytes, alt: str, *, width: int | None = None) -> str:
+    w = f' width="{int(width)}"' if width else ""
+    return f'<img src="{data_uri(png)}" alt="{esc(alt)}"{w}>'
+
+
+@dataclass(frozen=True)
+class Figure:
+    png: bytes
+    caption: str  # plain text (escaped when written)
+    width: int | None = None  # display width in CSS pixels (None: the image's own)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[bool] | None = None) -> str:
+    numeric = numeric or [False] * len(header)
+    head = "".join(f'<th class="n">{esc(h)}</th>' if n else f"<th>{esc(h)}</th>" for h, n in zip(header, numeric))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{esc(c)}</td>' if n else f"<td>{esc(c)}</td>" for c, n in zip(r, numeric)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _card(value: str, label: str) -> str:
+    return f'<div class="card"><b>{esc(value)}</b><span>{esc(label)}</span></div>'
+
+
+def _figures(figs: Sequence[Figure], *, width: int | None = None) -> str:
+    return '<div class="grid">' + "".join(
+        f"<figure>{img(f.png, f.caption, width=f.width or width)}<figcaption>{esc(f.caption)}</figcaption></figure>" for f in figs
+    ) + "</div>"
+
+
+def render_page(
+    facts: RunFacts,
+    *,
+    charts: dict[str, bytes],
+    overlays: Sequence[Figure],
+    gallery: Figure | None,
+    title: str | None = None,
+) -> str:
+    meta = facts.meta
+    model = meta.get("model") or {}
+    cfg = meta.get("config") or {}
+    tp = facts.throughput
+    total = sum(facts.status_counts.values())
+    ok = facts.status_counts.get("ok", 0)
+    created = meta.get("created_at")
+    when = datetime.datetime.fromtimestamp(float(created), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if created else "?"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title or 'mrcnn-batch report: ' + str(meta.get('run_id', '')))}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        f"<h1>{esc(title or 'mrcnn-batch run report')}</h1>",
+        f'<div class="sub">run <code>{esc(facts.url)}</code> · id {esc(meta.get("run_id"))} · created {esc(when)}</div>',
+        f'<div class="sub">input <code>{esc((cfg.get("input") or {}).get("url"))}</code> · model <b>{esc(model.get("name"))}</b>'
+        f' · weights {esc((meta.get("weights") or {}).get("source"))}</div>',
+    ]
+    if not facts.complete:
+        parts.append(f'<p class="warn">Incomplete run: {facts.committed_shards} of {facts.planned_shards} shards committed. '
+                     "Figures cover the committed shards only.</p>")
+    n_inst = sum(facts.instances_per_category.values())
+    n_kp = sum(facts.keypoints_per_category.values())
+    parts.append('<div class="cards">' + "".join([
+        _card(f"{total:,}", "images"), _card(f"{ok:,}", "ok"), _card(f"{total - ok:,}", "failed"),
+        _card(f"{n_inst:,}", "instances"), _card(f"{n_kp:,}", "keypoint detections"),
+        _card(_fmt(tp.wall_seconds, 1) + " s", "wall time (creation → last commit)"),
+        _card(_fmt(tp.images_per_second, 1), "images / s"),
+    ]) + "</div>")
+
+    parts.append("<h2>Images by status</h2>")
+    parts.append(_table(["status", "images", "share"],
+                        [(s, f"{n:,}", f"{100 * n / total:.1f}%" if total else "–") for s, n in facts.status_counts.items()],
+                        numeric=[False, True, True]))
+    parts.append(_figures([Figure(charts["status"], "images by status")]))
+
+    parts.append("<h2>Instances per category</h2>")
+    cats = sorted(set(facts.instances_per_category) | set(facts.keypoints_per_category))
+    if cats:
+        rows = []
+        for c in cats:
+            s = facts.scores.get(c)
+            rows.append((c, f"{facts.instances_per_category.get(c, 0):,}", f"{facts.keypoints_per_category.get(c, 0):,}",
+                         _fmt(float(s.mean()) if s is not None and len(s) else None),
+                         f"{int((s >= 0.5).sum()):,}" if s is not None else "0"))
+        parts.append(_table(["category", "instances", "keypoint detections", "mean score", "score ≥ 0.5"], rows,
+                            numeric=[False, True, True, True, True]))
+        parts.append(_figures([Figure(charts["categories"], "instances per category"),
+                               Figure(charts["scores"], "score histogram")]))
+    else:
+        parts.append("<p>No instances were detected.</p>")
+
+    parts.append("<h2>Throughput</h2>")
+    parts.append(_table(
+        ["shards", "images", "workers", "wall s", "images / s", "worker s", "images / worker s", "model share"],
+        [(f"{tp.shards:,}", f"{tp.images:,}", tp.workers, _fmt(tp.wall_seconds, 1), _fmt(tp.images_per_second, 2),
+          _fmt(tp.worker_seconds, 1), _fmt(tp.images_per_worker_second, 2),
+          f"{100 * tp.model_seconds / tp.worker_seconds:.0f}%" if tp.worker_seconds else "–")],
+        numeric=[True] * 8,
+    ))
+    if "shards" in charts:
+        parts.append(_figures([Figure(charts["shards"], "throughput per shard")]))
+
+    parts.append(_eval_section(facts))
+
+    if overlays:
+        parts.append("<h2>Sample overlays</h2>")
+        parts.append(_figures(overlays))
+    if gallery is not None:
+        parts.append("<h2>Instance gallery</h2>")
+        parts.append(_figures([gallery]))
+
+    if facts.num_failures:
+        parts.append(f"<h2>Failed images ({facts.num_failures:,})</h2>")
+        parts.append(_table(["image id", "uri", "status", "error"],
+                            [(f["image_id"], f["uri"], f["status"], f["error"]) for f in facts.failures],
+                            numeric=[True, False, False, False]))
+        if facts.num_failures > len(facts.failures):
+            parts.append(f"<p>… and {facts.num_failures - len(facts.failures):,} more (see the images table).</p>")
+    versions = meta.get("versions") or {}
+    parts.append('<h2>About this run</h2><p class="sub">' + " · ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items())
+                 + f" · schema {esc(meta.get('schema_version'))}</p>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
+
+
+def _eval_section(facts: RunFacts) -> str:
+    m = facts.metrics
+    if not m:
+        return "<h2>Evaluation</h2><p>Not evaluated: run <code>mrcnn-batch eval RUN --annotations GT.json</code>.</p>"
+    out = ["<h2>Evaluation</h2>"]
+    if m.get("partial"):
+        out.append(f'<p class="warn">{esc(m.get("notice") or "PARTIAL evaluation")}</p>')
+    out.append(f'<p class="sub">ground truth <code>{esc(m.get("ground_truth"))}</code> · {int(m.get("num_images") or 0):,} images</p>')
+    types = list((m.get("iou_types") or {}).items())
+    names = types[0][1]["stat_names"] if types else []
+    all_names = list(dict.fromkeys(n for _, t in types for n in t["stat_names"]))
+    rows = [[n] + [_fmt(t["metrics"].get(n)) if n in t["metrics"] and t["metrics"][n] != -1 else "–" for _, t in types]
+            for n in (all_names or names)]
+    out.append(_table(["metric"] + [k for k, _ in types], rows, numeric=[False] + [True] * len(types)))
+    cat_rows: dict[str, list[str]] = {}
+    for k, t in types:
+        for c in t.get("per_category") or []:
+            cat_rows.setdefault(c["category"], [])
+    if cat_rows:
+        header = ["category"] + [f"{k} AP" for k, _ in types]
+        rows = []
+        for name in cat_rows:
+            row = [name]
+            for _, t in types:
+                hit = next((c for c in t.get("per_category") or [] if c["category"] == name), None)
+                row.append(_fmt(hit.get("AP")) if hit else "–")
+            rows.append(row)
+        out.append(_table(header, rows, numeric=[False] + [True] * len(types)))
+    if facts.pr_curves:
+        out.append(_figures([Figure(png, f"precision-recall, {t}") for t, png in facts.pr_curves.items()], width=480))
+    return "\n".join(out)
