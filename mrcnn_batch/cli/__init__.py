@@ -31,6 +31,8 @@ EXIT_INCOMPLETE = 5
 # Each module registers its commands on ``app``.
 from mrcnn_batch.cli import infer_cmd  # noqa: E402,F401
 from mrcnn_batch.cli import eval_cmd  # noqa: E402,F401
+from mrcnn_batch.cli import status_cmd  # noqa: E402,F401
+from mrcnn_batch.cli import demo_cmd  # noqa: E402,F401
 
 
 def main() -> None:

@@ -56,14 +56,22 @@ def infer(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels get status too_large."),
     no_exif_transpose: bool = typer.Option(False, "--no-exif-transpose", help="Ignore EXIF orientation."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run with other settings in OUTPUT."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log per-image problems as they happen."),
+    executor: str = typer.Option("ray", "--executor", help="ray: a pool of Ray actors; local: shards one after another in this process."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="GPUs per actor, may be fractional (default: 1 when the cluster has GPUs, else 0)."),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers)."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    max_attempts: int = typer.Option(3, "--max-attempts", help="Tries per shard (worker deaths included) before it is reported failed."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log per-image problems as they happen, and show Ray's worker logs."),
 ) -> None:
     """Run a detector over INPUT and write Parquet tables into OUTPUT (resumable)."""
-    from mrcnn_batch.api import make_config
+    from mrcnn_batch.api import make_config, make_executor
     from mrcnn_batch.models.weights import WeightsUnavailable
     from mrcnn_batch.plan import InputError
     from mrcnn_batch.run.driver import RunRefused, execute
-    from mrcnn_batch.run.local import run_local
+    from mrcnn_batch.run.progress import RunProgress
+    from mrcnn_batch.run.ray_executor import WorkerStartError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -87,10 +95,13 @@ def infer(
             max_pixels=max_pixels,
             exif_transpose=not no_exif_transpose,
         )
-        summary = execute(config, run_local, overwrite=overwrite)
+        run_executor = make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                                     address=address if executor == "ray" else None, max_attempts=max_attempts, verbose=verbose)
+        with RunProgress(console=err, enabled=progress) as bar:
+            summary = execute(config, run_executor, overwrite=overwrite, on_plan=bar.on_plan, on_commit=bar.on_commit)
     except RunRefused as e:
         fail(str(e), EXIT_REFUSED)
-    except (InputError, WeightsUnavailable, KeyError, ValueError, FileNotFoundError) as e:
+    except (InputError, WeightsUnavailable, WorkerStartError, KeyError, ValueError, FileNotFoundError) as e:
         fail(str(e).strip("'\""), EXIT_USAGE)
     print_summary(summary)
     if summary.failed_shards:

@@ -21,10 +21,12 @@ import pyarrow as pa
 from mrcnn_batch import __version__
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.models.loaded import effective_spec, resolve_weights
+from mrcnn_batch.predict.predictor import label_filter
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
-from mrcnn_batch.run.layout import PLAN_FILE, RUN_JSON, SUCCESS, RunDir
+from mrcnn_batch.run.layout import COMMITS, PLAN_FILE, RUN_JSON, SUCCESS, RunDir
+from mrcnn_batch.run.status import record_failures
 from mrcnn_batch.schemas import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,11 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
     """The run directory, its metadata and plan, and the weights: new, or resumed."""
     spec = get_spec(config.predict.model)
     weights = resolve_weights(spec, config.predict.weights, storage_options=config.input.storage_options)
+    # Fail here, before any worker starts, on class names the weights do not know.
+    label_filter(effective_spec(spec, weights).categories, config.predict.classes)
     identity = config.identity(weights_sha256=weights.sha256)
     run = RunDir(config.output, config.output_storage_options)
-    run.fs.invalidate_cache(run.root)
+    _forget_listings(run)
     if run.exists(RUN_JSON):
         meta = run.run_meta()
         if meta.get("identity") == identity and run.exists(PLAN_FILE):
@@ -100,7 +104,7 @@ def execute(
     start = time.perf_counter()
     run, meta, plan, weights, resumed = prepare(config, overwrite=overwrite)
     all_shards = shard_ids(plan)
-    run.fs.invalidate_cache(run.root)  # markers written by other processes (s3fs caches listings)
+    _forget_listings(run)
     done = set(run.committed_shards())
     pending = [s for s in all_shards if s not in done]
     if on_plan:
@@ -112,9 +116,16 @@ def execute(
         if on_commit:
             on_commit(record)
 
-    failed = executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed) if pending else {}
-    run.fs.invalidate_cache(run.root)
-    complete = set(run.committed_shards()) >= set(all_shards)
+    failed = dict(executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed)) if pending else {}
+    _forget_listings(run)
+    committed_now = set(run.committed_shards())
+    complete = committed_now >= set(all_shards)
+    for shard in set(pending) - committed_now - set(failed):
+        failed[shard] = "the executor returned without committing it"
+    try:
+        record_failures(run, {s: r for s, r in failed.items() if s not in committed_now})
+    except OSError as e:  # the storage that failed the shards may refuse this too
+        log.warning("could not record the failed shards in %s: %s", config.output, e)
     if complete:
         run.write_json(SUCCESS, {"run_id": meta["run_id"], "completed_at": time.time()})
     by_status, n_inst, n_kp = _totals(run)
@@ -133,6 +144,11 @@ def execute(
         complete=complete,
         records=records,
     )
+
+
+def _forget_listings(run: RunDir) -> None:
+    """Drop cached listings of the run (s3fs keeps them; workers write behind its back)."""
+    run.fs.invalidate_cache(run.path(COMMITS))  # the markers' folder and its parents
 
 
 def _totals(run: RunDir) -> tuple[dict[str, int], int, int]:

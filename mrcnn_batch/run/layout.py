@@ -57,6 +57,7 @@ class RunDir:
         return posixpath.join(self.root, rel)
 
     def exists(self, rel: str) -> bool:
+        self.fs.invalidate_cache(self.path(rel))  # other processes write here
         return self.fs.exists(self.path(rel))
 
     def read_json(self, rel: str) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class RunDir:
     def committed_shards(self) -> list[int]:
         """Shards with a commit marker, sorted."""
         d = self.path(COMMITS)
+        self.fs.invalidate_cache(d)  # markers are written by other processes (s3fs caches listings)
         if not self.fs.exists(d):
             return []
         out = []

@@ -1,0 +1,48 @@
+"""``mrcnn-batch status OUTPUT``: shards done / pending / failed and images by status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from mrcnn_batch.cli import EXIT_USAGE, app
+from mrcnn_batch.cli.infer_cmd import fail, parse_storage_options
+
+out = Console()
+
+
+@app.command()
+def status(
+    output: str = typer.Argument(..., help="Run directory (any fsspec URL)."),
+    storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for OUTPUT."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Show a run's progress: shards done / pending / failed, images by status.
+
+    Exit code 0 when the run is complete, 4 when shards are pending or failed."""
+    from mrcnn_batch.cli import EXIT_SHARDS_FAILED
+    from mrcnn_batch.run.status import run_status
+
+    try:
+        st = run_status(output, storage_options=parse_storage_options(storage_options, "--storage-options"))
+    except FileNotFoundError as e:
+        fail(str(e), EXIT_USAGE)
+    if as_json:
+        json.dump(st.as_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        n = len(st.shards_done) + len(st.shards_pending) + len(st.shards_failed)
+        images = ", ".join(f"{k} {v}" for k, v in st.images_by_status.items()) or "none yet"
+        state = "[green]complete[/]" if st.complete else "[yellow]incomplete[/]"
+        out.print(f"run {st.run_id} ({st.model}) in {st.output}: {state}")
+        out.print(f"shards: {len(st.shards_done)}/{n} done, {len(st.shards_pending)} pending, {len(st.shards_failed)} failed")
+        out.print(f"images: {st.planned_images} planned; {images}; {st.images_pending} not yet committed")
+        out.print(f"rows: {st.instances} instances, {st.keypoints} keypoint detections")
+        for shard, reason in st.shards_failed.items():
+            out.print(f"[red]shard {shard} failed:[/] {reason}", highlight=False)
+    if not st.complete:
+        raise typer.Exit(EXIT_SHARDS_FAILED)

@@ -1,0 +1,72 @@
+"""The Ray executor: same rows as the in-process run; actors killed mid-shard; shard retries."""
+
+from __future__ import annotations
+
+import mrcnn_batch as mb
+from ray_fixtures import RAY, RUN, assert_exactly_once, assert_same_tables, clean_run, ray_session, tables  # noqa: F401
+
+
+def test_three_workers_equal_in_process_run(ray_session, clean_run, tmp_path, image_dir, mask_weights):
+    out = tmp_path / "ray"
+    summary = mb.infer(str(image_dir), str(out), weights=str(mask_weights), **RUN, **RAY)
+    assert summary.complete and not summary.failed_shards
+    assert summary.executed_shards == [0, 1, 2]
+    workers = {r["worker"] for r in summary.records}
+    assert len(workers) >= 2  # the shards really were spread over actors
+    assert_exactly_once(str(out))
+    assert_same_tables(tables(str(out)), tables(str(clean_run)))
+
+
+def test_actor_killed_mid_shard_is_retried_elsewhere(ray_session, clean_run, tmp_path, image_dir, mask_weights):
+    """SIGKILL to a busy actor's process after the first commit: its shard runs again elsewhere."""
+    import os
+    import signal
+
+    from mrcnn_batch.run.driver import execute
+    from mrcnn_batch.run.ray_executor import RayExecutor, RayOptions
+
+    out = tmp_path / "killed"
+    executor = RayExecutor(RayOptions(workers=2, cpus_per_worker=0.5, retry_delay_s=0.1))
+    killed = []
+
+    def on_commit(record):
+        if not killed:
+            committed_by = int(record["worker"].rsplit(":", 1)[1])
+            victim = next(w["pid"] for w in executor.workers_seen if w["pid"] != committed_by)
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    config = mb.make_config(str(image_dir), str(out), weights=str(mask_weights), **RUN)
+    summary = execute(config, executor, on_commit=on_commit)
+    assert killed and summary.complete and not summary.failed_shards
+    assert executor.workers_lost >= 1
+    assert killed[0] not in {int(r["worker"].rsplit(":", 1)[1]) for r in summary.records}
+    assert sorted(summary.executed_shards) == [0, 1, 2]
+    assert_exactly_once(str(out))
+    assert_same_tables(tables(str(out)), tables(str(clean_run)))
+
+
+def test_status_of_a_complete_run(ray_session, clean_run):
+    from typer.testing import CliRunner
+
+    from mrcnn_batch.cli import app
+
+    res = CliRunner().invoke(app, ["status", str(clean_run), "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    st = json.loads(res.output)
+    assert st["shards_done"] == [0, 1, 2] and st["shards_pending"] == [] and st["shards_failed"] == {}
+    assert st["images_by_status"] == {"ok": 5} and st["complete"]
+
+
+def test_weights_that_do_not_fit_fail_fast_with_a_usage_error(ray_session, tmp_path, image_dir, mask_weights):
+    """Every actor would fail to load them: the run stops at once (exit 2), nothing retried."""
+    from typer.testing import CliRunner
+
+    from mrcnn_batch.cli import EXIT_USAGE, app
+
+    res = CliRunner().invoke(app, ["infer", str(image_dir), str(tmp_path / "bad"), "--model", "keypointrcnn_resnet50_fpn",
+                                   "--weights", str(mask_weights), "--workers", "2", "--cpus-per-worker", "0.5", "--no-progress"])
+    assert res.exit_code == EXIT_USAGE, res.output
+    assert "could not load the model" in res.output or "weights" in res.output

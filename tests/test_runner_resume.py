@@ -1,0 +1,51 @@
+"""Resume after the driver dies: the same command does only the shards without a marker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import SMALL
+from ray_fixtures import assert_exactly_once, assert_same_tables, clean_run, ray_session, tables  # noqa: F401
+
+
+def cli(image_dir, out, weights, address):
+    return [
+        sys.executable, "-m", "mrcnn_batch.cli", "infer", str(image_dir), str(out), "--weights", str(weights),
+        "--min-size", str(SMALL["min_size"]), "--max-size", str(SMALL["max_size"]), "--shard-size", "2",
+        "--batch-size", "2", "--workers", "1", "--cpus-per-worker", "0.5", "--address", address, "--no-progress",
+    ]
+
+
+def markers(out: Path) -> dict[str, int]:
+    d = out / "_commits"
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("shard-*.json")} if d.exists() else {}
+
+
+def test_driver_killed_then_rerun_does_only_the_uncommitted_shards(ray_session, clean_run, tmp_path, image_dir, mask_weights):
+    address = ray_session.get_runtime_context().gcs_address
+    out = tmp_path / "run"
+    cmd = cli(image_dir, out, mask_weights, address)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not markers(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = markers(out)
+    assert 1 <= len(before) < 3, proc.stdout.read().decode()[-2000:]
+    assert not (out / "_SUCCESS").exists()
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    after = markers(out)
+    rewritten = {k for k in after if before.get(k) != after[k]}
+    assert rewritten == set(after) - set(before)  # only the shards without a marker ran again
+    assert f"({len(rewritten)} run now, resumed)" in " ".join(rerun.stdout.split())
+    assert (out / "_SUCCESS").exists()
+    assert_exactly_once(str(out))
+    assert_same_tables(tables(str(out)), tables(str(clean_run)))
