@@ -25,7 +25,7 @@ from mrcnn_batch.predict.predictor import label_filter
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
-from mrcnn_batch.run.layout import COMMITS, PLAN_FILE, RUN_JSON, SUCCESS, RunDir
+from mrcnn_batch.run.layout import PLAN_FILE, RUN_JSON, SUCCESS, RunDir, commit_path
 from mrcnn_batch.run.status import record_failures
 from mrcnn_batch.schemas import SCHEMA_VERSION
 
@@ -75,7 +75,6 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
     label_filter(effective_spec(spec, weights).categories, config.predict.classes)
     identity = config.identity(weights_sha256=weights.sha256)
     run = RunDir(config.output, config.output_storage_options)
-    _forget_listings(run)
     if run.exists(RUN_JSON):
         meta = run.run_meta()
         if meta.get("identity") == identity and run.exists(PLAN_FILE):
@@ -104,7 +103,6 @@ def execute(
     start = time.perf_counter()
     run, meta, plan, weights, resumed = prepare(config, overwrite=overwrite)
     all_shards = shard_ids(plan)
-    _forget_listings(run)
     done = set(run.committed_shards())
     pending = [s for s in all_shards if s not in done]
     if on_plan:
@@ -117,7 +115,6 @@ def execute(
             on_commit(record)
 
     failed = dict(executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed)) if pending else {}
-    _forget_listings(run)
     committed_now = set(run.committed_shards())
     complete = committed_now >= set(all_shards)
     for shard in set(pending) - committed_now - set(failed):
@@ -146,16 +143,11 @@ def execute(
     )
 
 
-def _forget_listings(run: RunDir) -> None:
-    """Drop cached listings of the run (s3fs keeps them; workers write behind its back)."""
-    run.fs.invalidate_cache(run.path(COMMITS))  # the markers' folder and its parents
-
-
 def _totals(run: RunDir) -> tuple[dict[str, int], int, int]:
     by_status: dict[str, int] = {}
     n_inst = n_kp = 0
     for shard in run.committed_shards():
-        rec = run.read_json(f"_commits/shard-{shard:06d}.json")
+        rec = run.read_json(commit_path(shard))
         for k, v in rec["status_counts"].items():
             by_status[k] = by_status.get(k, 0) + v
         n_inst += rec["rows"]["instances"]

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.run.layout import COMMITS, SUCCESS, RunDir, commit_path
+from mrcnn_batch.run.layout import SUCCESS, RunDir, commit_path
 
 FAILED_JSON = "_failed.json"
 
@@ -43,7 +43,6 @@ class RunStatus:
 
 def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> RunStatus:
     run = RunDir(url, dict(storage_options or {}))
-    run.fs.invalidate_cache(run.path(COMMITS))  # workers write behind this process's listing cache
     meta = run.run_meta()
     plan = run.read_plan()
     planned = sorted(pc.unique(plan.column("shard")).to_pylist())
