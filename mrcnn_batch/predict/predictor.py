@@ -77,15 +77,15 @@ class Predictor:
         kps = forward_raw(nets["keypoint"], images)
         return [self._joined(m, k) for m, k in zip(masks, kps)]
 
-    def _keep(self, labels: torch.Tensor) -> torch.Tensor | None:
+    def _filtered(self, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The detections of the wanted classes only (all of them without --classes)."""
         if self.keep_labels is None:
-            return None
-        return torch.isin(labels, self.keep_labels.to(labels.device))
+            return d
+        keep = torch.isin(d["labels"], self.keep_labels.to(d["labels"].device))
+        return {k: v[keep] for k, v in d.items()}
 
     def _single(self, d: dict[str, torch.Tensor]) -> Detections:
-        keep = self._keep(d["labels"])
-        if keep is not None:
-            d = {k: v[keep] for k, v in d.items()}
+        d = self._filtered(d)
         out = Detections(d["boxes"], d["scores"], d["labels"], d.get("masks"))
         if "keypoints" in d:
             kp = self._keypoint_rows(d["labels"])
@@ -101,12 +101,7 @@ class Predictor:
         return torch.ones_like(labels, dtype=torch.bool) if cat is None else labels == cat
 
     def _joined(self, m: dict[str, torch.Tensor], k: dict[str, torch.Tensor]) -> Detections:
-        keep = self._keep(m["labels"])
-        if keep is not None:
-            m = {key: v[keep] for key, v in m.items()}
-        kkeep = self._keep(k["labels"])
-        if kkeep is not None:
-            k = {key: v[kkeep] for key, v in k.items()}
+        m, k = self._filtered(m), self._filtered(k)
         out = Detections(m["boxes"], m["scores"], m["labels"], m.get("masks"))
         out.kp_boxes, out.kp_scores, out.kp_labels = k["boxes"], k["scores"], k["labels"]
         out.keypoints, out.keypoint_scores = k["keypoints"], k["keypoints_scores"]
