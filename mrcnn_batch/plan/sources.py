@@ -16,12 +16,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
 import fsspec
+from fsspec.asyn import sync
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import glob_translate
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -94,7 +99,8 @@ def _is_image(path: str) -> bool:
 def _list_files(fs, path: str, spec: InputSpec):
     if _has_magic(path):
         root = _glob_root(path)
-        found = (p for p in fs.glob(path) if _is_image(p))
+        match = re.compile(glob_translate(path)).match
+        found = (p for p in _walk_files(fs, root) if _is_image(p) and match(p))
         pairs = ((posixpath.relpath(p, root), fs.unstrip_protocol(p)) for p in found)
     else:
         if not fs.exists(path):
@@ -103,7 +109,7 @@ def _list_files(fs, path: str, spec: InputSpec):
             root = posixpath.dirname(path)
             pairs = iter([(posixpath.basename(path), fs.unstrip_protocol(path))])
         else:
-            root = path.rstrip("/")
+            root = path.rstrip("/") or "/"
             pairs = (
                 (posixpath.relpath(p, root), fs.unstrip_protocol(p))
                 for p in _walk_files(fs, root)
@@ -114,9 +120,70 @@ def _list_files(fs, path: str, spec: InputSpec):
 
 
 def _walk_files(fs, root: str) -> Iterator[str]:
-    for dirpath, _dirs, files in fs.walk(root, detail=False):
-        for name in files:
-            yield posixpath.join(dirpath, name)
+    """Every file under ``root``, streamed: S3 page by page, a local disk entry by entry.
+
+    fsspec's ``walk`` lists a whole directory level (and s3fs caches every listing), so a
+    flat prefix of a million keys would be a million info dicts at once; it remains the
+    fallback for other filesystems."""
+    if isinstance(fs, LocalFileSystem):
+        yield from _scan_local(root)
+    elif _is_s3(fs):
+        yield from _scan_s3(fs, root)
+    else:
+        for dirpath, _dirs, files in fs.walk(root, detail=False):
+            for name in files:
+                yield posixpath.join(dirpath, name)
+
+
+def _scan_local(root: str) -> Iterator[str]:
+    stack, seen = [root], set()
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir():
+                            stack.append(entry.path)
+                        elif entry.is_file():
+                            yield entry.path
+                    except OSError:  # a dangling symlink or a vanished entry: not an image
+                        continue
+        except OSError as e:
+            raise InputError(f"cannot list {d!r}: {e}") from None
+
+
+def _is_s3(fs) -> bool:
+    return "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) and hasattr(fs, "_iterdir")
+
+
+def _scan_s3(fs, root: str) -> Iterator[str]:
+    """Every key under ``root`` from list-objects pages, no directory cache, one chunk at a time."""
+    bucket, key, _ = fs.split_path(root)
+    prefix = key.rstrip("/") + "/" if key else ""
+    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
+
+    async def take() -> list[str]:
+        out: list[str] = []
+        try:
+            while len(out) < _CHUNK:
+                out.append((await pages.__anext__())["name"])
+        except StopAsyncIteration:
+            pass
+        return out
+
+    while True:
+        try:
+            names = sync(fs.loop, take)
+        except Exception as e:  # noqa: BLE001 - storage errors, named with the prefix
+            raise InputError(f"cannot list s3://{bucket}/{prefix}: {type(e).__name__}: {e}") from None
+        yield from names
+        if len(names) < _CHUNK:
+            return
 
 
 def _glob_root(pattern: str) -> str:
@@ -141,8 +208,8 @@ def _list_manifest(fs, path: str, spec: InputSpec):
     else:
         with fs.open(path, "rb") as f:
             lines = (ln.strip() for ln in io.TextIOWrapper(f, encoding="utf-8"))
-            uris = [ln for ln in lines if ln and not ln.startswith("#")]
-        table = pa.table({"uri": pa.array(uris, pa.string())})
+            _, uris = _chunked((ln, ln) for ln in lines if ln and not ln.startswith("#"))
+        table = pa.table({"uri": uris})
     if "uri" not in table.column_names:
         raise InputError(
             f"manifest {spec.url!r} has no 'uri' column (found: {', '.join(table.column_names)})"
