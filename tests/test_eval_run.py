@@ -144,3 +144,23 @@ def test_ground_truth_from_s3(s3, instances_case):
     gt = load_ground_truth(f"s3://{bucket}/ann/gt.json", iou_types=("bbox",), storage_options=options)
     out, _ = evaluate_run(str(run), gt, iou_types=("bbox",), workers=0)
     assert_same_as_pycoco(out["bbox"], pycoco(gt_doc, as_run_results(results, iou_type="bbox"), "bbox"))
+
+
+def test_cli_on_an_existing_ray_cluster(instances_case, tmp_path):
+    """``eval --address`` (as under ``ray job submit``): the matching runs as tasks of that
+    cluster (here the session's Ray, joined from another process); the numbers are pycocotools'."""
+    import subprocess
+    import sys
+
+    import ray
+
+    ensure_ray()
+    gt_doc, results, gt_path, run = instances_case
+    out_dir = tmp_path / "metrics"
+    cmd = [sys.executable, "-m", "mrcnn_batch.cli", "eval", str(run), "-a", str(gt_path), "--workers", "2",
+           "--address", ray.get_runtime_context().gcs_address, "--out", str(out_dir), "--no-plots"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    doc = json.loads((out_dir / "metrics.json").read_text())
+    for t in ("bbox", "segm"):
+        assert doc["iou_types"][t]["stats"] == pycoco(gt_doc, as_run_results(results, iou_type=t), t).stats.tolist()

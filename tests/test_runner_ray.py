@@ -31,16 +31,21 @@ def test_actor_killed_mid_shard_is_retried_elsewhere(ray_session, clean_run, tmp
 
     def on_commit(record):
         if not killed:
+            # The other worker, busy with its shard; if it has not started yet, the one that
+            # just committed, before it is handed its next shard.
             committed_by = int(record["worker"].rsplit(":", 1)[1])
-            victim = next(w["pid"] for w in executor.workers_seen if w["pid"] != committed_by)
+            others = [w["pid"] for w in executor.workers_seen if w["pid"] != committed_by]
+            victim = others[0] if others else committed_by
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
+            killed.append(record["shard"])
 
     config = mb.make_config(str(image_dir), str(out), weights=str(mask_weights), **RUN)
     summary = execute(config, executor, on_commit=on_commit)
     assert killed and summary.complete and not summary.failed_shards
     assert executor.workers_lost >= 1
-    assert killed[0] not in {int(r["worker"].rsplit(":", 1)[1]) for r in summary.records}
+    victim, first_shard = killed
+    assert victim not in {int(r["worker"].rsplit(":", 1)[1]) for r in summary.records if r["shard"] != first_shard}
     assert sorted(summary.executed_shards) == [0, 1, 2]
     assert_exactly_once(str(out))
     assert_same_tables(tables(str(out)), tables(str(clean_run)))

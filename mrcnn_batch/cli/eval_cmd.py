@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Optional
 
@@ -47,6 +48,7 @@ def eval_command(
     kpt_sigmas: Optional[str] = typer.Option(None, "--kpt-sigmas", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17)."),
     drop_unknown_categories: bool = typer.Option(False, "--drop-unknown-categories", help="Ignore detections of categories absent from the ground truth instead of failing."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks in parallel (default: the CPUs of Ray / this machine); 0: in-process, no Ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the matching on (default: RAY_ADDRESS, else a local Ray)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for every URL."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the precision-recall PNGs."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
@@ -60,6 +62,8 @@ def eval_command(
     if predictions is not None and out_dir is None:
         fail("--predictions needs --out DIR for the metrics", EXIT_USAGE)
     options = parse_storage_options(storage_options, "--storage-options")
+    if address:
+        os.environ["RAY_ADDRESS"] = address
     try:
         results, context, target = _evaluate(
             run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,

@@ -209,11 +209,17 @@ def _add(ev: COCOEvaluator, results: dict[str, MatchResult]) -> None:
 
 
 def ensure_ray(workers: int) -> None:
-    """Start a local Ray unless one is running (a cluster, or a test session's)."""
+    """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``), else start a quiet local
+    Ray of ``workers`` CPUs; a Ray already initialised in this process is used as is."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    if ray.is_initialized():
+        return
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**quiet)  # Ray reads the address; a cluster's CPUs are its own
+    else:
+        ray.init(num_cpus=workers, **quiet)
 
 
 def _workers(workers: int | None) -> int:
