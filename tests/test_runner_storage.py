@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import re
 import socket
 import struct
@@ -28,13 +27,15 @@ class FaultyProxy:
     """A reverse proxy to ``upstream`` that fails some requests.
 
     ``flaky``: the share of requests answered ``503 SlowDown`` or with a reset connection
-    (before the request reaches S3, or after: the write happened but the client never hears).
+    (before the request reaches S3, or after: the write happened but the client never hears):
+    every ``1/flaky``-th request, the three faults in turn, so that a run always meets them
+    (a random draw met fewer than 3 in about one run of a hundred).
     ``down``: a regex; requests whose path matches are always answered ``503``."""
 
-    def __init__(self, upstream: str, *, flaky: float = 0.0, down: str | None = None, seed: int = 0):
+    def __init__(self, upstream: str, *, flaky: float = 0.0, down: str | None = None):
         self.upstream = upstream.removeprefix("http://")
-        self.flaky, self.down = flaky, down
-        self.rng = random.Random(seed)
+        self.every = round(1 / flaky) if flaky else 0
+        self.down = down
         self.lock = threading.Lock()
         self.faults = 0
         self.requests = 0
@@ -112,9 +113,9 @@ class FaultyProxy:
             if self.down and re.search(self.down, path):
                 self.faults += 1
                 return "down"
-            if self.rng.random() < self.flaky:
+            if self.every and self.requests % self.every == 0:
                 self.faults += 1
-                return self.rng.choice(["slowdown", "reset_before", "reset_after"])
+                return ("slowdown", "reset_before", "reset_after")[self.faults % 3]
         return None
 
     def close(self) -> None:
@@ -143,7 +144,7 @@ def _rename(row: tuple, names: dict) -> tuple:
 
 def test_flaky_storage_loses_and_duplicates_nothing(ray_session, clean_run, bucket_with_images):
     fs, bucket, options = bucket_with_images
-    proxy = FaultyProxy(options["endpoint_url"], flaky=0.1, seed=1)
+    proxy = FaultyProxy(options["endpoint_url"], flaky=0.1)
     try:
         flaky = dict(options, endpoint_url=proxy.url)
         out = f"s3://{bucket}/runs/flaky"
