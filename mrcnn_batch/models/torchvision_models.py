@@ -31,47 +31,34 @@ _MASK_V1 = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
 _MASK_V2 = MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
 _KPT_V1 = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1
 
-MASKRCNN = register(
-    ModelSpec(
-        name="maskrcnn_resnet50_fpn",
-        description="torchvision Mask R-CNN, ResNet-50-FPN (COCO, 80 classes)",
-        build=_builder(maskrcnn_resnet50_fpn),
-        categories=tuple(_MASK_V1.meta["categories"]),
-        has_masks=True,
-        has_keypoints=False,
-        default_weights="torchvision:MaskRCNN_ResNet50_FPN_Weights.COCO_V1",
-        reference_metrics=dict(_MASK_V1.meta["_metrics"]),
+def _torchvision(name: str, fn, weights, description: str, **outputs) -> ModelSpec:
+    """A registry entry for a torchvision builder and its COCO weights enum member."""
+    return register(
+        ModelSpec(
+            name=name,
+            description=description,
+            build=_builder(fn),
+            categories=tuple(weights.meta["categories"]),
+            default_weights=f"torchvision:{type(weights).__name__}.{weights.name}",
+            reference_metrics=dict(weights.meta["_metrics"]),
+            **outputs,
+        )
     )
-)
 
-MASKRCNN_V2 = register(
-    ModelSpec(
-        name="maskrcnn_resnet50_fpn_v2",
-        description="torchvision Mask R-CNN v2, ResNet-50-FPN (COCO, 80 classes)",
-        build=_builder(maskrcnn_resnet50_fpn_v2),
-        categories=tuple(_MASK_V2.meta["categories"]),
-        has_masks=True,
-        has_keypoints=False,
-        default_weights="torchvision:MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
-        reference_metrics=dict(_MASK_V2.meta["_metrics"]),
-    )
-)
 
-KEYPOINTRCNN = register(
-    ModelSpec(
-        name="keypointrcnn_resnet50_fpn",
-        description="torchvision Keypoint R-CNN, ResNet-50-FPN (COCO person keypoints)",
-        build=_builder(keypointrcnn_resnet50_fpn),
-        categories=tuple(_KPT_V1.meta["categories"]),
-        has_masks=False,
-        has_keypoints=True,
-        keypoint_names=tuple(_KPT_V1.meta["keypoint_names"]),
-        skeleton=COCO_PERSON_SKELETON,
-        oks_sigmas=COCO_PERSON_SIGMAS,
-        keypoint_category_id=1,
-        default_weights="torchvision:KeypointRCNN_ResNet50_FPN_Weights.COCO_V1",
-        reference_metrics=dict(_KPT_V1.meta["_metrics"]),
-    )
+MASKRCNN = _torchvision(
+    "maskrcnn_resnet50_fpn", maskrcnn_resnet50_fpn, _MASK_V1,
+    "torchvision Mask R-CNN, ResNet-50-FPN (COCO, 80 classes)", has_masks=True, has_keypoints=False,
+)
+MASKRCNN_V2 = _torchvision(
+    "maskrcnn_resnet50_fpn_v2", maskrcnn_resnet50_fpn_v2, _MASK_V2,
+    "torchvision Mask R-CNN v2, ResNet-50-FPN (COCO, 80 classes)", has_masks=True, has_keypoints=False,
+)
+KEYPOINTRCNN = _torchvision(
+    "keypointrcnn_resnet50_fpn", keypointrcnn_resnet50_fpn, _KPT_V1,
+    "torchvision Keypoint R-CNN, ResNet-50-FPN (COCO person keypoints)", has_masks=False, has_keypoints=True,
+    keypoint_names=tuple(_KPT_V1.meta["keypoint_names"]), skeleton=COCO_PERSON_SKELETON,
+    oks_sigmas=COCO_PERSON_SIGMAS, keypoint_category_id=1,
 )
 
 MASK_AND_KEYPOINT = register(
