@@ -35,6 +35,8 @@ class PredictConfig:
     classes: tuple[str, ...] = ()  # keep only these category names; empty: all
     batch_size: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # autocast (float16 on CUDA, bfloat16 on CPU): faster on GPUs, other numbers
+    channels_last: bool = False  # NHWC activations in the backbone: float noise only
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class RunConfig:
         """What must match for a run directory to be resumed rather than refused.
 
         Everything that changes which images are planned or what rows they produce; not the
-        batch size, device or I/O threads, which change only how fast.
+        batch size, device, memory format or I/O threads, which change only how fast (and
+        scores in float noise). Mixed precision changes the numbers: it is part of it.
         """
         p = self.predict
         return {
@@ -80,6 +83,7 @@ class RunConfig:
             "min_size": p.min_size,
             "max_size": p.max_size,
             "classes": sorted(p.classes),
+            "amp": p.amp,
             "max_pixels": self.read.max_pixels,
             "exif_transpose": self.read.exif_transpose,
         }

@@ -41,14 +41,32 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@dataclass(frozen=True)
+class Speed:
+    """Switches that trade exactness or portability for speed, off by default (to be measured
+    on a GPU before any becomes a default): ``amp`` runs backbone and heads under autocast
+    (float16 on CUDA, bfloat16 on CPU; numbers change, so it is part of a run's identity);
+    ``channels_last`` stores the backbone's activations NHWC (float noise only)."""
+
+    amp: bool = False
+    channels_last: bool = False
+
+
 @torch.inference_mode()
-def forward_raw(net: torch.nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+def forward_raw(
+    net: torch.nn.Module, images: list[torch.Tensor], speed: Speed = Speed()
+) -> list[dict[str, torch.Tensor]]:
     """torchvision's detector forward without the final mask paste (images: float CHW in [0, 1])."""
     original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    batch, _ = net.transform(images)
-    features = net.backbone(batch.tensors)
-    proposals, _ = net.rpn(batch, features)
-    detections, _ = net.roi_heads(features, proposals, batch.image_sizes)
+    batch, _ = net.transform(images)  # normalise and resize in float32 either way
+    x = batch.tensors.contiguous(memory_format=torch.channels_last) if speed.channels_last else batch.tensors
+    device = x.device.type
+    with torch.autocast(device, dtype=torch.float16 if device == "cuda" else torch.bfloat16, enabled=speed.amp):
+        features = net.backbone(x)
+        proposals, _ = net.rpn(batch, features)
+        detections, _ = net.roi_heads(features, proposals, batch.image_sizes)
+    if speed.amp:
+        detections = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in detections]
     for det, resized, original in zip(detections, batch.image_sizes, original_sizes):
         det["boxes"] = resize_boxes(det["boxes"], resized, original)
         if "keypoints" in det:
@@ -59,9 +77,15 @@ def forward_raw(net: torch.nn.Module, images: list[torch.Tensor]) -> list[dict[s
 class Predictor:
     """Runs a loaded model on batches of uint8 RGB images; keeps only the wanted classes."""
 
-    def __init__(self, model: LoadedModel, *, device: torch.device, classes: tuple[str, ...] = ()):
+    def __init__(
+        self, model: LoadedModel, *, device: torch.device, classes: tuple[str, ...] = (), speed: Speed = Speed()
+    ):
         self.model = model.to(device)
+        if speed.channels_last:
+            for net in self.model.networks.values():
+                net.to(memory_format=torch.channels_last)
         self.device = device
+        self.speed = speed
         self.spec = model.spec
         self.keep_labels = label_filter(self.spec.categories, classes)
 
@@ -72,9 +96,9 @@ class Predictor:
         ]
         nets = self.model.networks
         if "main" in nets:
-            return [self._single(d) for d in forward_raw(nets["main"], images)]
-        masks = forward_raw(nets["mask"], images)
-        kps = forward_raw(nets["keypoint"], images)
+            return [self._single(d) for d in forward_raw(nets["main"], images, self.speed)]
+        masks = forward_raw(nets["mask"], images, self.speed)
+        kps = forward_raw(nets["keypoint"], images, self.speed)
         return [self._joined(m, k) for m, k in zip(masks, kps)]
 
     def _filtered(self, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

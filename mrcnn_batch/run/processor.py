@@ -25,7 +25,7 @@ from mrcnn_batch.config import RunConfig
 from mrcnn_batch.encode.rows import Columns, encode_detections
 from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
-from mrcnn_batch.predict.predictor import Predictor, pick_device
+from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, decode_image, fetch_all
 from mrcnn_batch.run.layout import RunDir, commit_path, table_path
 from mrcnn_batch.write.tables import build_table, write_table
@@ -57,7 +57,8 @@ class ShardProcessor:
             score_threshold=p.score_threshold,
             max_detections=p.max_detections,
         )
-        self.predictor = Predictor(model, device=self.device, classes=p.classes)
+        speed = Speed(amp=p.amp, channels_last=p.channels_last)
+        self.predictor = Predictor(model, device=self.device, classes=p.classes, speed=speed)
         self.categories = model.spec.categories
         self.run = RunDir(config.output, config.output_storage_options)
         self._readers = ThreadPoolExecutor(PREFETCH_BATCHES, thread_name_prefix="read")
