@@ -27,7 +27,8 @@ def test_actor_killed_mid_shard_is_retried_elsewhere(ray_session, clean_run, tmp
 
     out = tmp_path / "killed"
     executor = RayExecutor(RayOptions(workers=2, cpus_per_worker=0.5, retry_delay_s=0.1))
-    killed = []
+    killed, retries = [], []
+    executor.on_retry = lambda shard, reason: retries.append((shard, reason))
 
     def on_commit(record):
         if not killed:
@@ -44,6 +45,7 @@ def test_actor_killed_mid_shard_is_retried_elsewhere(ray_session, clean_run, tmp
     summary = execute(config, executor, on_commit=on_commit)
     assert killed and summary.complete and not summary.failed_shards
     assert executor.workers_lost >= 1
+    assert retries and all(reason.startswith("worker lost") for _, reason in retries)
     victim, first_shard = killed
     assert victim not in {int(r["worker"].rsplit(":", 1)[1]) for r in summary.records if r["shard"] != first_shard}
     assert sorted(summary.executed_shards) == [0, 1, 2]

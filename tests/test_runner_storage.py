@@ -178,6 +178,7 @@ def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session
         first = CliRunner().invoke(app, args)
         assert first.exit_code == EXIT_SHARDS_FAILED, first.output
         assert "shard 1 failed" in first.output and "1 shard(s) failed" in first.output
+        assert " ".join(first.output.split()).count("shard 1 will run again:") == 2  # 3 attempts, each retry shown
         status = CliRunner().invoke(app, ["status", out, "--storage-options", json.dumps(options), "--json"])
         st = json.loads(status.stdout)
         assert st["shards_done"] == [0, 2] and list(st["shards_failed"]) == ["1"] and not st["complete"]

@@ -102,6 +102,8 @@ def infer(
         run_executor = make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                                      address=address if executor == "ray" else None, max_attempts=max_attempts, verbose=verbose)
         with RunProgress(console=err, enabled=progress) as bar:
+            if hasattr(run_executor, "on_retry"):
+                run_executor.on_retry = bar.on_retry
             summary = execute(config, run_executor, overwrite=overwrite, on_plan=bar.on_plan, on_commit=bar.on_commit)
     except RunRefused as e:
         fail(str(e), EXIT_REFUSED)

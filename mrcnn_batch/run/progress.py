@@ -1,8 +1,10 @@
 """Progress of a run on the driver: images done / planned, images/s, ETA, image failures.
 
 Fed by the driver's callbacks (``on_plan`` once, ``on_commit`` per committed shard), so it
-counts only committed work: a shard that is retried is counted once, when it commits. The
-caller (the CLI) owns the console it draws on; the library itself never prints.
+counts only committed work: a shard that is retried is counted once, when it commits. The Ray
+executor's ``on_retry`` adds each retry (a worker lost, a shard that raised) as a line above the
+bar and a count beside it. The caller (the CLI) owns the console it draws on; the library itself
+never prints.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class RunProgress:
         self.task = None
         self.images_done = 0
         self.image_failures = 0
+        self.retries = 0
         self.shards_done = 0
         self.shards_pending = 0
         self._start = time.monotonic()
@@ -61,7 +64,17 @@ class RunProgress:
         self.image_failures += n - counts.get("ok", 0)
         self.shards_done += 1
         rate = self.images_done / max(1e-9, time.monotonic() - self._start)
-        problems = f"[yellow]{self.image_failures} image errors" if self.image_failures else ""
         if self.task is not None:
-            self.progress.update(self.task, advance=n, rate=f"{rate:.2f}/s", problems=problems,
+            self.progress.update(self.task, advance=n, rate=f"{rate:.2f}/s", problems=self._problems(),
                                  description=f"infer ({self.shards_done}/{self.shards_pending} shards)")
+
+    def on_retry(self, shard: int, reason: str) -> None:
+        self.retries += 1
+        self.progress.console.print(f"[yellow]shard {shard} will run again:[/] {reason}", highlight=False, markup=True)
+        if self.task is not None:
+            self.progress.update(self.task, problems=self._problems())
+
+    def _problems(self) -> str:
+        parts = [f"{self.image_failures} image errors"] if self.image_failures else []
+        parts += [f"{self.retries} shard retries"] if self.retries else []
+        return f"[yellow]{', '.join(parts)}" if parts else ""

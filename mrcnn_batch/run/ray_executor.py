@@ -129,6 +129,7 @@ class RayExecutor:
         self.options = options
         self.workers_seen: list[dict[str, Any]] = []  # where each started actor ran
         self.workers_lost = 0  # actors that died (killed, node lost) during the last run
+        self.on_retry: Callable[[int, str], None] | None = None  # (shard, reason) per retry
 
     def __call__(
         self,
@@ -280,6 +281,8 @@ class _Pool:
             return
         self.due[shard] = time.monotonic() + delay
         queue.append(shard)
+        if self.executor.on_retry is not None:
+            self.executor.on_retry(shard, reason)
 
     def _replace(self, slot: _Slot) -> None:
         import ray
