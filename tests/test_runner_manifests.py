@@ -84,3 +84,32 @@ def test_runtime_env_example_is_a_valid_runtime_env():
 def test_a_bad_option_is_caught():
     with pytest.raises(pytest.fail.Exception):
         check_infer_command("mrcnn-batch infer a b --no-such-option 1")
+
+
+def test_the_image_recipe_agrees_with_the_manifests_and_this_ray():
+    """cluster/Dockerfile builds the manifests' image: Ray and Python as the driver's (Ray needs
+    both to match), every copied path exists, the tag is the package's version."""
+    import re
+    import sys
+
+    import ray
+
+    docker = (ROOT / "cluster" / "Dockerfile").read_text()
+    base = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\S+)-py(\d)(\d+)-gpu$", docker, re.M)
+    assert base, "the base image is rayproject/ray:<ray>-py<python>-gpu"
+    assert base.group(1) == ray.__version__
+    assert (int(base.group(2)), int(base.group(3))) == sys.version_info[:2]
+    for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", docker, re.M):
+        for path in src.split():
+            assert (ROOT / path).exists(), path
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        doc = yaml.safe_load((ROOT / "cluster" / name).read_text())
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert spec["rayVersion"] == ray.__version__, name
+        for _, pod in pod_specs(doc):
+            assert pod["containers"][0]["image"] == f"REGISTRY/mrcnn-batch:{version}-gpu", name
+    aws = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    assert aws["docker"]["image"] == f"rayproject/ray:{base.group(1)}-py{base.group(2)}{base.group(3)}-gpu"
+    mount = next(dst for dst, src in aws["file_mounts"].items() if src == ".")
+    assert any(f"pip install --no-cache-dir {mount}" == c for c in aws["setup_commands"])
