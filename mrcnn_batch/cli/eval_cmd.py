@@ -47,6 +47,7 @@ def eval_command(
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere)."),
     kpt_sigmas: Optional[str] = typer.Option(None, "--kpt-sigmas", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17)."),
     drop_unknown_categories: bool = typer.Option(False, "--drop-unknown-categories", help="Ignore detections of categories absent from the ground truth instead of failing."),
+    match_by: str = typer.Option("image_id", "--match-by", help="Pair the run's images with the ground truth's by image_id (a run planned from the COCO JSON) or by file_name (a run planned from a folder or manifest)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks in parallel (default: the CPUs of Ray / this machine); 0: in-process, no Ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the matching on (default: RAY_ADDRESS, else a local Ray)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for every URL."),
@@ -59,6 +60,10 @@ def eval_command(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (run is None) == (predictions is None):
         fail("give either a RUN directory or --predictions FILE (not both)", EXIT_USAGE)
+    if match_by not in ("image_id", "file_name"):
+        fail(f"--match-by must be image_id or file_name, not {match_by!r}", EXIT_USAGE)
+    if predictions is not None and match_by != "image_id":
+        fail("--match-by applies to a run; a results file names the ground truth's image ids", EXIT_USAGE)
     if predictions is not None and out_dir is None:
         fail("--predictions needs --out DIR for the metrics", EXIT_USAGE)
     options = parse_storage_options(storage_options, "--storage-options")
@@ -69,7 +74,7 @@ def eval_command(
             run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,
             out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=_sigmas(kpt_sigmas),
             unknown="drop" if drop_unknown_categories else "error", workers=workers, options=options,
-            plots=not no_plots,
+            plots=not no_plots, match_by=match_by,
         )
     except IncompleteRunError as e:
         fail(str(e), EXIT_INCOMPLETE)
@@ -84,7 +89,8 @@ def eval_command(
     err.print(f"metrics written to {target}", highlight=False)
 
 
-def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partial, kpt_sigmas, unknown, workers, options, plots):
+def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partial, kpt_sigmas, unknown, workers, options, plots,
+              match_by="image_id"):
     import posixpath
 
     from mrcnn_batch.evaluate.distributed import evaluate_detections, evaluate_run
@@ -114,9 +120,9 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
         gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
         results, scope = evaluate_run(
             run, gt, iou_types=iou_types, storage_options=options, allow_partial=allow_partial,
-            kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers,
+            kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers, match_by=match_by,
         )
-        context = {"ground_truth": annotations, "predictions": None, "run": run,
+        context = {"ground_truth": annotations, "predictions": None, "run": run, "match_by": match_by,
                    "run_id": rd.run_meta().get("run_id"), "missing_images": scope.missing_images,
                    "failed_images": scope.failed_images, "uncommitted_shards": scope.uncommitted_shards}
         target = out_dir or posixpath.join(run.rstrip("/"), EVAL_DIR)

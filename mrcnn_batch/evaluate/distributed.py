@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,6 +43,7 @@ class ShardGroup:
     url: str
     shards: tuple[int, ...]
     storage_options: dict[str, Any] = field(default_factory=dict)
+    id_map: IdMap | None = None  # run image ids -> ground-truth ids (matching by file name)
 
     def load(self, iou_type: str) -> Detections:
         from mrcnn_batch.run.layout import RunDir
@@ -50,7 +51,61 @@ class ShardGroup:
         table_name, columns = _TABLE_COLUMNS[iou_type]
         run = RunDir(self.url, dict(self.storage_options))
         table = run.dataset(table_name, list(self.shards)).to_table(columns=columns)
-        return detections_from_table(table, iou_type=iou_type, source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
+        dets = detections_from_table(table, iou_type=iou_type, source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
+        return dets if self.id_map is None else replace(dets, image_id=self.id_map(dets.image_id))
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Run image ids to ground-truth image ids, as two sorted-by-run-id arrays."""
+
+    run_ids: np.ndarray
+    gt_ids: np.ndarray
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        return self.gt_ids[np.searchsorted(self.run_ids, ids)]
+
+
+MATCH_BY = ("image_id", "file_name")
+
+
+def _restrict(id_map: IdMap | None, gt_ids: np.ndarray) -> IdMap | None:
+    """The part of ``id_map`` onto these ground-truth images (what one task needs)."""
+    if id_map is None:
+        return None
+    keep = np.isin(id_map.gt_ids, gt_ids)
+    return IdMap(id_map.run_ids[keep], id_map.gt_ids[keep])
+
+
+def file_name_map(run_ids: np.ndarray, uris: list[str], gt: GroundTruth, *, run_url: str) -> IdMap:
+    """Pair a run's images with the ground truth's by file name (the URI's last part against
+    ``file_name``'s), for runs planned from a folder or manifest rather than the COCO JSON."""
+    if gt.file_names is None:
+        raise EvalInputError(f"ground truth {gt.source}: file names were not loaded")
+    by_name: dict[str, int] = {}
+    for image_id, name in zip(gt.image_ids.tolist(), gt.file_names):
+        if name is None:
+            continue
+        base = name.rsplit("/", 1)[-1]
+        if base in by_name:
+            raise EvalInputError(f"ground truth {gt.source}: file name {base!r} is used by images {by_name[base]} and {image_id}")
+        by_name[base] = image_id
+    names = [u.rsplit("/", 1)[-1] for u in uris]
+    seen: dict[str, int] = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+    twice = [n for n, k in seen.items() if k > 1]
+    if twice:
+        raise EvalInputError(f"run {run_url}: file names {twice[:5]} occur more than once; they cannot be matched by name")
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise EvalInputError(
+            f"run {run_url}: {len(unknown)} of its {len(names)} images have a file name absent from the ground "
+            f"truth {gt.source} (e.g. {unknown[:5]})"
+        )
+    gt_ids = np.array([by_name[n] for n in names], np.int64)
+    order = np.argsort(run_ids, kind="stable")
+    return IdMap(np.asarray(run_ids, np.int64)[order], gt_ids[order])
 
 
 @dataclass(frozen=True)
@@ -62,6 +117,7 @@ class RunScope:
     missing_images: int  # ground-truth images the run never processed
     failed_images: int  # processed images whose status is not "ok" (evaluated without detections)
     uncommitted_shards: int
+    id_map: IdMap | None = None  # with match_by="file_name"
 
 
 def match_group(
@@ -87,15 +143,25 @@ def match_group(
     return out
 
 
-def run_scope(run: Any, gt: GroundTruth, *, allow_partial: bool, shards_per_task: int | None, workers: int) -> RunScope:
+def run_scope(
+    run: Any, gt: GroundTruth, *, allow_partial: bool, shards_per_task: int | None, workers: int,
+    match_by: str = "image_id",
+) -> RunScope:
     """Compare the run's committed images with the ground truth; refuse an incomplete run."""
     import pyarrow.compute as pc
 
+    if match_by not in MATCH_BY:
+        raise ValueError(f"match_by must be one of {MATCH_BY}, got {match_by!r}")
     committed = run.committed_shards()
     planned = set(run.read_plan()["shard"].to_numpy().tolist()) if run.exists("_plan/plan.parquet") else set(committed)
     uncommitted = len(planned - set(committed))
-    images = run.dataset("images", committed).to_table(columns=["image_id", "shard", "status"]) if committed else None
+    columns = ["image_id", "shard", "status"] + (["uri"] if match_by == "file_name" else [])
+    images = run.dataset("images", committed).to_table(columns=columns) if committed else None
     ids = images["image_id"].to_numpy() if images is not None else np.zeros(0, np.int64)
+    id_map = None
+    if match_by == "file_name":
+        id_map = file_name_map(ids, images["uri"].to_pylist() if images is not None else [], gt, run_url=run.url)
+        ids = id_map(ids)
     shard_of = images["shard"].to_numpy() if images is not None else np.zeros(0, np.int32)
     failed = int(len(ids) - pc.sum(pc.equal(pc.cast(images["status"], "string"), "ok")).as_py()) if images is not None and len(ids) else 0
     extra = np.setdiff1d(ids, gt.image_ids)
@@ -103,7 +169,7 @@ def run_scope(run: Any, gt: GroundTruth, *, allow_partial: bool, shards_per_task
         raise EvalInputError(
             f"run {run.url}: {len(extra)} of its {len(ids)} images are not in the ground truth {gt.source} "
             f"(e.g. image ids {extra[:5].tolist()}); image ids must be the ground truth's: plan the run "
-            "from the COCO annotations JSON"
+            "from the COCO annotations JSON, or match the images by file name (--match-by file_name)"
         )
     missing = np.setdiff1d(gt.image_ids, ids)
     if len(missing) and not allow_partial:
@@ -123,7 +189,7 @@ def run_scope(run: Any, gt: GroundTruth, *, allow_partial: bool, shards_per_task
     for i in range(0, len(committed), shards_per_task):
         shards = tuple(committed[i:i + shards_per_task])
         groups.append((shards, np.unique(ids[np.isin(shard_of, shards)])))
-    return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted)
+    return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted, id_map)
 
 
 def evaluate_run(
@@ -137,18 +203,23 @@ def evaluate_run(
     unknown_categories: str = "error",
     workers: int | None = None,
     shards_per_task: int | None = None,
+    match_by: str = "image_id",
 ) -> tuple[dict[str, EvalResult], RunScope]:
-    """Evaluate a run directory's committed tables against ``gt``."""
+    """Evaluate a run directory's committed tables against ``gt``.
+
+    ``match_by="file_name"`` pairs the run's images with the ground truth's by file name, for a
+    run planned from a folder or manifest (whose ids are hashes of the keys)."""
     from mrcnn_batch.run.layout import open_run
 
     run = open_run(url, storage_options=storage_options)
     model_meta = run.run_meta().get("model") or {}
     workers = _workers(workers)
-    scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=shards_per_task, workers=workers)
+    scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=shards_per_task, workers=workers,
+                      match_by=match_by)
     ev = COCOEvaluator(gt, iou_types=iou_types, kpt_sigmas=kpt_sigmas, model_metadata=model_meta,
                        unknown_categories=unknown_categories)
     jobs = [
-        (gt.subset(img_ids), ShardGroup(url, shards, dict(storage_options or {})), img_ids)
+        (gt.subset(img_ids), ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids)), img_ids)
         for shards, img_ids in scope.groups
     ]
     covered = np.concatenate([j[2] for j in jobs]) if jobs else np.zeros(0, np.int64)

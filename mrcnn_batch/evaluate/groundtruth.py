@@ -56,6 +56,9 @@ class GroundTruth:
     kp_offsets: np.ndarray  # (N + 1,) int64 into kp_values
     kp_values: np.ndarray  # flat float64 [x, y, v, ...]
     segmentation: list[Any] | None = field(default=None, repr=False)  # raw COCO objects
+    # the images' file_name, aligned with image_ids (None where absent); on the driver only:
+    # subsets for tasks drop it
+    file_names: tuple[str | None, ...] | None = field(default=None, repr=False)
 
     @property
     def category_ids(self) -> np.ndarray:
@@ -85,7 +88,7 @@ class GroundTruth:
         image_ids = np.unique(np.asarray(image_ids, dtype=np.int64))
         img_keep = np.isin(self.image_ids, image_ids)
         rows = np.flatnonzero(np.isin(self.ann_image_id, image_ids))
-        kept = replace(self, image_ids=self.image_ids[img_keep], image_sizes=self.image_sizes[img_keep])
+        kept = replace(self, image_ids=self.image_ids[img_keep], image_sizes=self.image_sizes[img_keep], file_names=None)
         return _take(kept, rows)
 
 
@@ -113,7 +116,7 @@ def ground_truth_from_dict(
         if not isinstance(doc.get(key), list):
             raise EvalInputError(f"ground truth {source}: missing or non-list {key!r}")
 
-    image_ids, sizes = _images(doc["images"], source, need_size="segm" in iou_types)
+    image_ids, sizes, file_names = _images(doc["images"], source, need_size="segm" in iou_types)
     categories = _categories(doc["categories"], source)
     cat_by_id = {c.id: c for c in categories}
     kp_cats = {c.id for c in categories if c.keypoints}
@@ -203,6 +206,7 @@ def ground_truth_from_dict(
         kp_offsets=kp_offsets,
         kp_values=kp_values,
         segmentation=segm,
+        file_names=file_names,
     )
     if "keypoints" in iou_types:
         _check_keypoint_lengths(gt)
@@ -234,7 +238,7 @@ def _take(gt: GroundTruth, rows: np.ndarray) -> GroundTruth:
     )
 
 
-def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndarray, np.ndarray]:
+def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndarray, np.ndarray, tuple]:
     ids = np.empty(len(images), np.int64)
     sizes = np.full((len(images), 2), -1, np.int64)
     for i, img in enumerate(images):
@@ -251,7 +255,8 @@ def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndar
             )
     _check_unique(ids, f"ground truth {source}: image")
     order = np.argsort(ids, kind="stable")
-    return ids[order], sizes[order]
+    names = [img.get("file_name") for img in images]
+    return ids[order], sizes[order], tuple(names[i] if isinstance(names[i], str) else None for i in order)
 
 
 def _categories(cats: list[Any], source: str) -> tuple[Category, ...]:
