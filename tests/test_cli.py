@@ -72,3 +72,23 @@ def test_other_settings_on_an_existing_run_exit_3(tmp_path, image_dir, mask_weig
     res = run("infer", tmp_path / "one", out, "--weights", mask_weights, "--min-size", 160, "--max-size", 192)
     assert res.returncode == 3
     assert "min_size: 128 there, 160 now" in res.stderr and "--overwrite" in res.stderr
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, image_dir, mask_weights):
+    from mrcnn_batch.plan import build_plan
+    from mrcnn_batch.config import InputSpec
+
+    out = tmp_path / "out"
+    res = run("infer", image_dir, out, "--shard-size", 2, "--dry-run")  # no weights needed: no model is loaded
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "dry run: 5 images in 3 shards of up to 2" in text and "no run yet; nothing was written" in text
+    first = build_plan(InputSpec(url=str(image_dir)), shard_size=2).slice(0, 1).to_pylist()[0]
+    assert f"(image_id {first['image_id']})" in text
+    assert not out.exists()
+
+    import mrcnn_batch as mb
+
+    mb.infer(str(image_dir), str(out), weights=str(mask_weights), shard_size=2, **SMALL)
+    res = run("infer", image_dir, out, "--shard-size", 2, "--dry-run")
+    assert res.returncode == 0 and "3 shards committed" in " ".join(res.stdout.split())

@@ -64,6 +64,7 @@ def infer(
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers)."),
     address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Tries per shard (worker deaths included) before it is reported failed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the input and print the plan (images, shards, ids) and what OUTPUT holds; load no model, write nothing."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log per-image problems as they happen, and show Ray's worker logs."),
 ) -> None:
@@ -99,6 +100,9 @@ def infer(
             max_pixels=max_pixels,
             exif_transpose=not no_exif_transpose,
         )
+        if dry_run:
+            print_plan(config)
+            return
         run_executor = make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                                      address=address if executor == "ray" else None, max_attempts=max_attempts, verbose=verbose)
         with RunProgress(console=err, enabled=progress) as bar:
@@ -115,6 +119,37 @@ def infer(
             err.print(f"[red]shard {shard} failed:[/] {reason}", highlight=False)
         err.print(f"{len(summary.failed_shards)} shard(s) failed; run the same command again to retry them.")
         raise typer.Exit(EXIT_SHARDS_FAILED)
+
+
+def print_plan(config) -> None:
+    """``--dry-run``: the plan ``infer`` would follow, and what the output already holds."""
+    import pyarrow.compute as pc
+
+    from mrcnn_batch.models.registry import get_spec
+    from mrcnn_batch.plan import build_plan, input_kind
+    from mrcnn_batch.predict.predictor import label_filter
+    from mrcnn_batch.run.layout import RUN_JSON, RunDir
+
+    label_filter(get_spec(config.predict.model).categories, config.predict.classes)
+    plan = build_plan(config.input, shard_size=config.shard_size)
+    shards = pc.max(plan["shard"]).as_py() + 1
+    out.print(f"dry run: {plan.num_rows} images in {shards} shards of up to {config.shard_size} "
+              f"({input_kind(config.input.url)} input {config.input.url})", highlight=False, soft_wrap=True)
+    for s in range(min(shards, 3)):
+        rows = plan.filter(pc.equal(plan["shard"], s))
+        first = rows.slice(0, 1).to_pylist()[0]
+        out.print(f"  shard {s}: {rows.num_rows} images, first {first['uri']} (image_id {first['image_id']})",
+                  highlight=False, soft_wrap=True)
+    if shards > 3:
+        out.print(f"  ... {shards - 3} more shards", highlight=False)
+    run = RunDir(config.output, config.output_storage_options)
+    if run.exists(RUN_JSON):
+        meta = run.run_meta()
+        done = len(run.committed_shards())
+        out.print(f"output {config.output} holds run {meta.get('run_id')} ({meta.get('identity', {}).get('model', '?')}): "
+                  f"{done} shards committed; the same settings resume it, others are refused", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"output {config.output}: no run yet; nothing was written", highlight=False, soft_wrap=True)
 
 
 def print_summary(summary) -> None:
