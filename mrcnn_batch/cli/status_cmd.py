@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Optional
 
 import typer
@@ -42,6 +43,11 @@ def status(
         out.print(f"shards: {len(st.shards_done)}/{n} done, {len(st.shards_pending)} pending, {len(st.shards_failed)} failed")
         out.print(f"images: {st.planned_images} planned; {images}; {st.images_pending} not yet committed")
         out.print(f"rows: {st.instances} instances, {st.keypoints} keypoint detections")
+        if st.driver:
+            d = st.driver
+            age = time.time() - float(d.get("heartbeat_at", 0))
+            out.print(f"driver: {d.get('host')} pid {d.get('pid')}, last heartbeat {age:.0f}s ago "
+                      f"(a lease older than {2 * float(d.get('ttl_s', 60)):.0f}s is left by a driver that is gone)", highlight=False)
         for shard, reason in st.shards_failed.items():
             out.print(f"[red]shard {shard} failed:[/] {reason}", highlight=False)
     if not st.complete:

@@ -1,5 +1,6 @@
 """The driver of ``infer``: plan (or resume), execute pending shards, mark success.
 
+0. Lease: take the run directory's lease (``_driver.json``), so that one driver runs it.
 1. Plan: on a new output, list the input into the shard plan and write it with ``_run.json``
    before any work starts. On an existing output with the same settings, reuse both (resume);
    with other settings, refuse (``RunRefused``) unless ``overwrite``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
 from mrcnn_batch.run.layout import PLAN_FILE, RUN_JSON, SUCCESS, RunDir, commit_path
+from mrcnn_batch.run.lease import DEFAULT_TTL_S, LEASE, Lease, LeaseHeld
 from mrcnn_batch.run.status import record_failures
 from mrcnn_batch.schemas import SCHEMA_VERSION
 
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class RunRefused(RuntimeError):
-    """The output holds a run made with other settings."""
+    """The output holds a run made with other settings, or another driver is running it."""
 
 
 @dataclass
@@ -84,7 +87,8 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
         log.warning("overwriting the run in %s", config.output)
     if run.fs.exists(run.root) and overwrite:
         for child in run.fs.ls(run.root, detail=False):
-            run.fs.rm(child, recursive=True)
+            if posixpath.basename(child.rstrip("/")) != LEASE:  # this driver's own lease stays
+                run.fs.rm(child, recursive=True)
     plan = build_plan(config.input, shard_size=config.shard_size)
     _write_plan(run, plan)
     meta = _run_meta(config, identity, weights, plan)
@@ -99,7 +103,19 @@ def execute(
     overwrite: bool = False,
     on_plan: Callable[[dict, pa.Table, list[int]], None] | None = None,
     on_commit: Callable[[dict[str, Any]], None] | None = None,
+    lease_ttl_s: float = DEFAULT_TTL_S,
 ) -> RunSummary:
+    """Plan or resume ``config``'s run and execute its pending shards, holding the run's lease
+    (one driver per output; see :mod:`mrcnn_batch.run.lease`)."""
+    try:
+        lease = Lease(RunDir(config.output, config.output_storage_options), ttl_s=lease_ttl_s).acquire()
+    except LeaseHeld as e:
+        raise RunRefused(str(e)) from None
+    with lease:
+        return _execute(config, executor, overwrite=overwrite, on_plan=on_plan, on_commit=on_commit)
+
+
+def _execute(config: RunConfig, executor: Executor, *, overwrite: bool, on_plan, on_commit) -> RunSummary:
     start = time.perf_counter()
     run, meta, plan, weights, resumed = prepare(config, overwrite=overwrite)
     all_shards = shard_ids(plan)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mrcnn_batch.run.layout import SUCCESS, RunDir, commit_path
+from mrcnn_batch.run.lease import read_lease
 
 FAILED_JSON = "_failed.json"
 
@@ -33,6 +34,7 @@ class RunStatus:
     instances: int
     keypoints: int
     complete: bool
+    driver: dict[str, Any] | None = None  # the lease of the driver running it now, if any
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
         instances=n_inst,
         keypoints=n_kp,
         complete=run.exists(SUCCESS) or not not_done,
+        driver=read_lease(run),
     )
 
 
