@@ -60,6 +60,9 @@ def test_bad_options_exit_2_with_a_message(tmp_path, image_dir, mask_weights, ar
 def test_missing_input_exits_2(tmp_path, mask_weights):
     res = run("infer", tmp_path / "nothing", tmp_path / "out", "--weights", mask_weights)
     assert res.returncode == 2 and "does not exist" in res.stderr
+    (tmp_path / "c.json").write_text('{"images": [{"id": 1}]}')
+    res = run("infer", tmp_path / "c.json", tmp_path / "out", "--dry-run")
+    assert res.returncode == 2 and "lacks 'id' or 'file_name'" in " ".join(res.stderr.split())  # quotes intact
 
 
 def test_other_settings_on_an_existing_run_exit_3(tmp_path, image_dir, mask_weights):

@@ -105,6 +105,10 @@ def test_errors_name_the_input(tree, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         plan_of(str(tmp_path / "bad.json"))
+    for i, bad in enumerate(["abc", "1.5"]):
+        (tmp_path / f"ids{i}.csv").write_text(f"uri,image_id\na.jpg,{bad}\n")
+        with pytest.raises(InputError, match=f"ids{i}.csv': 'image_id' must be integers"):
+            plan_of(str(tmp_path / f"ids{i}.csv"))
 
 
 def test_listing_many_keys_is_chunked(tmp_path):

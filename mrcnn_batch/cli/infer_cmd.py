@@ -112,7 +112,7 @@ def infer(
     except RunRefused as e:
         fail(str(e), EXIT_REFUSED)
     except (InputError, WeightsUnavailable, WorkerStartError, KeyError, ValueError, FileNotFoundError) as e:
-        fail(str(e).strip("'\""), EXIT_USAGE)
+        fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), EXIT_USAGE)
     print_summary(summary)
     if summary.failed_shards:
         for shard, reason in sorted(summary.failed_shards.items()):

@@ -222,7 +222,10 @@ def _list_manifest(fs, path: str, spec: InputSpec):
         ids = table.column("image_id")
         if ids.null_count:
             raise InputError(f"manifest {spec.url!r} has {ids.null_count} empty 'image_id' values")
-        ids = ids.cast(pa.int64())
+        try:
+            ids = ids.cast(pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise InputError(f"manifest {spec.url!r}: 'image_id' must be integers ({e})") from None
     return uris, uris, ids
 
 
