@@ -58,9 +58,20 @@ def test_user_checkpoint_with_its_own_categories(tmp_path, image_dir):
     assert [c["name"] for c in run.run_meta()["model"]["categories"]] == ["cat", "hat"]
 
 
-def test_weights_that_do_not_fit_are_refused(tmp_path, keypoint_weights):
+def test_weights_that_do_not_fit_are_refused(tmp_path, keypoint_weights, mask_weights):
+    from mrcnn_batch.models.loaded import check_fit
+
     with pytest.raises(WeightsUnavailable, match="do not fit 'maskrcnn_resnet50_fpn'"):
         build_model("maskrcnn_resnet50_fpn", load_weights(str(keypoint_weights)), **SMALL)
+    # the same verdict on the meta device, in one line: what is missing, unexpected, reshaped
+    with pytest.raises(WeightsUnavailable, match=r"do not fit 'maskrcnn_resnet50_fpn': \d+ missing keys \(e\.g\. roi_heads\.mask"):
+        check_fit("maskrcnn_resnet50_fpn", load_weights(str(keypoint_weights)))
+    check_fit("maskrcnn_resnet50_fpn", load_weights(str(mask_weights)))
+    check_fit("keypointrcnn_resnet50_fpn", load_weights(str(keypoint_weights)))
+    both = {**{f"mask.{k}": v for k, v in load_weights(str(mask_weights)).state_dict.items()},
+            **{f"keypoint.{k}": v for k, v in load_weights(str(keypoint_weights)).state_dict.items()}}
+    check_fit("maskrcnn+keypointrcnn_resnet50_fpn", Weights(source="both", sha256="0", state_dict=both))
+    check_fit("demo", load_weights("package://mrcnn_batch/models/weights/demo.pt"))
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(WeightsUnavailable, match="not a loadable state dict"):
         load_weights(str(tmp_path / "junk.pth"))

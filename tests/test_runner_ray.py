@@ -68,7 +68,8 @@ def test_status_of_a_complete_run(ray_session, clean_run):
 
 
 def test_weights_that_do_not_fit_fail_fast_with_a_usage_error(ray_session, tmp_path, image_dir, mask_weights):
-    """Every actor would fail to load them: the run stops at once (exit 2), nothing retried."""
+    """Every actor would fail to load them: the driver refuses them (exit 2) before planning or
+    starting a worker, saying what differs."""
     from typer.testing import CliRunner
 
     from mrcnn_batch.cli import EXIT_USAGE, app
@@ -76,4 +77,6 @@ def test_weights_that_do_not_fit_fail_fast_with_a_usage_error(ray_session, tmp_p
     res = CliRunner().invoke(app, ["infer", str(image_dir), str(tmp_path / "bad"), "--model", "keypointrcnn_resnet50_fpn",
                                    "--weights", str(mask_weights), "--workers", "2", "--cpus-per-worker", "0.5", "--no-progress"])
     assert res.exit_code == EXIT_USAGE, res.output
-    assert "could not load the model" in res.output or "weights" in res.output
+    text = " ".join(res.output.split())
+    assert "do not fit 'keypointrcnn_resnet50_fpn'" in text and "missing keys" in text and "unexpected keys" in text
+    assert not (tmp_path / "bad" / "_run.json").exists() and not (tmp_path / "bad" / "_plan").exists()

@@ -68,20 +68,41 @@ def build_model(
         box_score_thresh=score_threshold,
         box_detections_per_img=max_detections,
     )
-    if spec.components:
-        networks = {}
-        for role, comp in zip(("mask", "keypoint"), spec.components):
-            prefix = f"{role}."
-            part = {k[len(prefix) :]: v for k, v in weights.state_dict.items() if k.startswith(prefix)}
-            if not part:
-                raise WeightsUnavailable(
-                    f"weights {weights.source!r} for {name!r} need keys prefixed '{prefix}'"
-                    " (a state dict of nn.ModuleDict(mask=..., keypoint=...))"
-                )
-            networks[role] = _instantiate(get_spec(comp), part, weights.source, kwargs)
-    else:
-        networks = {"main": _instantiate(spec, weights.state_dict, weights.source, kwargs)}
+    networks = {role: _instantiate(part_spec, state, weights.source, kwargs) for role, part_spec, state in _parts(spec, weights)}
     return LoadedModel(effective_spec(spec, weights), networks, weights.sha256, weights.source)
+
+
+def check_fit(name: str, weights: Weights) -> None:
+    """Raise :class:`WeightsUnavailable` unless ``weights`` load into model ``name``: the
+    networks are built on the meta device (no memory, no compute) and their parameter names and
+    shapes compared, so that a driver refuses unfit weights before any worker starts."""
+    spec = get_spec(name)
+    for _, part_spec, state in _parts(spec, weights):
+        if _CLS not in state:
+            raise WeightsUnavailable(f"weights {weights.source!r} do not fit {part_spec.name!r}: no {_CLS!r} in the state dict")
+        extra = {"num_keypoints": state[_KPS].shape[1]} if _KPS in state else {}
+        with torch.device("meta"):
+            net = part_spec.build(num_classes=state[_CLS].shape[0], **extra)
+        own = net.state_dict()
+        if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
+            raise WeightsUnavailable(f"weights {weights.source!r} do not fit {part_spec.name!r}: {state_mismatch(net, state)}")
+
+
+def _parts(spec: ModelSpec, weights: Weights) -> list[tuple[str, ModelSpec, dict]]:
+    """(role, registry entry, state dict) of each network of a model: one, or two joined."""
+    if not spec.components:
+        return [("main", spec, weights.state_dict)]
+    out = []
+    for role, comp in zip(("mask", "keypoint"), spec.components):
+        prefix = f"{role}."
+        part = {k[len(prefix) :]: v for k, v in weights.state_dict.items() if k.startswith(prefix)}
+        if not part:
+            raise WeightsUnavailable(
+                f"weights {weights.source!r} for {spec.name!r} need keys prefixed '{prefix}'"
+                " (a state dict of nn.ModuleDict(mask=..., keypoint=...))"
+            )
+        out.append((role, get_spec(comp), part))
+    return out
 
 
 def _instantiate(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.Module:
@@ -94,9 +115,26 @@ def _instantiate(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.
     net = spec.build(num_classes=num_classes, **extra, **kwargs)
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise WeightsUnavailable(f"weights {source!r} do not fit {spec.name!r}: {e}") from None
+    except RuntimeError:
+        raise WeightsUnavailable(f"weights {source!r} do not fit {spec.name!r}: {state_mismatch(net, state)}") from None
     return net.eval()
+
+
+def state_mismatch(net: nn.Module, state: dict) -> str:
+    """What differs between a network's parameters and a state dict, in one short line."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {what} keys (e.g. {', '.join(keys[:3])})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shapes differ (e.g. {k}: {tuple(state[k].shape)} in the file, "
+                     f"{tuple(own[k].shape)} in the model)")
+    return "; ".join(parts) + ". Is it a checkpoint of another model? See `mrcnn-batch models`"
 
 
 def effective_spec(spec: ModelSpec, weights: Weights) -> ModelSpec:

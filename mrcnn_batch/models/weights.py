@@ -48,7 +48,16 @@ def load_weights(source: str, *, storage_options: dict[str, Any] | None = None) 
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise WeightsUnavailable(f"weights {source!r} are not a loadable state dict: {e}") from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
+        if at is not None:  # torch's long advice, then the reason on the line after the marker
+            first = (lines[at].split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[at + 1:at + 2])) or lines[at]
+        else:
+            first = lines[0] if lines else type(e).__name__
+        raise WeightsUnavailable(
+            f"weights {source!r} are not a loadable state dict ({first[:200]}); they are read with "
+            "torch.load(weights_only=True): tensors in dicts, no pickled code"
+        ) from None
     if not isinstance(obj, dict):
         raise WeightsUnavailable(f"weights {source!r} hold a {type(obj).__name__}, not a dict")
     state = obj.get("model", obj.get("state_dict", obj))

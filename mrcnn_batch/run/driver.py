@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from mrcnn_batch import __version__
 from mrcnn_batch.config import RunConfig
-from mrcnn_batch.models.loaded import effective_spec, resolve_weights
+from mrcnn_batch.models.loaded import check_fit, effective_spec, resolve_weights
 from mrcnn_batch.predict.predictor import label_filter
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
@@ -74,6 +74,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
     """The run directory, its metadata and plan, and the weights: new, or resumed."""
     spec = get_spec(config.predict.model)
     weights = resolve_weights(spec, config.predict.weights, storage_options=config.input.storage_options)
+    check_fit(config.predict.model, weights)  # before any plan is written or worker started
     # Fail here, before any worker starts, on class names the weights do not know.
     label_filter(effective_spec(spec, weights).categories, config.predict.classes)
     identity = config.identity(weights_sha256=weights.sha256)
