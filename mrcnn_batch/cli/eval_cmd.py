@@ -60,8 +60,10 @@ def eval_command(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (run is None) == (predictions is None):
         fail("give either a RUN directory or --predictions FILE (not both)", EXIT_USAGE)
-    if match_by not in ("image_id", "file_name"):
-        fail(f"--match-by must be image_id or file_name, not {match_by!r}", EXIT_USAGE)
+    from mrcnn_batch.evaluate.distributed import MATCH_BY
+
+    if match_by not in MATCH_BY:
+        fail(f"--match-by must be one of {', '.join(MATCH_BY)}, not {match_by!r}", EXIT_USAGE)
     if predictions is not None and match_by != "image_id":
         fail("--match-by applies to a run; a results file names the ground truth's image ids", EXIT_USAGE)
     if predictions is not None and out_dir is None:

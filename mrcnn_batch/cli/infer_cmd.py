@@ -128,7 +128,7 @@ def print_plan(config) -> None:
     from mrcnn_batch.models.registry import get_spec
     from mrcnn_batch.plan import build_plan, input_kind
     from mrcnn_batch.predict.predictor import label_filter
-    from mrcnn_batch.run.layout import RUN_JSON, RunDir
+    from mrcnn_batch.run.layout import RunDir
 
     label_filter(get_spec(config.predict.model).categories, config.predict.classes)
     plan = build_plan(config.input, shard_size=config.shard_size)
@@ -143,8 +143,11 @@ def print_plan(config) -> None:
     if shards > 3:
         out.print(f"  ... {shards - 3} more shards", highlight=False)
     run = RunDir(config.output, config.output_storage_options)
-    if run.exists(RUN_JSON):
+    try:
         meta = run.run_meta()
+    except FileNotFoundError:
+        meta = None
+    if meta is not None:
         done = len(run.committed_shards())
         out.print(f"output {config.output} holds run {meta.get('run_id')} ({meta.get('identity', {}).get('model', '?')}): "
                   f"{done} shards committed; the same settings resume it, others are refused", highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -91,10 +92,7 @@ def file_name_map(run_ids: np.ndarray, uris: list[str], gt: GroundTruth, *, run_
             raise EvalInputError(f"ground truth {gt.source}: file name {base!r} is used by images {by_name[base]} and {image_id}")
         by_name[base] = image_id
     names = [u.rsplit("/", 1)[-1] for u in uris]
-    seen: dict[str, int] = {}
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-    twice = [n for n, k in seen.items() if k > 1]
+    twice = [n for n, k in Counter(names).items() if k > 1]
     if twice:
         raise EvalInputError(f"run {run_url}: file names {twice[:5]} occur more than once; they cannot be matched by name")
     unknown = [n for n in names if n not in by_name]

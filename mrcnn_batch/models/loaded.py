@@ -76,16 +76,12 @@ def check_fit(name: str, weights: Weights) -> None:
     """Raise :class:`WeightsUnavailable` unless ``weights`` load into model ``name``: the
     networks are built on the meta device (no memory, no compute) and their parameter names and
     shapes compared, so that a driver refuses unfit weights before any worker starts."""
-    spec = get_spec(name)
-    for _, part_spec, state in _parts(spec, weights):
-        if _CLS not in state:
-            raise WeightsUnavailable(f"weights {weights.source!r} do not fit {part_spec.name!r}: no {_CLS!r} in the state dict")
-        extra = {"num_keypoints": state[_KPS].shape[1]} if _KPS in state else {}
+    for _, part_spec, state in _parts(get_spec(name), weights):
         with torch.device("meta"):
-            net = part_spec.build(num_classes=state[_CLS].shape[0], **extra)
-        own = net.state_dict()
-        if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
-            raise WeightsUnavailable(f"weights {weights.source!r} do not fit {part_spec.name!r}: {state_mismatch(net, state)}")
+            net = _build(part_spec, state, weights.source, {})
+        mismatch = state_mismatch(net, state)
+        if mismatch:
+            raise WeightsUnavailable(f"weights {weights.source!r} do not fit {part_spec.name!r}: {mismatch}")
 
 
 def _parts(spec: ModelSpec, weights: Weights) -> list[tuple[str, ModelSpec, dict]]:
@@ -105,14 +101,18 @@ def _parts(spec: ModelSpec, weights: Weights) -> list[tuple[str, ModelSpec, dict
     return out
 
 
-def _instantiate(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.Module:
+def _build(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.Module:
+    """The untrained network of ``spec`` shaped as ``state`` says (classes, keypoints)."""
     if _CLS not in state:
         raise WeightsUnavailable(
             f"weights {source!r} do not fit {spec.name!r}: no {_CLS!r} in the state dict"
         )
-    num_classes = state[_CLS].shape[0]
     extra = {"num_keypoints": state[_KPS].shape[1]} if _KPS in state else {}
-    net = spec.build(num_classes=num_classes, **extra, **kwargs)
+    return spec.build(num_classes=state[_CLS].shape[0], **extra, **kwargs)
+
+
+def _instantiate(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.Module:
+    net = _build(spec, state, source, kwargs)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError:
@@ -121,7 +121,8 @@ def _instantiate(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.
 
 
 def state_mismatch(net: nn.Module, state: dict) -> str:
-    """What differs between a network's parameters and a state dict, in one short line."""
+    """What differs between a network's parameters and a state dict, in one short line ("" if
+    nothing does)."""
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -134,7 +135,7 @@ def state_mismatch(net: nn.Module, state: dict) -> str:
         k = shapes[0]
         parts.append(f"{len(shapes)} shapes differ (e.g. {k}: {tuple(state[k].shape)} in the file, "
                      f"{tuple(own[k].shape)} in the model)")
-    return "; ".join(parts) + ". Is it a checkpoint of another model? See `mrcnn-batch models`"
+    return "; ".join(parts) + ". Is it a checkpoint of another model? See `mrcnn-batch models`" if parts else ""
 
 
 def effective_spec(spec: ModelSpec, weights: Weights) -> ModelSpec:

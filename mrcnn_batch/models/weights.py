@@ -50,8 +50,8 @@ def load_weights(source: str, *, storage_options: dict[str, Any] | None = None) 
     except Exception as e:  # noqa: BLE001
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
-        if at is not None:  # torch's long advice, then the reason on the line after the marker
-            first = (lines[at].split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[at + 1:at + 2])) or lines[at]
+        if at is not None:  # torch's long advice, then the reason after the marker or on the next line
+            first = lines[at].split("WeightsUnpickler error:", 1)[-1].strip() or (lines[at + 1:] or lines[at:])[0]
         else:
             first = lines[0] if lines else type(e).__name__
         raise WeightsUnavailable(

@@ -56,7 +56,7 @@ class Lease:
     # -- taking and keeping it -----------------------------------------------------------
     def acquire(self, *, settle_s: float = 0.25) -> "Lease":
         other = read_lease(self.run)
-        if other is not None and other.get("token") != self.doc["token"]:
+        if other is not None:
             self._wait_out(other)
         self._write()
         time.sleep(settle_s)
