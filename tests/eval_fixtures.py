@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
 from mrcnn_batch.schemas import IMAGES, INSTANCES, KEYPOINTS, PLAN, with_metadata
+from mrcnn_batch.run.layout import CommitRecord
 
 DATA = Path(__file__).parent / "data" / "coco"
 CUSTOM_SIGMAS = [0.05, 0.07, 0.09, 0.04, 0.11]  # a 5-keypoint category that is not COCO's
@@ -201,10 +202,13 @@ def write_run(
                     kp_rows.append({**row, "keypoints": r["keypoints"], "keypoint_scores": [1.0] * (len(r["keypoints"]) // 3),
                                     "mask_instance_id": None})
         name = f"shard-{s:06d}"
+        rows_of, nbytes = {}, {}
         for table, rows, schema in (("images", img_rows, IMAGES), ("instances", inst_rows, INSTANCES), ("keypoints", kp_rows, KEYPOINTS)):
-            pq.write_table(pa.Table.from_pylist(rows, schema=with_metadata(schema, table=table, run_id=run_id)),
-                           root / table / f"{name}.parquet")
-        (root / "_commits" / f"{name}.json").write_text(json.dumps({"images": len(img_rows)}))
+            path = root / table / f"{name}.parquet"
+            pq.write_table(pa.Table.from_pylist(rows, schema=with_metadata(schema, table=table, run_id=run_id)), path)
+            rows_of[table], nbytes[table] = len(rows), path.stat().st_size
+        record = CommitRecord(shard=s, run_id=run_id, rows=rows_of, bytes=nbytes, status_counts={"ok": len(img_rows)})
+        (root / "_commits" / f"{name}.json").write_bytes(record.to_json())
     if commit is None or len(commit) == len(shards):
         (root / "_SUCCESS").write_text("")
     (root / "_run.json").write_text(json.dumps({"run_id": run_id, "model": model or {}}))

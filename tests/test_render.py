@@ -77,13 +77,13 @@ def make_run(
                     add("keypoints", image_id=im["id"], instance_id=k, category_id=a["category_id"],
                         category=cats[a["category_id"]], score=score, bbox=a["bbox"], keypoints=a["keypoints"],
                         keypoint_scores=[1.0] * 3, mask_instance_id=k)
-        rows_out = {}
+        rows_out, sizes = {}, {}
         for name, c in cols.items():
             table = build_table(name, c, categories=cats, run_id=run_id)
-            write_table(table, run.fs, run.path(table_path(name, s)))
+            sizes[name] = write_table(table, run.fs, run.path(table_path(name, s)))
             rows_out[name] = table.num_rows
         run.write_json(commit_path(s), {
-            "shard": s, "run_id": run_id, "rows": rows_out, "status_counts": {}, "worker": "test:1",
+            "shard": s, "run_id": run_id, "rows": rows_out, "bytes": sizes, "status_counts": {}, "worker": "test:1",
             "committed_at": time.time(), "seconds": 0.5, "model_seconds": 0.3,
         })
     meta["plan"] = {"images": len(entries), "shards": len(shards)}

@@ -7,6 +7,8 @@ Exit codes (stable, for scripts):
   3  refused: the output holds a run with other settings (pass --overwrite)
   4  the job finished but some shards failed (named on stderr); rerun to retry them
   5  evaluation refused: the run is incomplete (pass --allow-partial)
+  6  storage error: a file of the run could not be read or written (the message names it and
+     quotes the system's error, e.g. a full disk); fix the cause and run the same command again
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_SHARDS_FAILED = 4
 EXIT_INCOMPLETE = 5
+EXIT_STORAGE = 6
 
 # Each module registers its commands on ``app``.
 from mrcnn_batch.cli import infer_cmd  # noqa: E402,F401

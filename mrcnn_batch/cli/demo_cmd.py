@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from mrcnn_batch.cli import EXIT_SHARDS_FAILED, EXIT_USAGE, app
+from mrcnn_batch.errors import MrcnnBatchError
 from mrcnn_batch.cli.infer_cmd import err, fail, out, parse_storage_options
 
 
@@ -111,6 +112,8 @@ def render(
                 with fs.open(path, "wb") as f:
                     f.write(got[0])
                 written.append(fs.unstrip_protocol(path))
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
     except (FileNotFoundError, KeyError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) else str(e), EXIT_USAGE)
     for w in written:
@@ -139,6 +142,8 @@ def report(
     try:
         written = write_report(run, out_file, storage_options=opts,
                                output_storage_options=_output_options(opts, output_storage_options), options=options)
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
     except FileNotFoundError as e:
         fail(str(e), EXIT_USAGE)
     out.print(written, highlight=False, soft_wrap=True)
@@ -168,6 +173,8 @@ def export(
     try:
         written = export_run(run, out_dir, format=format, iou_types=types, image_root=image_root, storage_options=opts,
                              output_storage_options=_output_options(opts, output_storage_options))
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e), EXIT_USAGE)
     for w in written:

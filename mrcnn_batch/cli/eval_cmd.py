@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from mrcnn_batch.cli import EXIT_INCOMPLETE, EXIT_USAGE, app
+from mrcnn_batch.errors import MrcnnBatchError
 from mrcnn_batch.cli.infer_cmd import err, fail, out, parse_storage_options
 
 
@@ -80,6 +81,8 @@ def eval_command(
         )
     except IncompleteRunError as e:
         fail(str(e), EXIT_INCOMPLETE)
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
     except (EvalInputError, FileNotFoundError) as e:
         fail(str(e), EXIT_USAGE)
     for t, r in results.items():

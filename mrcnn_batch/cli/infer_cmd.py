@@ -10,9 +10,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from mrcnn_batch.cli import EXIT_REFUSED, EXIT_SHARDS_FAILED, EXIT_USAGE, app
+from mrcnn_batch.cli import EXIT_SHARDS_FAILED, EXIT_USAGE, app
 from mrcnn_batch.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE
+from mrcnn_batch.errors import MrcnnBatchError
 
 err = Console(stderr=True)
 out = Console()
@@ -31,7 +33,8 @@ def parse_storage_options(text: Optional[str], what: str) -> dict:
 
 
 def fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``message`` (never read as markup: paths may hold brackets) unwrapped, and exit."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -72,7 +75,7 @@ def infer(
     from mrcnn_batch.api import make_config, make_executor
     from mrcnn_batch.models.weights import WeightsUnavailable
     from mrcnn_batch.plan import InputError
-    from mrcnn_batch.run.driver import RunRefused, execute
+    from mrcnn_batch.run.driver import execute
     from mrcnn_batch.run.progress import RunProgress
     from mrcnn_batch.run.ray_executor import WorkerStartError
 
@@ -109,14 +112,14 @@ def infer(
             if hasattr(run_executor, "on_retry"):
                 run_executor.on_retry = bar.on_retry
             summary = execute(config, run_executor, overwrite=overwrite, on_plan=bar.on_plan, on_commit=bar.on_commit)
-    except RunRefused as e:
-        fail(str(e), EXIT_REFUSED)
+    except MrcnnBatchError as e:  # refusals (3), usage (2), storage (6): each carries its code
+        fail(str(e), e.exit_code)
     except (InputError, WeightsUnavailable, WorkerStartError, KeyError, ValueError, FileNotFoundError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), EXIT_USAGE)
     print_summary(summary)
     if summary.failed_shards:
         for shard, reason in sorted(summary.failed_shards.items()):
-            err.print(f"[red]shard {shard} failed:[/] {reason}", highlight=False)
+            err.print(Text.assemble((f"shard {shard} failed:", "red"), " ", reason), highlight=False, soft_wrap=True)
         err.print(f"{len(summary.failed_shards)} shard(s) failed; run the same command again to retry them.")
         raise typer.Exit(EXIT_SHARDS_FAILED)
 

@@ -9,8 +9,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from mrcnn_batch.cli import EXIT_USAGE, app
+from mrcnn_batch.errors import MrcnnBatchError
 from mrcnn_batch.cli.infer_cmd import fail, parse_storage_options
 
 out = Console()
@@ -30,6 +32,8 @@ def status(
 
     try:
         st = run_status(output, storage_options=parse_storage_options(storage_options, "--storage-options"))
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
     except FileNotFoundError as e:
         fail(str(e), EXIT_USAGE)
     if as_json:
@@ -48,7 +52,10 @@ def status(
             age = time.time() - float(d.get("heartbeat_at", 0))
             out.print(f"driver: {d.get('host')} pid {d.get('pid')}, last heartbeat {age:.0f}s ago "
                       f"(a lease older than {2 * float(d.get('ttl_s', 60)):.0f}s is left by a driver that is gone)", highlight=False)
+        for shard, reason in st.shards_rejected.items():
+            out.print(Text.assemble((f"shard {shard}: its marker is not a commit", "yellow"), f" ({reason}); the next infer runs it again"),
+                      highlight=False, soft_wrap=True)
         for shard, reason in st.shards_failed.items():
-            out.print(f"[red]shard {shard} failed:[/] {reason}", highlight=False)
+            out.print(Text.assemble((f"shard {shard} failed:", "red"), " ", reason), highlight=False, soft_wrap=True)
     if not st.complete:
         raise typer.Exit(EXIT_SHARDS_FAILED)

@@ -6,7 +6,6 @@ run with millions of images stays cheap; failed images are listed up to a limit.
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.run.layout import COMMITS, EVAL_DIR, SUCCESS, RunDir
+from mrcnn_batch.run.layout import EVAL_DIR, CommitRecord, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,8 @@ class RunFacts:
 
 def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
     meta = run.run_meta()
-    shards = run.committed_shards()
+    commits = run.commits(run_id=meta["run_id"])  # one view: completeness and tables both from it
+    shards = sorted(commits)
     planned = int((meta.get("plan") or {}).get("shards") or len(shards))
     images = run.dataset("images", shards).to_table(columns=["image_id", "status"])
     status = pc.cast(images["status"], pa.string())
@@ -78,7 +78,7 @@ def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
     return RunFacts(
         url=run.url,
         meta=meta,
-        complete=run.exists(SUCCESS),
+        complete=len(shards) >= planned,
         planned_shards=planned,
         committed_shards=len(shards),
         status_counts=dict(sorted(status_counts.items(), key=lambda kv: (kv[0] != "ok", kv[0]))),
@@ -87,7 +87,7 @@ def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
         scores=scores,
         failures=tuple(bad.slice(0, max_failures).to_pylist()),
         num_failures=bad.num_rows,
-        throughput=_throughput(run, shards, meta),
+        throughput=_throughput([commits[s] for s in shards], meta),
         metrics=metrics,
         pr_curves=curves,
     )
@@ -99,28 +99,18 @@ def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
     return dict(sorted(pairs))
 
 
-def _throughput(run: RunDir, shards: list[int], meta: dict[str, Any]) -> Throughput:
-    paths = [run.path(f"{COMMITS}/shard-{s:06d}.json") for s in shards]
-    raw = run.fs.cat(paths) if paths else {}
-    if len(paths) == 1 and not isinstance(raw, dict):
-        raw = {paths[0]: raw}
-    records = []
-    for p in paths:
-        data = raw.get(p) if isinstance(raw, dict) else None
-        if data is None:  # key spelling differs across filesystems; read it directly
-            data = run.fs.cat_file(p)
-        records.append(json.loads(data))
-    seconds = [float(r.get("seconds") or 0.0) for r in records]
-    images = [int((r.get("rows") or {}).get("images") or 0) for r in records]
-    committed = [float(r["committed_at"]) for r in records if r.get("committed_at")]
+def _throughput(records: list[CommitRecord], meta: dict[str, Any]) -> Throughput:
+    seconds = [r.seconds for r in records]
+    images = [r.rows["images"] for r in records]
+    committed = [r.committed_at for r in records if r.committed_at]
     created = meta.get("created_at")
     wall = (max(committed) - float(created)) if committed and created else None
     return Throughput(
         shards=len(records),
         images=sum(images),
-        workers=len({r.get("worker") for r in records}),
+        workers=len({r.worker for r in records}),
         worker_seconds=sum(seconds),
-        model_seconds=sum(float(r.get("model_seconds") or 0.0) for r in records),
+        model_seconds=sum(r.model_seconds for r in records),
         wall_seconds=wall if wall is None or wall > 0 else None,
         shard_seconds=tuple(seconds),
         shard_images=tuple(images),

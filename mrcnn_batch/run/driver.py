@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,16 +26,13 @@ from mrcnn_batch.predict.predictor import label_filter
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
-from mrcnn_batch.run.layout import PLAN_FILE, RUN_JSON, SUCCESS, RunDir, commit_path
-from mrcnn_batch.run.lease import DEFAULT_TTL_S, LEASE, Lease, LeaseHeld
+from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
+from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir
+from mrcnn_batch.run.lease import DEFAULT_TTL_S, Lease, LeaseHeld
 from mrcnn_batch.run.status import record_failures
 from mrcnn_batch.schemas import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
-
-
-class RunRefused(RuntimeError):
-    """The output holds a run made with other settings, or another driver is running it."""
 
 
 @dataclass
@@ -80,16 +76,20 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
     identity = config.identity(weights_sha256=weights.sha256)
     run = RunDir(config.output, config.output_storage_options)
     if run.exists(RUN_JSON):
-        meta = run.run_meta()
-        if meta.get("identity") == identity and run.exists(PLAN_FILE):
+        try:
+            meta = run.run_meta()
+        except RunDamaged:
+            if not overwrite:
+                raise
+            meta = None
+        if meta is not None and meta.get("identity") == identity and run.exists(PLAN_FILE):
             return run, meta, run.read_plan(), weights, True
         if not overwrite:
             raise RunRefused(_refusal(config.output, meta.get("identity", {}), identity))
         log.warning("overwriting the run in %s", config.output)
-    if run.fs.exists(run.root) and overwrite:
-        for child in run.fs.ls(run.root, detail=False):
-            if posixpath.basename(child.rstrip("/")) != LEASE:  # this driver's own lease stays
-                run.fs.rm(child, recursive=True)
+    if overwrite:
+        check_overwrite(run, config.input.url, input_storage_options=config.input.storage_options)
+        run.remove_own(keep=(LEASE,))  # this driver's own lease stays
     plan = build_plan(config.input, shard_size=config.shard_size)
     _write_plan(run, plan)
     meta = _run_meta(config, identity, weights, plan)
@@ -132,17 +132,17 @@ def _execute(config: RunConfig, executor: Executor, *, overwrite: bool, on_plan,
             on_commit(record)
 
     failed = dict(executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed)) if pending else {}
-    committed_now = set(run.committed_shards())
-    complete = committed_now >= set(all_shards)
-    for shard in set(pending) - committed_now - set(failed):
-        failed[shard] = "the executor returned without committing it"
+    commits = run.commits(run_id=meta["run_id"])  # one view of the markers for all that follows
+    complete = set(commits) >= set(all_shards)
+    for shard in set(pending) - set(commits) - set(failed):
+        failed[shard] = run.rejected.get(shard) or "the executor returned without committing it"
     try:
-        record_failures(run, {s: r for s, r in failed.items() if s not in committed_now})
+        record_failures(run, {s: r for s, r in failed.items() if s not in commits})
     except OSError as e:  # the storage that failed the shards may refuse this too
         log.warning("could not record the failed shards in %s: %s", config.output, e)
     if complete:
         run.write_json(SUCCESS, {"run_id": meta["run_id"], "completed_at": time.time()})
-    by_status, n_inst, n_kp = _totals(run)
+    by_status, n_inst, n_kp = _totals(commits.values())
     return RunSummary(
         output=config.output,
         run_id=meta["run_id"],
@@ -160,24 +160,61 @@ def _execute(config: RunConfig, executor: Executor, *, overwrite: bool, on_plan,
     )
 
 
-def _totals(run: RunDir) -> tuple[dict[str, int], int, int]:
+def _totals(commits) -> tuple[dict[str, int], int, int]:
     by_status: dict[str, int] = {}
     n_inst = n_kp = 0
-    for shard in run.committed_shards():
-        rec = run.read_json(commit_path(shard))
-        for k, v in rec["status_counts"].items():
+    for rec in commits:
+        for k, v in rec.status_counts.items():
             by_status[k] = by_status.get(k, 0) + v
-        n_inst += rec["rows"]["instances"]
-        n_kp += rec["rows"]["keypoints"]
+        n_inst += rec.rows["instances"]
+        n_kp += rec.rows["keypoints"]
     return dict(sorted(by_status.items())), n_inst, n_kp
+
+
+def check_overwrite(run: RunDir, input_url: str, *, input_storage_options: dict[str, Any]) -> None:
+    """Refuse ``--overwrite`` where it could remove what a run did not write: an output holding
+    anything but a run's own names (symbolic links included), or one that contains the input."""
+    if _contains(run, input_url, input_storage_options):
+        raise UsageError(
+            f"--overwrite refused: the output {run.url} contains the input {input_url}; "
+            "choose an output outside the input"
+        )
+    foreign = run.foreign_entries()
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        raise UsageError(
+            f"--overwrite refused: {run.url} holds what no run wrote ({shown}). Overwrite removes only a "
+            "run's own files; use an empty or new output, or move those away first"
+        )
+
+
+def _contains(run: RunDir, input_url: str, storage_options: dict[str, Any]) -> bool:
+    """Whether the input lies inside the output (on the same file system)."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(input_url.split("::")[-1], **storage_options)
+    except Exception:  # noqa: BLE001 - an input we cannot resolve is reported by planning
+        return False
+    if type(fs) is not type(run.fs):
+        return False
+    out = run.root
+    if run.is_local:
+        import os
+
+        path, out = os.path.realpath(path), os.path.realpath(out)
+    path, out = path.rstrip("/"), out.rstrip("/")
+    return path == out or path.startswith(out + "/") or out == ""
 
 
 def _write_plan(run: RunDir, plan: pa.Table) -> None:
     import pyarrow.parquet as pq
 
-    run.fs.makedirs(run.path("_plan"), exist_ok=True)
-    with run.fs.open(run.path(PLAN_FILE), "wb") as f:
-        pq.write_table(plan, f, compression="zstd")
+    import pyarrow as pa
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(plan, buf, compression="zstd")
+    run.write_bytes(PLAN_FILE, buf.getvalue().to_pybytes())
 
 
 def _run_meta(config: RunConfig, identity: dict, weights: Weights, plan: pa.Table) -> dict[str, Any]:

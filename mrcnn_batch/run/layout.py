@@ -1,33 +1,70 @@
 """The run directory: one output URL holding a run's plan, tables, commit markers and metrics.
 
+This module is the only one that knows the run directory's names and writes its JSON files.
+
 Commit protocol (written once, here). For each shard ``N`` a worker writes, under
 deterministic names, ``images/shard-N.parquet``, ``instances/shard-N.parquet`` and
 ``keypoints/shard-N.parquet`` (``N`` zero-padded to six digits), and only then the marker
-``_commits/shard-N.json`` (row counts and file sizes). A shard exists only once its marker
-exists: readers list markers, never data files. A retried shard overwrites its own files, so
-there are no duplicates and no orphans. When every planned shard has a marker the driver writes
-``_SUCCESS``.
+``_commits/shard-N.json`` (a :class:`CommitRecord`: run id, row counts and file sizes). A shard
+exists only once it has a *valid* marker: one that parses, names this shard and the run id of
+``_run.json``, and whose file sizes are those of the shard's files. Anything else (a torn write,
+another run's marker, a table file replaced after the commit) is not a commit: the shard runs
+again and a warning says why. Readers list markers, never data files. A retried shard overwrites
+its own files, so there are no duplicates and no orphans. When every planned shard is committed
+the driver writes ``_SUCCESS``.
+
+Writes are whole or nothing: JSON and Parquet go to a temporary name beside the target and are
+renamed over it on file systems that rename (local disks); on object stores each file is one
+PUT. An I/O error (a full disk, a refused permission, throttling) is raised as
+:class:`StorageError` naming the file, with the system's message verbatim.
+
+``--overwrite`` removes only the run's own names (:func:`own_entries`), and refuses an output
+that holds anything else.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import posixpath
-from dataclasses import dataclass
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
+from mrcnn_batch.errors import RunDamaged, StorageError
 from mrcnn_batch.schemas import PLAN, TABLES
 
+log = logging.getLogger(__name__)
+
 RUN_JSON = "_run.json"
-PLAN_FILE = "_plan/plan.parquet"
+PLAN_DIR = "_plan"
+PLAN_FILE = f"{PLAN_DIR}/plan.parquet"
 COMMITS = "_commits"
 SUCCESS = "_SUCCESS"
+FAILED_JSON = "_failed.json"
+LEASE = "_driver.json"
 EVAL_DIR = "eval"
+TABLE_DIRS = tuple(TABLES)  # images, instances, keypoints
+
+_SHARD_FILE = re.compile(r"shard-\d{6}\.(parquet|json)")
+_TEMP = re.compile(r"\..+\.tmp-[0-9a-f]{12}")
+_EVAL_FILE = re.compile(r"metrics\.(json|parquet)|pr_[a-z_]+\.png")
+# What a run writes at its top level, and the files it writes inside each of its folders.
+_OWN_FILES = {RUN_JSON, SUCCESS, FAILED_JSON, LEASE}
+_OWN_DIRS = {
+    PLAN_DIR: re.compile(r"plan\.parquet"),
+    COMMITS: _SHARD_FILE,
+    EVAL_DIR: _EVAL_FILE,
+    **{t: _SHARD_FILE for t in TABLE_DIRS},
+}
 
 
 def shard_name(shard: int) -> str:
@@ -42,55 +79,222 @@ def commit_path(shard: int) -> str:
     return f"{COMMITS}/{shard_name(shard)}.json"
 
 
+@dataclass(frozen=True)
+class CommitRecord:
+    """A shard's commit marker (``_commits/shard-N.json``)."""
+
+    shard: int
+    run_id: str
+    rows: dict[str, int]  # table -> rows
+    bytes: dict[str, int]  # table -> file size
+    status_counts: dict[str, int]  # image status -> images
+    worker: str = ""
+    committed_at: float = 0.0
+    seconds: float = 0.0  # the shard's processing time in its worker
+    model_seconds: float = 0.0  # of which in the model's forward passes
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "CommitRecord":
+        """Parse a marker; ``ValueError`` saying what is wrong with it."""
+        try:
+            d = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"it does not parse ({len(data)} bytes: {e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"it holds a {type(d).__name__}, not an object")
+        try:
+            rec = cls(
+                shard=_int(d["shard"]), run_id=str(d["run_id"]),
+                rows={str(k): _int(v) for k, v in d["rows"].items()},
+                bytes={str(k): _int(v) for k, v in d["bytes"].items()},
+                status_counts={str(k): _int(v) for k, v in d["status_counts"].items()},
+                worker=str(d.get("worker", "")), committed_at=float(d.get("committed_at", 0.0)),
+                seconds=float(d.get("seconds", 0.0)), model_seconds=float(d.get("model_seconds", 0.0)),
+            )
+        except KeyError as e:
+            raise ValueError(f"it lacks {e.args[0]!r}") from None
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ValueError(f"a field has the wrong type ({e})") from None
+        missing = [t for t in TABLE_DIRS if t not in rec.rows or t not in rec.bytes]
+        if missing:
+            raise ValueError(f"it has no rows or size for {', '.join(missing)}")
+        return rec
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{v!r} is not an integer")
+    return v
+
+
 @dataclass
 class RunDir:
-    """A run directory on any fsspec filesystem."""
+    """A run directory on any fsspec filesystem (``is_local``: a local disk, where writes rename)."""
 
     url: str
     storage_options: dict[str, Any]
+    rejected: dict[int, str] = field(default_factory=dict, init=False)  # shard -> why its marker is no commit
 
     def __post_init__(self) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        self.root = self.root.rstrip("/")
+        self.root = self.root.rstrip("/") or "/"
+        self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
+
+    def where(self, rel: str) -> str:
+        """``rel`` as the user would write it, for messages."""
+        return posixpath.join(self.url.rstrip("/"), rel)
 
     def exists(self, rel: str) -> bool:
         self.fs.invalidate_cache(self.path(rel))  # other processes write here
         return self.fs.exists(self.path(rel))
 
-    def read_json(self, rel: str) -> dict[str, Any]:
-        with self.fs.open(self.path(rel), "rb") as f:
-            return json.loads(f.read())
+    # -- reading and writing whole files ------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open(self.path(rel), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StorageError(f"could not read {self.where(rel)}: {_describe(e)}") from e
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> int:
+        """Write ``data`` to ``rel`` whole or not at all; its size."""
+        path = self.path(rel)
+        try:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            if self.is_local:
+                folder, name = os.path.split(path)
+                tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, path)
+                except BaseException:
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+                    raise
+            else:
+                self.fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+        except OSError as e:
+            raise StorageError(f"could not write {self.where(rel)}: {_describe(e)}") from e
+        return len(data)
 
     def write_json(self, rel: str, obj: Any) -> None:
-        data = json.dumps(obj, indent=2, sort_keys=True).encode()
-        self.fs.makedirs(posixpath.dirname(self.path(rel)), exist_ok=True)
-        with self.fs.open(self.path(rel), "wb") as f:
-            f.write(data)
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
 
+    def remove(self, rel: str) -> None:
+        try:
+            self.fs.rm(self.path(rel))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(f"could not remove {self.where(rel)}: {_describe(e)}") from e
+
+    # -- the run's records ---------------------------------------------------------------
     def run_meta(self) -> dict[str, Any]:
         if not self.exists(RUN_JSON):
             raise FileNotFoundError(f"{self.url} is not a run directory: no {RUN_JSON}")
-        return self.read_json(RUN_JSON)
+        data = self.read_bytes(RUN_JSON)
+        try:
+            meta = json.loads(data)
+            if not isinstance(meta, dict) or not isinstance(meta.get("run_id"), str):
+                raise ValueError("it holds no run id")
+        except (UnicodeDecodeError, ValueError) as e:
+            raise RunDamaged(
+                f"{self.where(RUN_JSON)} is damaged ({len(data)} bytes; {e}): the run's settings are lost. "
+                "Pass --overwrite to start the run again (only the run's own files are removed), or restore "
+                "the file from a copy"
+            ) from None
+        return meta
 
     def read_plan(self) -> pa.Table:
         with self.fs.open(self.path(PLAN_FILE), "rb") as f:
             return pq.read_table(f, schema=PLAN)
 
-    def committed_shards(self) -> list[int]:
-        """Shards with a commit marker, sorted."""
-        d = self.path(COMMITS)
-        self.fs.invalidate_cache(d)  # markers are written by other processes (s3fs caches listings)
-        if not self.fs.exists(d):
+    def commits(self, *, run_id: str | None = None) -> dict[int, CommitRecord]:
+        """The valid commit markers by shard (see the commit protocol above), read in one
+        batched call. Rejected markers are logged and kept in ``rejected`` with the reason."""
+        self.rejected = {}
+        names = self._list(COMMITS)
+        shards = {}
+        for name in names:
+            if _SHARD_FILE.fullmatch(name) and name.endswith(".json"):
+                shards[int(name[len("shard-") : -len(".json")])] = self.path(f"{COMMITS}/{name}")
+        if not shards:
+            return {}
+        run_id = run_id or self.run_meta()["run_id"]
+        try:
+            blobs = self.fs.cat(list(shards.values()), on_error="return")
+        except OSError as e:
+            raise StorageError(f"could not read the commit markers in {self.where(COMMITS)}: {_describe(e)}") from e
+        by_name = {posixpath.basename(k): v for k, v in blobs.items()}
+        sizes = {t: self._sizes(t) for t in TABLE_DIRS}
+        out: dict[int, CommitRecord] = {}
+        for shard in sorted(shards):
+            blob = by_name.get(f"{shard_name(shard)}.json")
+            reason = None
+            if isinstance(blob, FileNotFoundError) or blob is None:
+                continue  # removed since the listing
+            if isinstance(blob, BaseException):
+                raise StorageError(f"could not read {self.where(commit_path(shard))}: {_describe(blob)}")
+            try:
+                rec = CommitRecord.from_json(blob)
+            except ValueError as e:
+                reason = str(e)
+            else:
+                if rec.shard != shard:
+                    reason = f"it names shard {rec.shard}"
+                elif rec.run_id != run_id:
+                    reason = f"it belongs to run {rec.run_id}, not {run_id}"
+                else:
+                    bad = [t for t in TABLE_DIRS if sizes[t].get(f"{shard_name(shard)}.parquet") != rec.bytes[t]]
+                    if bad:
+                        reason = f"its {', '.join(bad)} file(s) are missing or have another size than it records"
+            if reason is None:
+                out[shard] = rec
+            else:
+                self.rejected[shard] = reason
+                log.warning("%s: the marker of shard %d is not a commit (%s); the shard runs again",
+                            self.url, shard, reason)
+        return out
+
+    def committed_shards(self, *, run_id: str | None = None) -> list[int]:
+        """Shards with a valid commit marker, sorted."""
+        return sorted(self.commits(run_id=run_id))
+
+    def _list(self, rel: str) -> list[str]:
+        """File names in folder ``rel`` (none when it does not exist)."""
+        return [posixpath.basename(p["name"].rstrip("/")) for p in self._ls(rel)]
+
+    def _sizes(self, rel: str) -> dict[str, int]:
+        return {posixpath.basename(p["name"].rstrip("/")): int(p.get("size") or 0) for p in self._ls(rel)}
+
+    def _ls(self, rel: str) -> list[dict[str, Any]]:
+        d = self.path(rel)
+        self.fs.invalidate_cache(d)  # other processes write here (s3fs caches listings)
+        try:
+            return [p for p in self.fs.ls(d, detail=True) if p.get("type") != "directory"]
+        except FileNotFoundError:
             return []
-        out = []
-        for p in self.fs.ls(d, detail=False):
-            name = posixpath.basename(p)
-            if name.startswith("shard-") and name.endswith(".json"):
-                out.append(int(name[len("shard-") : -len(".json")]))
-        return sorted(out)
+        except OSError as e:
+            raise StorageError(f"could not list {self.where(rel)}: {_describe(e)}") from e
 
     def dataset(self, table: str, shards: list[int] | None = None) -> ds.Dataset:
         """A committed table as a pyarrow dataset (only shards with a marker)."""
@@ -103,9 +307,77 @@ class RunDir:
     def read_table(self, table: str, shards: list[int] | None = None) -> pa.Table:
         return self.dataset(table, shards).to_table()
 
+    # -- what belongs to a run -------------------------------------------------------------
+    def foreign_entries(self) -> list[str]:
+        """What the output holds that a run did not write (relative names; folders end in /).
+
+        Symbolic links are never a run's own: a link at any of its names is listed too."""
+        out = []
+        for entry in self._entries(""):
+            name, kind = entry
+            if kind == "link":
+                out.append(name)
+            elif kind == "file" and (name in _OWN_FILES or _TEMP.fullmatch(name)):
+                continue
+            elif kind == "dir" and name in _OWN_DIRS:
+                pattern = _OWN_DIRS[name]
+                for child, ckind in self._entries(name):
+                    if ckind != "file" or not (pattern.fullmatch(child) or _TEMP.fullmatch(child)):
+                        out.append(f"{name}/{child}" + ("/" if ckind == "dir" else ""))
+            else:
+                out.append(name + ("/" if kind == "dir" else ""))
+        return sorted(out)
+
+    def remove_own(self, *, keep: tuple[str, ...] = ()) -> None:
+        """Remove the run's own files (never anything :meth:`foreign_entries` lists), keeping ``keep``."""
+        for name, kind in self._entries(""):
+            if name in keep or kind == "link":
+                continue
+            if kind == "file" and (name in _OWN_FILES or _TEMP.fullmatch(name)):
+                self.remove(name)
+            elif kind == "dir" and name in _OWN_DIRS:
+                pattern = _OWN_DIRS[name]
+                for child, ckind in self._entries(name):
+                    if ckind == "file" and (pattern.fullmatch(child) or _TEMP.fullmatch(child)):
+                        self.remove(f"{name}/{child}")
+                if not self._entries(name):
+                    try:
+                        self.fs.rmdir(self.path(name))
+                    except (OSError, NotImplementedError):
+                        pass  # object stores have no folders to remove
+
+    def _entries(self, rel: str) -> list[tuple[str, str]]:
+        """(name, kind) of the entries of folder ``rel``; kind is file, dir or link (local only)."""
+        d = self.path(rel) if rel else self.root
+        if self.is_local:
+            try:
+                with os.scandir(d) as it:
+                    return [(e.name, "link" if e.is_symlink() else "dir" if e.is_dir() else "file") for e in it]
+            except FileNotFoundError:
+                return []
+            except OSError as e:
+                raise StorageError(f"could not list {self.where(rel) if rel else self.url}: {_describe(e)}") from e
+        self.fs.invalidate_cache(d)
+        try:
+            listing = self.fs.ls(d, detail=True)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StorageError(f"could not list {self.where(rel) if rel else self.url}: {_describe(e)}") from e
+        out = []
+        for p in listing:
+            name = posixpath.basename(p["name"].rstrip("/"))
+            if name and p["name"].rstrip("/") != d.rstrip("/"):
+                out.append((name, "dir" if p.get("type") == "directory" else "file"))
+        return out
+
 
 def open_run(url: str, *, storage_options: dict[str, Any] | None = None) -> RunDir:
     """Open a run directory for reading its committed tables (``run.read_table("instances")``)."""
     run = RunDir(url, dict(storage_options or {}))
     run.run_meta()
     return run
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) or type(e).__name__

@@ -27,11 +27,10 @@ import time
 import uuid
 from typing import Any
 
-from mrcnn_batch.run.layout import RunDir
+from mrcnn_batch.run.layout import LEASE, RunDir
 
 log = logging.getLogger(__name__)
 
-LEASE = "_driver.json"
 DEFAULT_TTL_S = 60.0
 
 
@@ -120,7 +119,7 @@ class Lease:
         try:
             now = read_lease(self.run)
             if now is not None and now.get("token") == self.doc["token"]:
-                self.run.fs.rm(self.run.path(LEASE))
+                self.run.remove(LEASE)
         except Exception as e:  # noqa: BLE001 - a stale lease is taken over by the next driver
             log.warning("%s: could not remove the lease: %s", self.run.url, e)
 

@@ -27,8 +27,8 @@ from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, decode_image, fetch_all
-from mrcnn_batch.run.layout import RunDir, commit_path, table_path
-from mrcnn_batch.write.tables import build_table, write_table
+from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
+from mrcnn_batch.write.tables import build_table, table_bytes
 
 log = logging.getLogger(__name__)
 
@@ -157,22 +157,22 @@ class ShardProcessor:
         rows, sizes = {}, {}
         for name, c in cols.items():
             table = build_table(name, c.data, categories=self.categories, run_id=self.run_id)
-            sizes[name] = write_table(table, self.run.fs, self.run.path(table_path(name, shard)))
+            sizes[name] = self.run.write_bytes(table_path(name, shard), table_bytes(table))
             rows[name] = table.num_rows
         statuses = Counter(cols["images"].data.get("status", []))
-        record = {
-            "shard": shard,
-            "run_id": self.run_id,
-            "rows": rows,
-            "bytes": sizes,
-            "status_counts": dict(sorted(statuses.items())),
-            "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "committed_at": time.time(),
-            "seconds": round(time.perf_counter() - start, 3),
-            "model_seconds": round(model_seconds, 3),
-        }
-        self.run.write_json(commit_path(shard), record)  # last: the shard now exists
-        return record
+        record = CommitRecord(
+            shard=shard,
+            run_id=self.run_id,
+            rows=rows,
+            bytes=sizes,
+            status_counts=dict(sorted(statuses.items())),
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+            committed_at=time.time(),
+            seconds=round(time.perf_counter() - start, 3),
+            model_seconds=round(model_seconds, 3),
+        )
+        self.run.write_bytes(commit_path(shard), record.to_json())  # last: the shard now exists
+        return record.as_dict()
 
     def close(self) -> None:
         self._readers.shutdown(wait=True)

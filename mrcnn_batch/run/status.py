@@ -8,16 +8,17 @@ dropped once the run is complete).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.run.layout import SUCCESS, RunDir, commit_path
+from mrcnn_batch.run.layout import FAILED_JSON, RunDir
 from mrcnn_batch.run.lease import read_lease
 
-FAILED_JSON = "_failed.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,13 @@ class RunStatus:
     keypoints: int
     complete: bool
     driver: dict[str, Any] | None = None  # the lease of the driver running it now, if any
+    shards_rejected: dict[int, str] = field(default_factory=dict)  # markers that are no commit, and why
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["shards_failed"] = {str(k): v for k, v in self.shards_failed.items()}
+        d["shards_rejected"] = {str(k): v for k, v in self.shards_rejected.items()}
         return d
 
 
@@ -48,17 +51,16 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
     meta = run.run_meta()
     plan = run.read_plan()
     planned = sorted(pc.unique(plan.column("shard")).to_pylist())
-    done = set(run.committed_shards())
-    failed_all = run.read_json(FAILED_JSON).get("failed", {}) if run.exists(FAILED_JSON) else {}
-    failed = {int(k): v for k, v in failed_all.items() if int(k) not in done}
+    commits = run.commits(run_id=meta["run_id"])
+    done = set(commits)
+    failed = {k: v for k, v in read_failures(run).items() if k not in done}
     by_status: dict[str, int] = {}
     n_inst = n_kp = 0
-    for shard in sorted(done):
-        rec = run.read_json(commit_path(shard))
-        for k, v in rec["status_counts"].items():
+    for rec in commits.values():
+        for k, v in rec.status_counts.items():
             by_status[k] = by_status.get(k, 0) + v
-        n_inst += rec["rows"]["instances"]
-        n_kp += rec["rows"]["keypoints"]
+        n_inst += rec.rows["instances"]
+        n_kp += rec.rows["keypoints"]
     not_done = [s for s in planned if s not in done]
     images_pending = images_in(plan, not_done)
     return RunStatus(
@@ -73,9 +75,22 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
         images_pending=images_pending,
         instances=n_inst,
         keypoints=n_kp,
-        complete=run.exists(SUCCESS) or not not_done,
+        complete=not not_done,
         driver=read_lease(run),
+        shards_rejected=dict(sorted(run.rejected.items())),
     )
+
+
+def read_failures(run: RunDir) -> dict[int, str]:
+    """The shards the last ``infer`` gave up on, with the reason (none when unrecorded or
+    unreadable: the file is advice, the markers are the truth)."""
+    if not run.exists(FAILED_JSON):
+        return {}
+    try:
+        return {int(k): str(v) for k, v in run.read_json(FAILED_JSON)["failed"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        log.warning("%s: ignoring %s, which does not parse (%s)", run.url, FAILED_JSON, e)
+        return {}
 
 
 def images_in(plan: pa.Table, shards: list[int]) -> int:
@@ -91,4 +106,4 @@ def record_failures(run: RunDir, failed: dict[int, str]) -> None:
     if failed:
         run.write_json(FAILED_JSON, {"failed": {str(k): v for k, v in sorted(failed.items())}})
     elif run.exists(FAILED_JSON):
-        run.fs.rm(run.path(FAILED_JSON))
+        run.remove(FAILED_JSON)

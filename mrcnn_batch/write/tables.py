@@ -33,9 +33,16 @@ def build_table(name: str, columns: dict[str, list], *, categories: tuple[str, .
     return pa.Table.from_arrays(arrays, schema=with_metadata(schema, table=name, run_id=run_id))
 
 
+def table_bytes(table: pa.Table) -> bytes:
+    """``table`` as a Parquet file's bytes (written whole by the run directory)."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression=COMPRESSION)
+    return buf.getvalue().to_pybytes()
+
+
 def write_table(table: pa.Table, fs, path: str) -> int:
-    """Write ``table`` to ``path`` (overwriting: a retried shard replaces its own file); its size."""
+    """Write ``table`` to ``path`` on ``fs`` in one write (a retried shard replaces its own file); its size."""
+    data = table_bytes(table)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f, compression=COMPRESSION)
-    return int(fs.size(path))
+    fs.pipe_file(path, data)
+    return len(data)
