@@ -129,3 +129,69 @@ def test_status_shows_the_driver(one_image, tmp_path):
     plant(out, host="elsewhere", pid=4242)
     res = CliRunner().invoke(app, ["status", str(out)])
     assert "driver: elsewhere pid 4242, last heartbeat" in " ".join(res.output.split())
+
+
+def test_a_driver_paused_while_another_takes_its_run_commits_nothing_more(image_dir, tmp_path):
+    """The driver is paused between two shards (its on_commit blocks) while another, from another
+    host, takes the lease and replaces the run (--overwrite with other settings). Resumed, it
+    dispatches nothing, writes no marker, _failed.json or _SUCCESS, and stops with RunRefused."""
+    out = tmp_path / "run"
+    config = mb.make_config(str(image_dir), str(out), **OPTIONS)
+    paused, resume = threading.Event(), threading.Event()
+
+    def on_commit(record):
+        paused.set()
+        resume.wait(60)
+
+    result: dict = {}
+
+    def drive():
+        try:
+            result["summary"] = execute(config, run_local, on_commit=on_commit)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            result["error"] = e
+
+    t = threading.Thread(target=drive)
+    t.start()
+    assert paused.wait(120), result
+    markers_before = sorted(p.name for p in (out / "_commits").iterdir())
+    assert len(markers_before) == 1
+    # Another driver takes over: its lease, and a new run in the same output.
+    plant(out, host="elsewhere", pid=1, token="new-owner")
+    meta = json.loads((out / "_run.json").read_text())
+    meta["run_id"] = "the-new-run"
+    (out / "_run.json").write_text(json.dumps(meta))
+    resume.set()
+    t.join(120)
+    assert isinstance(result.get("error"), RunRefused) and "lost its lease" in str(result["error"])
+    assert sorted(p.name for p in (out / "_commits").iterdir()) == markers_before
+    assert not (out / "_SUCCESS").exists() and not (out / "_failed.json").exists()
+    assert json.loads((out / LEASE).read_text())["token"] == "new-owner"  # not written back, not removed
+
+
+def test_a_worker_checks_the_fence_before_writing_anything(image_dir, tmp_path):
+    from mrcnn_batch.models.loaded import resolve_weights
+    from mrcnn_batch.models.registry import get_spec
+    from mrcnn_batch.run.lease import Fence, FencedOut
+    from mrcnn_batch.run.processor import ImageRef, ShardProcessor
+
+    out = tmp_path / "run"
+    plant(out, host="elsewhere", pid=1, token="owner")
+    (out / "_run.json").write_text(json.dumps({"run_id": "r1"}))
+    config = mb.make_config(str(image_dir), str(out), **OPTIONS)
+    weights = resolve_weights(get_spec("demo"), None, storage_options={})
+    images = [ImageRef(1, (image_dir / "dog.jpg").as_uri())]
+    for fence, why in ((Fence("not-the-owner", "r1"), "lost its lease"), (Fence("owner", "r0"), "was replaced")):
+        processor = ShardProcessor(config, run_id=fence.run_id, weights=weights, fence=fence)
+        try:
+            with pytest.raises(FencedOut, match=why):
+                processor(0, images)
+        finally:
+            processor.close()
+        assert sorted(p.name for p in out.iterdir()) == ["_driver.json", "_run.json"]
+    processor = ShardProcessor(config, run_id="r1", weights=weights, fence=Fence("owner", "r1"))
+    try:
+        record = processor(0, images)
+    finally:
+        processor.close()
+    assert record["run_id"] == "r1" and (out / "_commits" / "shard-000000.json").exists()

@@ -28,7 +28,7 @@ from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
 from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
 from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir
-from mrcnn_batch.run.lease import DEFAULT_TTL_S, Lease, LeaseHeld
+from mrcnn_batch.run.lease import DEFAULT_TTL_S, Fence, Lease, LeaseHeld
 from mrcnn_batch.run.status import record_failures
 from mrcnn_batch.schemas import SCHEMA_VERSION
 
@@ -62,8 +62,10 @@ class Executor(Protocol):
         run_id: str,
         weights: Weights,
         on_commit: Callable[[dict[str, Any]], None],
+        fence: Fence | None = None,
     ) -> dict[int, str]:
-        """Run the pending shards; return the failed ones with their reason."""
+        """Run the pending shards; return the failed ones with their reason. Check ``fence``
+        before dispatching each shard, and have workers check it before they commit."""
 
 
 def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict, pa.Table, Weights, bool]:
@@ -113,12 +115,13 @@ def execute(
     except LeaseHeld as e:
         raise RunRefused(str(e)) from None
     with lease:
-        return _execute(config, executor, overwrite=overwrite, on_plan=on_plan, on_commit=on_commit)
+        return _execute(config, executor, lease, overwrite=overwrite, on_plan=on_plan, on_commit=on_commit)
 
 
-def _execute(config: RunConfig, executor: Executor, *, overwrite: bool, on_plan, on_commit) -> RunSummary:
+def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: bool, on_plan, on_commit) -> RunSummary:
     start = time.perf_counter()
     run, meta, plan, weights, resumed = prepare(config, overwrite=overwrite)
+    fence = lease.fence(meta["run_id"])
     all_shards = shard_ids(plan)
     done = set(run.committed_shards())
     pending = [s for s in all_shards if s not in done]
@@ -131,7 +134,9 @@ def _execute(config: RunConfig, executor: Executor, *, overwrite: bool, on_plan,
         if on_commit:
             on_commit(record)
 
-    failed = dict(executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed)) if pending else {}
+    failed = dict(executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed,
+                           fence=fence)) if pending else {}
+    fence.check(run)  # a driver that lost its run writes neither _failed.json nor _SUCCESS
     commits = run.commits(run_id=meta["run_id"])  # one view of the markers for all that follows
     complete = set(commits) >= set(all_shards)
     for shard in set(pending) - set(commits) - set(failed):

@@ -11,6 +11,13 @@ it fresh from a background thread, and removes it when it ends. A second driver 
   restarted on another machine after a crash resumes by itself. A lease whose heartbeat is
   older than twice its time-to-live is taken over without waiting.
 
+Fencing: a driver that was paused past its time-to-live (or cut off from storage) may find, when
+it resumes, that another driver took its run. It must not commit anything more: the driver checks
+its :class:`Fence` before dispatching each shard, and each worker checks it before writing a
+shard's files and again before its marker. A fence holds when the lease still carries this
+driver's token and ``_run.json`` still names this run; otherwise :class:`FencedOut` (exit 3). A
+driver that lost its lease stops beating (it never writes the lease back over the new owner's).
+
 Two drivers that start within the same instant could both see no lease; each re-reads its own
 write a moment later and the one that finds the other's token stops. This narrows the window on
 storage with read-after-write consistency (S3, local disks); it is not a distributed lock.
@@ -25,8 +32,10 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from mrcnn_batch.errors import RunRefused
 from mrcnn_batch.run.layout import LEASE, RunDir
 
 log = logging.getLogger(__name__)
@@ -36,6 +45,31 @@ DEFAULT_TTL_S = 60.0
 
 class LeaseHeld(RuntimeError):
     """Another live driver holds the run directory."""
+
+
+class FencedOut(RunRefused):
+    """This driver lost the run to another: it commits nothing more."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a commit to the run needs to hold: the lease's token and the run's id. Picklable,
+    so that workers on other machines check the same fence."""
+
+    token: str
+    run_id: str
+
+    def check(self, run: RunDir) -> None:
+        """Raise :class:`FencedOut` unless ``run``'s lease and ``_run.json`` are still ours."""
+        lease = read_lease(run)
+        if lease is None or lease.get("token") != self.token:
+            who = f"another driver ({_who(lease)})" if lease is not None else "no driver (its lease is gone)"
+            raise FencedOut(f"{run.url}: this driver lost its lease; {who} holds the run now. "
+                            "Stopping without committing more")
+        run_id = run.run_meta().get("run_id")
+        if run_id != self.run_id:
+            raise FencedOut(f"{run.url}: the run was replaced (run {run_id}, not {self.run_id}); "
+                            "stopping without committing more")
 
 
 class Lease:
@@ -96,6 +130,9 @@ class Lease:
                 )
         log.warning("%s: no heartbeat from %s in %.0fs; taking over", self.run.url, _who(other), ttl)
 
+    def fence(self, run_id: str) -> Fence:
+        return Fence(self.doc["token"], run_id)
+
     def _write(self) -> None:
         self.doc["heartbeat_at"] = time.time()
         self.run.write_json(LEASE, self.doc)
@@ -104,9 +141,10 @@ class Lease:
         while not self._stop.wait(self.ttl_s / 4):
             try:
                 now = read_lease(self.run)
-                if now is not None and now.get("token") != self.doc["token"] and not self.lost:
+                if now is not None and now.get("token") != self.doc["token"]:
                     self.lost = True
                     log.error("%s: another driver (%s) took over this run's lease", self.run.url, _who(now))
+                    return  # never write it back over the new owner's
                 self._write()
             except Exception as e:  # noqa: BLE001 - storage trouble: the next beat tries again
                 log.warning("%s: lease heartbeat failed: %s", self.run.url, e)

@@ -28,6 +28,7 @@ from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, decode_image, fetch_all
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
+from mrcnn_batch.run.lease import Fence
 from mrcnn_batch.write.tables import build_table, table_bytes
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,10 @@ class ImageRef:
 class ShardProcessor:
     """Processes shards of one run with one loaded model."""
 
-    def __init__(self, config: RunConfig, *, run_id: str, weights: Weights, model: LoadedModel | None = None):
+    def __init__(self, config: RunConfig, *, run_id: str, weights: Weights, model: LoadedModel | None = None,
+                 fence: Fence | None = None):
         p = config.predict
+        self.fence = fence  # checked before a shard's files and before its marker (see run.lease)
         self.config = config
         self.run_id = run_id
         self.device = pick_device(p.device)
@@ -154,6 +157,7 @@ class ShardProcessor:
             )
 
     def _commit(self, shard: int, cols: dict[str, Columns], *, start: float, model_seconds: float) -> dict[str, Any]:
+        self.check_fence()
         rows, sizes = {}, {}
         for name, c in cols.items():
             table = build_table(name, c.data, categories=self.categories, run_id=self.run_id)
@@ -171,8 +175,14 @@ class ShardProcessor:
             seconds=round(time.perf_counter() - start, 3),
             model_seconds=round(model_seconds, 3),
         )
+        self.check_fence()
         self.run.write_bytes(commit_path(shard), record.to_json())  # last: the shard now exists
         return record.as_dict()
+
+    def check_fence(self) -> None:
+        """Raise ``FencedOut`` where this run's driver lost its lease (no fence: always holds)."""
+        if self.fence is not None:
+            self.fence.check(self.run)
 
     def close(self) -> None:
         self._readers.shutdown(wait=True)

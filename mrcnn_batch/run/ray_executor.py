@@ -34,6 +34,8 @@ import pyarrow as pa
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import shard_rows
+from mrcnn_batch.run.layout import RunDir
+from mrcnn_batch.run.lease import Fence, FencedOut
 from mrcnn_batch.run.processor import ShardProcessor, shard_images
 
 log = logging.getLogger(__name__)
@@ -99,11 +101,11 @@ def plan_pool(options: RayOptions, resources: dict[str, float]) -> tuple[int, fl
 class _ShardActor(ShardProcessor):
     """The Ray actor: a shard processor that also says where it runs."""
 
-    def __init__(self, config: RunConfig, *, run_id: str, weights: Weights, threads: int):
+    def __init__(self, config: RunConfig, *, run_id: str, weights: Weights, threads: int, fence: Fence | None = None):
         import torch
 
         torch.set_num_threads(threads)
-        super().__init__(config, run_id=run_id, weights=weights)
+        super().__init__(config, run_id=run_id, weights=weights, fence=fence)
 
     def where(self) -> dict[str, Any]:
         import ray
@@ -140,6 +142,7 @@ class RayExecutor:
         run_id: str,
         weights: Weights,
         on_commit: Callable[[dict[str, Any]], None],
+        fence: Fence | None = None,
     ) -> dict[int, str]:
         import ray
 
@@ -155,11 +158,13 @@ class RayExecutor:
         threads = max(1, int(cpw))
 
         def start() -> _Slot:
-            actor = actor_cls.remote(config, run_id=run_id, weights=weights_ref, threads=threads)
+            actor = actor_cls.remote(config, run_id=run_id, weights=weights_ref, threads=threads, fence=fence)
             return _Slot(actor)
 
         images = {s: shard_images(shard_rows(plan, s)) for s in pending}
-        pool = _Pool(self, start, images, on_commit, replacements=o.max_replacements if o.max_replacements is not None else 2 * workers)
+        check = (lambda run=RunDir(config.output, config.output_storage_options): fence.check(run)) if fence else None
+        pool = _Pool(self, start, images, on_commit, replacements=o.max_replacements if o.max_replacements is not None else 2 * workers,
+                     check_fence=check)
         try:
             for _ in range(workers):
                 pool.add(start())
@@ -171,8 +176,9 @@ class RayExecutor:
 class _Pool:
     """The scheduling loop: idle actors take the next due shard; results and deaths come back."""
 
-    def __init__(self, executor: RayExecutor, start, images, on_commit, *, replacements: int):
+    def __init__(self, executor: RayExecutor, start, images, on_commit, *, replacements: int, check_fence=None):
         self.o = executor.options
+        self.check_fence = check_fence  # before each dispatch: a driver that lost its run stops
         self.executor = executor
         self.start = start
         self.images = images
@@ -228,6 +234,8 @@ class _Pool:
             shard = next((s for s in queue if self.due.get(s, 0) <= now), None)
             if shard is None:
                 return
+            if self.check_fence is not None:
+                self.check_fence()
             queue.remove(shard)
             self.attempts[shard] = self.attempts.get(shard, 0) + 1
             slot.busy = True
@@ -266,6 +274,8 @@ class _Pool:
             self._retry(shard, reason, queue, delay=0.0)
             return
         except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, FencedOut):
+                raise e.cause from None
             reason = _reason(e)
             log.debug("shard %d raised:\n%s", shard, e)  # with the worker's traceback
             log.warning("shard %d attempt %d/%d failed: %s", shard, self.attempts[shard], self.o.max_attempts, reason)
