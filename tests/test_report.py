@@ -92,6 +92,21 @@ def test_report_without_eval_says_how(tmp_path):
     assert "Not evaluated" in page and "mrcnn-batch eval" in page
 
 
+def test_a_report_taken_while_a_run_finishes_is_consistent(tmp_path):
+    """The markers are read once: a shard committed (and _SUCCESS written) after that view was
+    taken neither half-appears in the tables nor hides the incomplete banner."""
+    d = tmp_path / "ds"
+    coco = write_dataset(str(d), seed=HELDOUT_SEED + 5, num_images=3)
+    run = make_run(tmp_path / "run", coco, d / "images", shard_size=1)
+    marker = Path(run) / "_commits" / "shard-000001.json"
+    held = marker.read_bytes()
+    marker.unlink()  # the view sees 2 of 3 shards ... and _SUCCESS, written by the time it is checked
+    page = build_report(run)
+    assert "Incomplete run: 2 of 3 shards committed" in page
+    marker.write_bytes(held)
+    assert "Incomplete run" not in build_report(run)
+
+
 # --------------------------------------------------------------------------- the browser
 
 
