@@ -10,7 +10,11 @@ __all__ = ["__version__", "infer", "list_models", "make_config", "open_run"]
 
 
 def __getattr__(name: str):
-    if name in ("infer", "list_models", "make_config", "open_run"):
+    if name == "open_run":  # reading a run needs pyarrow and fsspec, never torch
+        from mrcnn_batch.run.layout import open_run
+
+        return open_run
+    if name in ("infer", "list_models", "make_config"):
         from mrcnn_batch import api
 
         return getattr(api, name)

@@ -107,3 +107,14 @@ def test_commit_markers_carry_counts_and_timings(local_run):
         assert rec["shard"] == shard and rec["rows"]["images"] == sum(rec["status_counts"].values())
         assert rec["seconds"] >= rec["model_seconds"] > 0
         assert rec["bytes"]["instances"] > 0
+
+
+def test_opening_a_run_to_read_it_imports_no_torch(local_run):
+    import subprocess
+    import sys
+
+    code = ("import sys, mrcnn_batch as mb; run = mb.open_run(sys.argv[1]); "
+            "n = run.dataset('instances').to_table().num_rows; assert n > 0; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(n)")
+    proc = subprocess.run([sys.executable, "-c", code, local_run.url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
