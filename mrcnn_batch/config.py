@@ -10,6 +10,7 @@ from typing import Any
 
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold (0.25 GiB of RGBA)
+DEFAULT_MAX_BYTES = 256 * 2**20  # per image file, checked from its size before it is read
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class PredictConfig:
 @dataclass(frozen=True)
 class ReadConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES  # larger files get status too_large, unread
     exif_transpose: bool = True
     io_threads: int = 16
 
@@ -85,6 +87,7 @@ class RunConfig:
             "classes": sorted(p.classes),
             "amp": p.amp,
             "max_pixels": self.read.max_pixels,
+            "max_bytes": self.read.max_bytes,
             "exif_transpose": self.read.exif_transpose,
         }
 

@@ -3,7 +3,9 @@
 The plan is a Parquet table (``schemas.PLAN``: shard, image_id, uri) written into the run
 directory before any work starts; a resumed run reads it back rather than listing again.
 Listings are sorted by key; manifests and COCO inputs keep their own order (COCO: by id).
-Shard ``s`` holds the rows ``[s * shard_size, (s + 1) * shard_size)``.
+Shards are contiguous runs of ``shard_size`` rows. Tar inputs are sorted by tar, then by key,
+and each tar starts a new shard, so that a shard never spans tars (a worker reads one tar's
+index per shard); otherwise shard ``s`` holds the rows ``[s * shard_size, (s + 1) * shard_size)``.
 """
 
 from __future__ import annotations
@@ -23,14 +25,30 @@ def build_plan(spec: InputSpec, *, shard_size: int) -> pa.Table:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     listing = list_input(spec)
     keys, uris = listing.keys.combine_chunks(), listing.uris.combine_chunks()
+    groups = None if listing.groups is None else listing.groups.combine_chunks()
     if listing.sort:
-        order = pc.sort_indices(keys)
+        if groups is None:
+            order = pc.sort_indices(keys)
+        else:
+            by = pa.table({"group": groups, "key": keys})
+            order = pc.sort_indices(by, sort_keys=[("group", "ascending"), ("key", "ascending")])
+            groups = groups.take(order)
         keys, uris = keys.take(order), uris.take(order)
     ids = stable_ids(keys) if listing.ids is None else listing.ids.combine_chunks()
     _check_unique(ids, uris, spec.url)
-    n = len(uris)
-    shards = pa.array(np.arange(n, dtype=np.int64) // shard_size, pa.int32())
-    return pa.table([shards, ids, uris], schema=PLAN)
+    shards = _shards(len(uris), shard_size, None if groups is None else groups.to_numpy())
+    return pa.table([pa.array(shards, pa.int32()), ids, uris], schema=PLAN)
+
+
+def _shards(n: int, shard_size: int, groups: np.ndarray | None) -> np.ndarray:
+    """Shard numbers of ``n`` rows: runs of ``shard_size``, restarting at each group (sorted)."""
+    if groups is None or n == 0:
+        return np.arange(n, dtype=np.int64) // shard_size
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])  # first row of each group
+    sizes = np.diff(np.r_[starts, n])
+    first_shard = np.r_[0, np.cumsum(-(-sizes // shard_size))[:-1]]  # ceil division
+    group_of_row = np.repeat(np.arange(len(starts)), sizes)
+    return first_shard[group_of_row] + (np.arange(n) - starts[group_of_row]) // shard_size
 
 
 def _check_unique(ids: pa.Array, uris: pa.Array, url: str) -> None:

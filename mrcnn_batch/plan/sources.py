@@ -2,13 +2,29 @@
 
 Input kinds, told apart by the URL:
 
-* a COCO annotations JSON (``*.json``): images from its ``images`` list, ids from the JSON,
-  files under ``image_root`` (default: the JSON's folder);
+* a COCO annotations JSON (``*.json``): images from its ``images`` list, ids from the JSON
+  (integers in the int64 range; ``1.9``, ``true`` or ``null`` are refused), files under
+  ``image_root`` (default: the JSON's folder);
 * a manifest: ``*.txt`` (one URI per line), ``*.csv`` or ``*.parquet`` with a ``uri`` column
   and an optional ``image_id`` column;
-* tar shards (``*.tar``, or a glob of them): every image member, WebDataset style, read as
-  ``tar://MEMBER::TAR_URL``;
-* otherwise a prefix (folder) or glob of image files on any fsspec filesystem.
+* tar shards (``*.tar``, or a glob of them): every regular image member, WebDataset style;
+* otherwise a prefix (folder) or glob of image files on any fsspec filesystem. A URL is a
+  glob only when it holds ``*``, ``?`` or ``[`` *and* names nothing that exists: a folder
+  called ``photos[2024]`` is read as a folder.
+
+Listed names are data. A URI built from a listing is ``PROTOCOL://PATH`` with the listed path
+taken whole (``read/fetch.py`` never splits it at ``::``, ``?`` or ``#``), and a tar member's
+URI is
+
+    tar://MEMBER::TAR_URL
+
+where MEMBER is the member's name percent-encoded as UTF-8 (``urllib.parse.quote`` with
+``/`` kept; letters, digits and ``_.-~`` stay as they are, ``:`` becomes ``%3A``, ``%`` becomes
+``%25``), so the first ``::`` always ends the member and TAR_URL is the rest, whatever the
+name holds. ``tar://s0/000123.jpg::s3://bucket/shard-000.tar`` is the member
+``s0/000123.jpg``; a member named ``a.png::/x.tar`` is ``tar://a.png%3A%3A/x.tar::...``. For
+names of plain characters the URI is also fsspec's own chained URL for the member. A tar whose
+headers cannot all be read is an error naming the tar, never a partial listing.
 """
 
 from __future__ import annotations
@@ -19,7 +35,6 @@ import json
 import os
 import posixpath
 import re
-import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -32,6 +47,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mrcnn_batch.config import InputSpec
+from mrcnn_batch.read.tars import build_index, member_uri
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 _CHUNK = 65_536
@@ -50,6 +66,7 @@ class Listing:
     uris: pa.ChunkedArray
     ids: pa.ChunkedArray | None
     sort: bool  # listings are sorted by key; manifests and COCO keep their own order
+    groups: pa.ChunkedArray | None = None  # tar inputs: the tar of each row (int32 ordinal)
 
 
 def input_kind(url: str) -> str:
@@ -67,29 +84,56 @@ def list_input(spec: InputSpec) -> Listing:
     kind = input_kind(spec.url)
     fs, path = fsspec.core.url_to_fs(spec.url, **spec.storage_options)
     lister = {"coco": _list_coco, "manifest": _list_manifest, "tar": _list_tars, "files": _list_files}
-    keys, uris, ids = lister[kind](fs, path, spec)
+    keys, uris, ids, *groups = lister[kind](fs, path, spec)
     if len(uris) == 0:
         raise InputError(f"no images found in {spec.url!r} (read as {kind} input)")
-    return Listing(kind, keys, uris, ids, sort=kind in ("files", "tar"))
+    return Listing(kind, keys, uris, ids, sort=kind in ("files", "tar"), groups=groups[0] if groups else None)
 
 
-def _chunked(pairs: Iterator[tuple[str, str]]) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    """Two string columns from a stream of pairs, holding at most one chunk of Python strings."""
-    keys, uris, kbuf, ubuf = [], [], [], []
-    for k, u in pairs:
-        kbuf.append(k)
-        ubuf.append(u)
-        if len(kbuf) >= _CHUNK:
-            keys.append(pa.array(kbuf, pa.string()))
-            uris.append(pa.array(ubuf, pa.string()))
-            kbuf, ubuf = [], []
-    keys.append(pa.array(kbuf, pa.string()))
-    uris.append(pa.array(ubuf, pa.string()))
-    return pa.chunked_array(keys), pa.chunked_array(uris)
+def _chunked(rows: Iterator[tuple], types: tuple = (pa.string(), pa.string())) -> list[pa.ChunkedArray]:
+    """Columns from a stream of rows, holding at most one chunk of Python objects."""
+    columns: list[list[pa.Array]] = [[] for _ in types]
+    bufs: list[list] = [[] for _ in types]
+
+    def flush() -> None:
+        for col, buf, t in zip(columns, bufs, types):
+            col.append(_array(buf, t))
+            buf.clear()
+
+    for row in rows:
+        for buf, value in zip(bufs, row):
+            buf.append(value)
+        if len(bufs[0]) >= _CHUNK:
+            flush()
+    flush()
+    return [pa.chunked_array(col, t) for col, t in zip(columns, types)]
+
+
+def _array(values: list, t: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, t)
+    except (UnicodeEncodeError, pa.ArrowInvalid):
+        bad = next((v for v in values if isinstance(v, str) and not _is_utf8(v)), None)
+        if bad is None:
+            raise
+        raise InputError(f"the name {bad!r} is not valid UTF-8: rename it to be read") from None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
+
+
+def _is_glob(fs, path: str) -> bool:
+    """A glob only where a glob character is not simply part of an existing name."""
+    return _has_magic(path) and not fs.exists(path)
 
 
 def _is_image(path: str) -> bool:
@@ -97,7 +141,7 @@ def _is_image(path: str) -> bool:
 
 
 def _list_files(fs, path: str, spec: InputSpec):
-    if _has_magic(path):
+    if _is_glob(fs, path):
         root = _glob_root(path)
         match = re.compile(glob_translate(path)).match
         found = (p for p in _walk_files(fs, root) if _is_image(p) and match(p))
@@ -251,26 +295,51 @@ def _list_coco(fs, path: str, spec: InputSpec):
             raise InputError(
                 f"COCO annotations {spec.url!r}: images[{i}] lacks 'id' or 'file_name'"
             )
-        keys.append(im["file_name"])
-        uris.append(rfs.unstrip_protocol(posixpath.join(root, im["file_name"])))
-        ids.append(int(im["id"]))
+        name = im["file_name"]
+        if not isinstance(name, str) or not name:
+            raise InputError(
+                f"COCO annotations {spec.url!r}: images[{i}] has file_name {_json(name)};"
+                " expected a non-empty string"
+            )
+        keys.append(name)
+        uris.append(rfs.unstrip_protocol(posixpath.join(root, name)))
+        ids.append(_coco_id(im["id"], f"COCO annotations {spec.url!r}: images[{i}]"))
     order = sorted(range(len(ids)), key=ids.__getitem__)
     take = lambda xs, t: pa.chunked_array([pa.array([xs[j] for j in order], t)])  # noqa: E731
     return take(keys, pa.string()), take(uris, pa.string()), take(ids, pa.int64())
 
 
+def _coco_id(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where} has id {_json(value)}; an image id must be an integer")
+    if not -(2**63) <= value < 2**63:
+        raise InputError(f"{where} has id {value}, outside the int64 range of image ids")
+    return value
+
+
+def _json(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _list_tars(fs, path: str, spec: InputSpec):
-    tars = sorted(fs.glob(path)) if _has_magic(path) else [path]
+    tars = sorted(fs.glob(path)) if _is_glob(fs, path) else [path]
     if not tars or not all(fs.exists(t) for t in tars):
         raise InputError(f"tar shard(s) {spec.url!r} do not exist")
 
-    def pairs():
-        for t in tars:
+    def rows():
+        for ordinal, t in enumerate(tars):
             url = fs.unstrip_protocol(t)
-            with fs.open(t, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
-                for member in tf:
-                    if member.isfile() and _is_image(member.name):
-                        yield f"{posixpath.basename(t)}/{member.name}", f"tar://{member.name}::{url}"
+            try:
+                with fs.open(t, "rb") as f:
+                    index = build_index(f, url=url)
+            except OSError as e:
+                raise InputError(f"cannot read tar shard {url!r}: {type(e).__name__}: {e}") from None
+            if index.error is not None:
+                raise InputError(f"{index.error}; repair it or leave it out of the input")
+            for name in index.members:
+                if _is_image(name):
+                    yield f"{posixpath.basename(t)}/{name}", member_uri(name, url), ordinal
 
-    keys, uris = _chunked(pairs())
-    return keys, uris, None
+    keys, uris, groups = _chunked(rows(), (pa.string(), pa.string(), pa.int32()))
+    return keys, uris, None, groups
