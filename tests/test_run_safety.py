@@ -231,3 +231,19 @@ def test_a_full_disk_is_reported_and_the_same_command_completes_once_space_is_fr
     assert CliRunner().invoke(app, ["status", str(out)]).exit_code == EXIT_OK
     res = CliRunner().invoke(app, ["report", str(out), "--out", str(report)])
     assert res.exit_code == EXIT_OK, res.output
+
+
+def test_the_commit_index_never_hides_a_rewritten_marker(photos, clean, tmp_path):
+    out = tmp_path / "run"
+    assert infer(photos, out).exit_code == EXIT_OK
+    assert (out / "_commits" / "_index.json").exists()  # written by infer at its end
+    run_id = RunDir(str(out), {}).run_meta()["run_id"]
+    marker = out / "_commits" / "shard-000000.json"
+    marker.write_text(marker.read_text().replace(run_id, "f" * len(run_id)))  # same size, another run's
+    run = RunDir(str(out), {})
+    assert run.committed_shards() == [1, 2] and "belongs to run" in run.rejected[0]
+    (out / "_commits" / "_index.json").write_bytes(b"{not json")  # damaged: only costs reads
+    assert RunDir(str(out), {}).committed_shards() == [1, 2]
+    res = infer(photos, out)
+    assert res.exit_code == EXIT_OK, res.output
+    assert tables(out) == clean

@@ -138,6 +138,10 @@ def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: 
                            fence=fence)) if pending else {}
     fence.check(run)  # a driver that lost its run writes neither _failed.json nor _SUCCESS
     commits = run.commits(run_id=meta["run_id"])  # one view of the markers for all that follows
+    try:
+        run.write_commit_index(commits, run_id=meta["run_id"])  # the next scan reads only newer markers
+    except OSError as e:
+        log.warning("could not write the commit index of %s: %s", config.output, e)
     complete = set(commits) >= set(all_shards)
     for shard in set(pending) - set(commits) - set(failed):
         failed[shard] = run.rejected.get(shard) or "the executor returned without committing it"

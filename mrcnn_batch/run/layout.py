@@ -48,6 +48,7 @@ RUN_JSON = "_run.json"
 PLAN_DIR = "_plan"
 PLAN_FILE = f"{PLAN_DIR}/plan.parquet"
 COMMITS = "_commits"
+COMMIT_INDEX = f"{COMMITS}/_index.json"
 SUCCESS = "_SUCCESS"
 FAILED_JSON = "_failed.json"
 LEASE = "_driver.json"
@@ -61,7 +62,7 @@ _EVAL_FILE = re.compile(r"metrics\.(json|parquet)|pr_[a-z_]+\.png")
 _OWN_FILES = {RUN_JSON, SUCCESS, FAILED_JSON, LEASE}
 _OWN_DIRS = {
     PLAN_DIR: re.compile(r"plan\.parquet"),
-    COMMITS: _SHARD_FILE,
+    COMMITS: re.compile(r"shard-\d{6}\.json|_index\.json"),
     EVAL_DIR: _EVAL_FILE,
     **{t: _SHARD_FILE for t in TABLE_DIRS},
 }
@@ -140,6 +141,7 @@ class RunDir:
     url: str
     storage_options: dict[str, Any]
     rejected: dict[int, str] = field(default_factory=dict, init=False)  # shard -> why its marker is no commit
+    _stamps: dict[int, str] = field(default_factory=dict, init=False, repr=False)  # markers as last listed
 
     def __post_init__(self) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
@@ -229,26 +231,42 @@ class RunDir:
             return pq.read_table(f, schema=PLAN)
 
     def commits(self, *, run_id: str | None = None) -> dict[int, CommitRecord]:
-        """The valid commit markers by shard (see the commit protocol above), read in one
-        batched call. Rejected markers are logged and kept in ``rejected`` with the reason."""
+        """The valid commit markers by shard (see the commit protocol above). Rejected markers
+        are logged and kept in ``rejected`` with the reason.
+
+        One listing of ``_commits/`` and of each table's folder; a marker listed exactly as the
+        commit index (:meth:`write_commit_index`) saw it is taken from the index, the others are
+        read in one batched call. So a scan of a run of thousands of shards on S3 costs a few
+        list requests and one GET, not one GET per shard."""
         self.rejected = {}
-        names = self._list(COMMITS)
-        shards = {}
-        for name in names:
+        stamps = {}
+        for p in self._ls(COMMITS):
+            name = posixpath.basename(p["name"].rstrip("/"))
             if _SHARD_FILE.fullmatch(name) and name.endswith(".json"):
-                shards[int(name[len("shard-") : -len(".json")])] = self.path(f"{COMMITS}/{name}")
-        if not shards:
+                stamps[int(name[len("shard-") : -len(".json")])] = _stamp(p)
+        self._stamps = stamps
+        if not stamps:
             return {}
         run_id = run_id or self.run_meta()["run_id"]
-        try:
-            blobs = self.fs.cat(list(shards.values()), on_error="return")
-        except OSError as e:
-            raise StorageError(f"could not read the commit markers in {self.where(COMMITS)}: {_describe(e)}") from e
-        by_name = {posixpath.basename(k): v for k, v in blobs.items()}
+        indexed = self._read_commit_index(run_id)
+        blobs: dict[int, Any] = {}
+        for shard, stamp in stamps.items():
+            entry = indexed.get(str(shard))
+            if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("record"), dict):
+                blobs[shard] = json.dumps(entry["record"]).encode()
+        unread = [self.path(commit_path(s)) for s in stamps if s not in blobs]
+        if unread:
+            try:
+                got = self.fs.cat(unread, on_error="return")
+            except OSError as e:
+                raise StorageError(f"could not read the commit markers in {self.where(COMMITS)}: {_describe(e)}") from e
+            for k, v in got.items():
+                name = posixpath.basename(k)
+                blobs[int(name[len("shard-") : -len(".json")])] = v
         sizes = {t: self._sizes(t) for t in TABLE_DIRS}
         out: dict[int, CommitRecord] = {}
-        for shard in sorted(shards):
-            blob = by_name.get(f"{shard_name(shard)}.json")
+        for shard in sorted(stamps):
+            blob = blobs.get(shard)
             reason = None
             if isinstance(blob, FileNotFoundError) or blob is None:
                 continue  # removed since the listing
@@ -274,6 +292,28 @@ class RunDir:
                 log.warning("%s: the marker of shard %d is not a commit (%s); the shard runs again",
                             self.url, shard, reason)
         return out
+
+    def write_commit_index(self, commits: dict[int, CommitRecord], *, run_id: str) -> None:
+        """Record ``commits`` (from the last :meth:`commits` scan) with each marker's listing
+        stamp, so that the next scan reads only markers written or rewritten since. Advisory:
+        a missing or damaged index only costs reads."""
+        stamps = self._stamps
+        doc = {"run_id": run_id,
+               "markers": {str(s): {"stamp": stamps[s], "record": rec.as_dict()} for s, rec in commits.items() if s in stamps}}
+        self.write_bytes(COMMIT_INDEX, json.dumps(doc, separators=(",", ":")).encode())
+
+    def _read_commit_index(self, run_id: str) -> dict[str, Any]:
+        if not self.exists(COMMIT_INDEX):
+            return {}
+        try:
+            doc = json.loads(self.read_bytes(COMMIT_INDEX))
+            if doc.get("run_id") != run_id:
+                return {}
+            markers = doc["markers"]
+            return markers if isinstance(markers, dict) else {}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("%s: ignoring %s, which does not parse (%s)", self.url, COMMIT_INDEX, e)
+            return {}
 
     def committed_shards(self, *, run_id: str | None = None) -> list[int]:
         """Shards with a valid commit marker, sorted."""
@@ -377,6 +417,12 @@ def open_run(url: str, *, storage_options: dict[str, Any] | None = None) -> RunD
     run = RunDir(url, dict(storage_options or {}))
     run.run_meta()
     return run
+
+
+def _stamp(entry: dict[str, Any]) -> str:
+    """What a listing says of a file's version: its size and ETag or modification time."""
+    version = entry.get("ETag") or entry.get("LastModified") or entry.get("mtime") or entry.get("created") or ""
+    return f"{int(entry.get('size') or 0)}:{version}"
 
 
 def _describe(e: BaseException) -> str:
