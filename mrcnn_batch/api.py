@@ -17,6 +17,7 @@ from mrcnn_batch.models.registry import list_models as _list_models
 from mrcnn_batch.run.driver import Executor, RunSummary, execute
 from mrcnn_batch.run.local import run_local
 from mrcnn_batch.run.layout import open_run
+from mrcnn_batch.run.preflight import check_storage
 
 __all__ = ["infer", "list_models", "make_config", "make_executor", "open_run"]
 
@@ -96,9 +97,11 @@ def infer(
     ``executor="local"`` runs shards in this process; ``"ray"`` runs a pool of Ray actors
     (``workers``, ``gpus_per_worker``, ``cpus_per_worker``; on the Ray at ``address`` or
     ``RAY_ADDRESS``, else an embedded local one; an initialised Ray is reused).
-    ``options`` are those of ``make_config``.
+    ``options`` are those of ``make_config``. The storage options, endpoints and the output
+    are checked first (:func:`~mrcnn_batch.run.preflight.check_storage`): a ``UsageError``.
     """
     config = make_config(input, output, **options)
+    check_storage(config)
     return execute(
         config,
         make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,

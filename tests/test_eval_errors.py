@@ -165,3 +165,23 @@ def test_malformed_json_file_and_cli_exit_code(tmp_path):
     preds.write_text(json.dumps([{**BOX, "image_id": 77}]))
     res = CliRunner().invoke(app, ["eval", "--predictions", str(preds), "-a", str(good), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "image ids are not in the ground truth" in " ".join(res.output.split())
+
+
+def test_short_polygons_pycocotools_can_rasterise_are_kept_exactly():
+    """Only what pycocotools cannot rasterise is refused (a first polygon of 4 numbers or fewer);
+    a first polygon of 5 numbers and short polygons after it give pycocotools' own numbers."""
+    from eval_fixtures import assert_same_as_pycoco, pycoco
+
+    doc = copy.deepcopy(GT)
+    doc["annotations"][0]["segmentation"] = [[1, 1, 6, 1, 6, 6, 1, 6], [2, 2], [], [3, 3, 9, 9]]
+    doc["annotations"][1]["segmentation"] = [[2, 2, 9, 2, 9], [2, 2, 7, 2, 7, 7]]
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.merge(mask_utils.frPyObjects([[1, 1, 7, 1, 7, 7, 1, 7]], 20, 30))
+    rle = {"size": rle["size"], "counts": rle["counts"].decode()}
+    preds = [{"image_id": i, "category_id": c, "score": s, "segmentation": rle}
+             for i, c, s in ((1, 1, 0.9), (2, 2, 0.8), (2, 2, 0.3))]
+    gt = ground_truth_from_dict(doc, iou_types=("segm",))
+    ev = COCOEvaluator(gt, iou_types=("segm",))
+    ev.process(detections_from_results(preds, gt=gt, iou_type="segm"), image_ids=[1, 2])
+    assert_same_as_pycoco(ev.evaluate()["segm"], pycoco(doc, preds, "segm"))

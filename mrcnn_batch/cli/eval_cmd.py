@@ -73,6 +73,11 @@ def eval_command(
     if address:
         os.environ["RAY_ADDRESS"] = address
     try:
+        from mrcnn_batch.run.preflight import check_reachable
+
+        for role, url in (("ground truth", annotations), ("predictions", predictions), ("run", run)):
+            if url is not None:  # storage options and endpoints, before minutes of retries
+                check_reachable(url, options, role=role)
         results, context, target = _evaluate(
             run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,
             out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=_sigmas(kpt_sigmas),

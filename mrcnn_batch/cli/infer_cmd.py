@@ -25,7 +25,7 @@ def parse_storage_options(text: Optional[str], what: str) -> dict:
         return {}
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # malformed, or nested too deeply for the parser
         raise typer.BadParameter(f"{what} must be a JSON object: {e}") from None
     if not isinstance(value, dict):
         raise typer.BadParameter(f"{what} must be a JSON object, got {type(value).__name__}")
@@ -76,6 +76,7 @@ def infer(
     from mrcnn_batch.models.weights import WeightsUnavailable
     from mrcnn_batch.plan import InputError
     from mrcnn_batch.run.driver import execute
+    from mrcnn_batch.run.preflight import check_storage
     from mrcnn_batch.run.progress import RunProgress
     from mrcnn_batch.run.ray_executor import WorkerStartError
 
@@ -103,6 +104,7 @@ def infer(
             max_pixels=max_pixels,
             exif_transpose=not no_exif_transpose,
         )
+        check_storage(config)  # options, endpoints and the output, before a model loads
         if dry_run:
             print_plan(config)
             return

@@ -11,8 +11,11 @@ pycocotools' handling, kept: an annotation's ``ignore`` field is overridden by `
 Annotations keep their file order within an image: it decides ties in matching.
 
 Refused with an error that names the problem (pycocotools would silently misbehave or crash):
-duplicate image, category or annotation ids, annotations of unknown images or categories,
-missing or malformed fields, keypoint lists whose length is not 3 x the category's keypoints.
+duplicate image, category or annotation ids, ids outside int64, annotations of unknown images
+or categories, missing or malformed fields, keypoint lists whose length is not 3 x the
+category's keypoints, and segmentations pycocotools cannot rasterise: an empty polygon list, or
+a first polygon of fewer than 3 points (``frPyObjects`` reads 4 numbers as a box, fewer as
+nothing). Shorter polygons after the first are kept: pycocotools adds no pixel for them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn_batch.evaluate.errors import EvalInputError
-from mrcnn_batch.evaluate.jsonio import is_box, is_int, is_number, is_number_list, read_json
+from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_int64, is_number, is_number_list, read_json
 from mrcnn_batch.evaluate.params import IOU_TYPES
 
 log = logging.getLogger(__name__)
@@ -141,8 +144,9 @@ def ground_truth_from_dict(
             raise EvalInputError(f"ground truth {source}: annotations[{i}] is not an object")
         where = f"ground truth {source}: annotation {a.get('id', f'#{i}')!r}"
         for key in ("id", "image_id", "category_id"):
-            if not is_int(a.get(key)):
-                raise EvalInputError(f"{where}: {key!r} missing or not an integer")
+            problem = id_problem(a.get(key))
+            if problem:
+                raise EvalInputError(f"{where}: {key!r} {problem}")
         if not is_number(a.get("area")):
             raise EvalInputError(f"{where}: 'area' missing or not a number")
         ann_id[i], ann_img[i], ann_cat[i], area[i] = a["id"], a["image_id"], a["category_id"], a["area"]
@@ -165,8 +169,9 @@ def ground_truth_from_dict(
             raise EvalInputError(f"{where}: 'bbox' missing")
         if segm is not None:
             s = a.get("segmentation")
-            if not _is_segmentation(s):
-                raise EvalInputError(f"{where}: 'segmentation' missing or not polygons/RLE")
+            problem = _segmentation_problem(s)
+            if problem:
+                raise EvalInputError(f"{where}: 'segmentation' {problem}")
             segm.append(s)
         if "keypoints" in iou_types and (a["category_id"] in kp_cats or "keypoints" in a):
             kps, nk = a.get("keypoints"), a.get("num_keypoints")
@@ -178,8 +183,8 @@ def ground_truth_from_dict(
                     f"{where}: {len(kps) // 3} keypoints, category {cat.id} ({cat.name}) "
                     f"declares {len(cat.keypoints)}"
                 )
-            if not is_int(nk):
-                raise EvalInputError(f"{where}: 'num_keypoints' missing or not an integer")
+            if not is_int64(nk):
+                raise EvalInputError(f"{where}: 'num_keypoints' missing or not a 64-bit integer")
             num_kp[i] = nk
             kp_lens[i] = len(kps)
             kp_lists.append(kps)
@@ -244,9 +249,12 @@ def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndar
     for i, img in enumerate(images):
         if not isinstance(img, dict) or not is_int(img.get("id")):
             raise EvalInputError(f"ground truth {source}: images[{i}] has no integer 'id'")
+        problem = id_problem(img["id"])
+        if problem:
+            raise EvalInputError(f"ground truth {source}: images[{i}]: 'id' {problem}")
         ids[i] = img["id"]
         h, w = img.get("height"), img.get("width")
-        if is_int(h) and is_int(w):
+        if is_int64(h) and is_int64(w):
             sizes[i] = (h, w)
         elif need_size:
             raise EvalInputError(
@@ -264,6 +272,9 @@ def _categories(cats: list[Any], source: str) -> tuple[Category, ...]:
     for i, c in enumerate(cats):
         if not isinstance(c, dict) or not is_int(c.get("id")):
             raise EvalInputError(f"ground truth {source}: categories[{i}] has no integer 'id'")
+        problem = id_problem(c["id"])
+        if problem:
+            raise EvalInputError(f"ground truth {source}: categories[{i}]: 'id' {problem}")
         names = c.get("keypoints") or ()
         if not isinstance(names, (list, tuple)):
             raise EvalInputError(f"ground truth {source}: category {c['id']}: 'keypoints' must be a list")
@@ -299,7 +310,27 @@ def _check_keypoint_lengths(gt: GroundTruth) -> None:
             )
 
 
-def _is_segmentation(s: Any) -> bool:
+_SEGM_FORMS = "polygons [[x1, y1, x2, y2, x3, y3, ...], ...] or an RLE {'size': [h, w], 'counts': ...}"
+
+
+def _segmentation_problem(s: Any) -> str | None:
+    """What makes ``s`` a segmentation pycocotools cannot rasterise, or None (see the top)."""
     if isinstance(s, list):
-        return all(is_number_list(p) for p in s)
-    return isinstance(s, dict) and "size" in s and "counts" in s
+        if not s:
+            return f"is an empty list; expected {_SEGM_FORMS}"
+        if not all(is_number_list(p) for p in s):
+            return f"holds a polygon that is not a list of numbers; expected {_SEGM_FORMS}"
+        if len(s[0]) <= 4:
+            return (
+                f"polygon 0 has {len(s[0])} numbers, fewer than 3 points [x1, y1, x2, y2, x3, y3, ...]; "
+                "pycocotools cannot rasterise such a first polygon (it reads 4 numbers as a box)"
+            )
+        return None
+    if isinstance(s, dict):
+        size, counts = s.get("size"), s.get("counts")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int64(v) and v >= 0 for v in size)):
+            return f"RLE 'size' must be [height, width], found {size!r}"
+        if not (isinstance(counts, str) or is_number_list(counts)):
+            return f"RLE 'counts' must be a string or a list of run lengths, found {type(counts).__name__}"
+        return None
+    return f"missing or not {_SEGM_FORMS}"

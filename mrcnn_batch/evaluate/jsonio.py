@@ -1,4 +1,6 @@
-"""Reading COCO JSON (ground truth or results) from any fsspec URL, with clear errors."""
+"""Reading COCO JSON (ground truth or results) from any fsspec URL, with clear errors.
+
+Ids are held as int64 columns: an id is an integer (not a bool) in [-2**63, 2**63 - 1]."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from mrcnn_batch.evaluate.errors import EvalInputError
 
 log = logging.getLogger(__name__)
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> Any:
     """Parse the JSON document at ``url`` (``.gz``/``.bz2``/... decompressed by suffix)."""
@@ -24,12 +28,31 @@ def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: 
         raise EvalInputError(f"{what} {url}: cannot be read: {e}") from e
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise EvalInputError(
+            f"{what} {url}: not valid COCO JSON: arrays or objects nested too deeply for the parser "
+            "(COCO files nest a few levels)"
+        ) from None
+    except ValueError as e:  # malformed, not UTF-8, or an integer of more digits than Python converts
         raise EvalInputError(f"{what} {url}: not valid JSON: {e}") from None
 
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_int64(v: Any) -> bool:
+    """An integer that fits the int64 columns ids are held in."""
+    return is_int(v) and INT64_MIN <= v <= INT64_MAX
+
+
+def id_problem(v: Any) -> str | None:
+    """Why ``v`` is not an id ("missing or not an integer", "out of range"), or None."""
+    if not is_int(v):
+        return "missing or not an integer"
+    if not INT64_MIN <= v <= INT64_MAX:
+        return f"{v} is out of range (ids must fit a signed 64-bit integer: -2**63 to 2**63 - 1)"
+    return None
 
 
 def is_number(v: Any) -> bool:

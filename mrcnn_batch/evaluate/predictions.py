@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
-from mrcnn_batch.evaluate.jsonio import is_box, is_int, is_number, is_number_list, read_json
+from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_json
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,10 @@ def _checked_columns(anns: list[Any], *, mode: str, iou_type: str, source: str) 
         where = f"predictions {source}: results[{i}]"
         if not isinstance(a, dict):
             raise EvalInputError(f"{where} is not an object")
-        if not is_int(a.get("image_id")) or not is_int(a.get("category_id")):
-            raise EvalInputError(f"{where}: 'image_id' and 'category_id' must be integers")
+        for key in ("image_id", "category_id"):
+            problem = id_problem(a.get(key))
+            if problem:
+                raise EvalInputError(f"{where}: {key!r} {problem}")
         s = a.get("score")
         if not is_number(s) or not np.isfinite(s):
             raise EvalInputError(f"{where}: 'score' missing or not a finite number")
@@ -306,7 +308,8 @@ def _rles_from_results(
         else:
             raise EvalInputError(
                 f"predictions {source}: results[{i}]: 'segmentation' must be a compressed RLE "
-                "{'size': [h, w], 'counts': str}, an uncompressed RLE or polygons"
+                "{'size': [h, w], 'counts': str}, an uncompressed RLE or polygons of at least 3 points "
+                "[[x1, y1, x2, y2, x3, y3, ...], ...]"
             )
         if h >= 0 and (rle["size"][0], rle["size"][1]) != (h, w):
             raise EvalInputError(
@@ -321,7 +324,7 @@ def _rles_from_results(
 
 
 def _is_size(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) for x in v)
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) and 0 <= x < 2**31 for x in v)
 
 
 def _rle_objects(counts: pa.Array, sizes: np.ndarray) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import importlib.resources
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,15 +49,10 @@ def load_weights(source: str, *, storage_options: dict[str, Any] | None = None) 
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
-        if at is not None:  # torch's long advice, then the reason after the marker or on the next line
-            first = lines[at].split("WeightsUnpickler error:", 1)[-1].strip() or (lines[at + 1:] or lines[at:])[0]
-        else:
-            first = lines[0] if lines else type(e).__name__
         raise WeightsUnavailable(
-            f"weights {source!r} are not a loadable state dict ({first[:200]}); they are read with "
-            "torch.load(weights_only=True): tensors in dicts, no pickled code"
+            f"weights {source!r} are not a loadable state dict: {refusal_reason(e)}. They are read "
+            "with torch.load(weights_only=True): tensors in dicts, no pickled code; save "
+            "model.state_dict() (or a dict holding it under 'model')"
         ) from None
     if not isinstance(obj, dict):
         raise WeightsUnavailable(f"weights {source!r} hold a {type(obj).__name__}, not a dict")
@@ -65,6 +61,29 @@ def load_weights(source: str, *, storage_options: dict[str, Any] | None = None) 
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsUnavailable(f"weights {source!r} are not a state dict of tensors")
     return Weights(source=source, sha256=sha, state_dict=state, meta=meta)
+
+
+# torch's refusals wrap the reason in advice to load with weights_only=False or to allowlist
+# globals, which this package never does; the reason alone is kept (sentences naming these go).
+_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)")
+_NOISE = ("weights_only", "weights only", "safe_globals", "trusted source", "arbitrary code",
+          "file an issue", "documentation of torch.load", "do those steps", "weightsunpickler error")
+
+
+def refusal_reason(e: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one short clause."""
+    text = str(e)
+    found = _GLOBAL.search(text)
+    if found:
+        return f"it pickles {found.group(1)}, which is not a tensor, number, string, list or dict"
+    if "TorchScript" in text:
+        return "it is a TorchScript archive, not a state dict"
+    if "legacy .tar format" in text:
+        return "it is in torch's legacy .tar format"
+    sentences = re.split(r"(?<=[.:])\s+|\n", text.replace("\x1b[1m", "").replace("\x1b[0m", ""))
+    kept = [x.strip() for x in sentences if x.strip() and not any(a in x.lower() for a in _NOISE)]
+    reason = " ".join(kept).strip(" .:") or type(e).__name__
+    return reason[:200]
 
 
 def read_weight_bytes(source: str, *, storage_options: dict[str, Any]) -> bytes:
