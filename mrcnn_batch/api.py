@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from mrcnn_batch.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, InputSpec, PredictConfig, ReadConfig, RunConfig
+from mrcnn_batch.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, InputSpec, PredictConfig, ReadConfig, RunConfig
 from mrcnn_batch.models.registry import ModelSpec
 from mrcnn_batch.models.registry import list_models as _list_models
 from mrcnn_batch.run.driver import Executor, RunSummary, execute
@@ -47,6 +47,7 @@ def make_config(
     channels_last: bool = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     exif_transpose: bool = True,
     io_threads: int = 16,
 ) -> RunConfig:
@@ -71,7 +72,7 @@ def make_config(
             amp=amp,
             channels_last=channels_last,
         ),
-        read=ReadConfig(max_pixels=max_pixels, exif_transpose=exif_transpose, io_threads=io_threads),
+        read=ReadConfig(max_pixels=max_pixels, max_bytes=max_bytes, exif_transpose=exif_transpose, io_threads=io_threads),
         shard_size=shard_size,
         output_storage_options=dict(output_storage_options if output_storage_options is not None else storage_options),
     )

@@ -92,5 +92,15 @@ class RunConfig:
         }
 
 
+# Identity keys added after runs were first written, with the value those runs had in effect:
+# a run made before a key existed resumes when the key now has that value.
+IDENTITY_ADDED = {"max_bytes": DEFAULT_MAX_BYTES}
+
+
+def same_identity(stored: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a run stored with identity ``stored`` is resumed by settings of identity ``now``."""
+    return {**IDENTITY_ADDED, **stored} == now
+
+
 def fingerprint(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

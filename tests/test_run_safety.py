@@ -247,3 +247,16 @@ def test_the_commit_index_never_hides_a_rewritten_marker(photos, clean, tmp_path
     res = infer(photos, out)
     assert res.exit_code == EXIT_OK, res.output
     assert tables(out) == clean
+
+
+def test_a_run_made_before_max_bytes_existed_resumes_with_the_default(photos, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    assert infer(photos, out).exit_code == EXIT_OK
+    meta = json.loads((out / "_run.json").read_text())
+    del meta["identity"]["max_bytes"]
+    (out / "_run.json").write_text(json.dumps(meta))
+    assert infer(photos, out).exit_code == EXIT_OK
+    res = infer(photos, out, "--max-bytes", "1000")
+    assert res.exit_code == EXIT_REFUSED and "max_bytes" in res.output, res.output

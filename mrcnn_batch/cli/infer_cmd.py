@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mrcnn_batch.cli import EXIT_SHARDS_FAILED, EXIT_USAGE, app
-from mrcnn_batch.config import DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE
+from mrcnn_batch.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE
 from mrcnn_batch.errors import MrcnnBatchError
 
 err = Console(stderr=True)
@@ -59,6 +59,7 @@ def infer(
     channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format in the backbone (may be faster on GPUs; float noise only)."),
     shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, help="Images per shard (the unit of commit and retry)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels get status too_large."),
+    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", min=1, help="Image files larger than this many bytes get status too_large, unread (checked from the file's or tar member's size)."),
     no_exif_transpose: bool = typer.Option(False, "--no-exif-transpose", help="Ignore EXIF orientation."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run with other settings in OUTPUT."),
     executor: str = typer.Option("ray", "--executor", help="ray: a pool of Ray actors; local: shards one after another in this process."),
@@ -102,6 +103,7 @@ def infer(
             channels_last=channels_last,
             shard_size=shard_size,
             max_pixels=max_pixels,
+            max_bytes=max_bytes,
             exif_transpose=not no_exif_transpose,
         )
         check_storage(config)  # options, endpoints and the output, before a model loads

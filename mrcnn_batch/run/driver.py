@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 import pyarrow as pa
 
 from mrcnn_batch import __version__
-from mrcnn_batch.config import RunConfig
+from mrcnn_batch.config import RunConfig, same_identity
 from mrcnn_batch.models.loaded import check_fit, effective_spec, resolve_weights
 from mrcnn_batch.predict.predictor import label_filter
 from mrcnn_batch.models.registry import get_spec
@@ -84,7 +84,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
             if not overwrite:
                 raise
             meta = None
-        if meta is not None and meta.get("identity") == identity and run.exists(PLAN_FILE):
+        if meta is not None and same_identity(meta.get("identity") or {}, identity) and run.exists(PLAN_FILE):
             return run, meta, run.read_plan(), weights, True
         if not overwrite:
             raise RunRefused(_refusal(config.output, meta.get("identity", {}), identity))
