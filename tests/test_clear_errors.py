@@ -126,6 +126,23 @@ def test_infer_dead_endpoint(tmp_path, no_driver):
     assert f"input s3://photos/set/: cannot reach the storage at {endpoint}" in _one_line(res)
 
 
+@pytest.mark.parametrize("command", [["status"], ["report"], ["render"], ["export", "--out", "ignored"]])
+def test_readers_of_a_run_name_a_dead_endpoint_or_missing_credentials(command, monkeypatch):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    options = {"endpoint_url": endpoint, "key": "k", "secret": "s"}
+    res = CliRunner().invoke(app, [command[0], "s3://runs/r1", *command[1:], "--storage-options", json.dumps(options)])
+    assert res.exit_code == EXIT_USAGE, res.output
+    assert f"run s3://runs/r1: cannot reach the storage at {endpoint}" in _one_line(res)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    res = CliRunner().invoke(app, [command[0], "s3://runs/r1", *command[1:], "--storage-options",
+                                   json.dumps({"endpoint_url": endpoint})])
+    assert res.exit_code == EXIT_USAGE, res.output
+    assert "no credentials for s3://" in _one_line(res)
+
+
 @pytest.mark.parametrize("flag,input_url", [("--storage-options", "s3://photos/set/"),
                                             ("--output-storage-options", None)])
 def test_infer_bogus_storage_option(tmp_path, image_dir, no_driver, flag, input_url):

@@ -11,6 +11,7 @@ import typer
 
 from mrcnn_batch.cli import EXIT_SHARDS_FAILED, EXIT_USAGE, app
 from mrcnn_batch.errors import MrcnnBatchError
+from mrcnn_batch.run.preflight import check_reachable
 from mrcnn_batch.cli.infer_cmd import err, fail, out, parse_storage_options
 
 
@@ -100,6 +101,7 @@ def render(
                          labels=not no_labels, keypoints=not no_keypoints)
     target = out_dir or posixpath.join(run.rstrip("/"), "render")
     try:
+        check_reachable(run, opts, role="run")
         rd = open_run(run, storage_options=opts)
         written = render_run(run, target, image_ids=image_id or None, limit=limit, storage_options=opts,
                              output_storage_options=out_opts, style=style)
@@ -140,6 +142,7 @@ def report(
     opts = parse_storage_options(storage_options, "--storage-options")
     options = ReportOptions(samples=samples, overlay=OverlayStyle(score_threshold=score_threshold), title=title)
     try:
+        check_reachable(run, opts, role="run")
         written = write_report(run, out_file, storage_options=opts,
                                output_storage_options=_output_options(opts, output_storage_options), options=options)
     except MrcnnBatchError as e:
@@ -171,6 +174,7 @@ def export(
         raise typer.BadParameter("--iou-types applies to --format coco-results only")
     opts = parse_storage_options(storage_options, "--storage-options")
     try:
+        check_reachable(run, opts, role="run")
         written = export_run(run, out_dir, format=format, iou_types=types, image_root=image_root, storage_options=opts,
                              output_storage_options=_output_options(opts, output_storage_options))
     except MrcnnBatchError as e:

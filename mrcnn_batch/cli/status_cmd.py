@@ -31,7 +31,11 @@ def status(
     from mrcnn_batch.run.status import run_status
 
     try:
-        st = run_status(output, storage_options=parse_storage_options(storage_options, "--storage-options"))
+        from mrcnn_batch.run.preflight import check_reachable
+
+        options = parse_storage_options(storage_options, "--storage-options")
+        check_reachable(output, options, role="run")
+        st = run_status(output, storage_options=options)
     except MrcnnBatchError as e:
         fail(str(e), e.exit_code)
     except FileNotFoundError as e:

@@ -121,6 +121,11 @@ def _info(fs: Any, path: str, *, url: str, storage_options: dict[str, Any], role
                 f"{role} {url}: cannot reach the storage at {endpoint} ({e}); check the endpoint_url "
                 "of the storage options, and that the service is up"
             ) from None
+        if type(e).__name__ == "NoCredentialsError":  # botocore's, without importing it here
+            raise UsageError(
+                f"{role} {url}: no credentials for {_protocol(url)}:// (set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile, or key and secret in the storage options)"
+            ) from None
         log.debug("probe of %s %s: %s", role, url, e)
         return _UNKNOWN
 
