@@ -1,4 +1,4 @@
-"""The rows a run writes equal calling the torchvision model directly on the same images."""
+"""The rows a run writes equal calling the torchvision model directly on each image alone."""
 
 from __future__ import annotations
 
@@ -14,6 +14,25 @@ import mrcnn_batch as mb
 from conftest import SMALL
 
 BATCH = 2
+MAX_DETECTIONS = 20  # per image: many masks and keypoints to compare, less CPU in the heads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def batch_invariant_kernels():
+    """oneDNN's CPU convolutions off, for the run and the reference alike.
+
+    oneDNN picks its convolution kernel by batch size on feature maps of a few pixels (the
+    smallest FPN levels of these small test images; not at min_size 800), so a batch of two
+    differs from one image alone in float noise (~1e-5 in scores, ~5e-3 px in boxes, a few mask
+    pixels with these random weights). torch's own convolution computes image by image: with it,
+    batches must give exactly the bits of the image alone (``predict.batching``).
+    """
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def load_images(plan):
@@ -24,19 +43,12 @@ def load_images(plan):
     return out
 
 
-def reference_outputs(net, plan, shard_size):
-    """The model called directly, on the same batches as the run (batches never cross shards)."""
+def reference_outputs(net, plan):
+    """torchvision's model called on each image alone: the run's batches must not matter."""
     images = load_images(plan)
     ids = plan.column("image_id").to_pylist()
-    out = {}
     with torch.inference_mode():
-        for s in range(0, len(images), shard_size):
-            shard = list(range(s, min(s + shard_size, len(images))))
-            for b in range(0, len(shard), BATCH):
-                idx = shard[b : b + BATCH]
-                for i, res in zip(idx, net([images[i] for i in idx])):
-                    out[ids[i]] = res
-    return out
+        return {image_id: net([image])[0] for image_id, image in zip(ids, images)}
 
 
 def rows_by_image(table):
@@ -57,19 +69,29 @@ def assert_boxes_equal(rows, ref):
     assert [r["category_id"] for r in rows] == ref["labels"].tolist()
 
 
+def assert_masks_equal(rows, ref):
+    """Each row's RLE decodes to torchvision's pasted mask thresholded at 0.5, bit for bit."""
+    expected = (ref["masks"][:, 0] > 0.5).numpy()
+    assert len(rows) == len(expected)
+    for r, m in zip(rows, expected):
+        decoded = mask_utils.decode({"size": r["mask"]["size"], "counts": r["mask"]["counts"].encode()})
+        np.testing.assert_array_equal(decoded, m)
+        assert r["area"] == m.sum()
+
+
 @pytest.fixture(scope="module")
 def mask_run(tmp_path_factory, image_dir, mask_weights):
     out = tmp_path_factory.mktemp("runs") / "mask"
-    summary = mb.infer(str(image_dir), str(out), model="maskrcnn_resnet50_fpn", weights=str(mask_weights), shard_size=3, batch_size=BATCH, **SMALL)
+    summary = mb.infer(str(image_dir), str(out), model="maskrcnn_resnet50_fpn", weights=str(mask_weights), shard_size=3, batch_size=BATCH, max_detections=MAX_DETECTIONS, **SMALL)
     return mb.open_run(str(out)), summary
 
 
 def test_mask_model_rows_equal_torchvision(mask_run, mask_weights):
     run, summary = mask_run
     assert summary.complete and summary.images_by_status == {"ok": 5}
-    net = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **SMALL)
+    net = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, box_detections_per_img=MAX_DETECTIONS, **SMALL)
     net.load_state_dict(torch.load(mask_weights, weights_only=True))
-    ref = reference_outputs(net.eval(), run.read_plan(), shard_size=3)
+    ref = reference_outputs(net.eval(), run.read_plan())
     rows = rows_by_image(run.read_table("instances"))
     images = {r["image_id"]: r for r in run.read_table("images").to_pylist()}
     total = 0
@@ -79,22 +101,18 @@ def test_mask_model_rows_equal_torchvision(mask_run, mask_weights):
         assert_boxes_equal(got, res)
         h, w = res["masks"].shape[-2:]
         assert (images[image_id]["height"], images[image_id]["width"]) == (h, w)
-        expected = (res["masks"][:, 0] > 0.5).numpy()
-        for r, m in zip(got, expected):
-            decoded = mask_utils.decode({"size": r["mask"]["size"], "counts": r["mask"]["counts"].encode()})
-            np.testing.assert_array_equal(decoded, m)
-            assert r["area"] == m.sum()
-            total += 1
+        assert_masks_equal(got, res)
+        total += len(got)
         assert images[image_id]["num_instances"] == len(got)
     assert total > 50  # the comparison covered many masks
 
 
 def test_keypoint_model_rows_equal_torchvision(tmp_path, image_dir, keypoint_weights):
-    summary = mb.infer(str(image_dir), str(tmp_path / "kp"), model="keypointrcnn_resnet50_fpn", weights=str(keypoint_weights), shard_size=3, batch_size=BATCH, **SMALL)
+    summary = mb.infer(str(image_dir), str(tmp_path / "kp"), model="keypointrcnn_resnet50_fpn", weights=str(keypoint_weights), shard_size=3, batch_size=BATCH, max_detections=MAX_DETECTIONS, **SMALL)
     run = mb.open_run(str(tmp_path / "kp"))
-    net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, **SMALL)
+    net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, box_detections_per_img=MAX_DETECTIONS, **SMALL)
     net.load_state_dict(torch.load(keypoint_weights, weights_only=True))
-    ref = reference_outputs(net.eval(), run.read_plan(), shard_size=3)
+    ref = reference_outputs(net.eval(), run.read_plan())
     kps = rows_by_image(run.read_table("keypoints"))
     inst = rows_by_image(run.read_table("instances"))
     n = 0
@@ -117,7 +135,7 @@ def test_mask_and_keypoint_model_joins_people(tmp_path, image_dir, mask_weights,
     state = {f"mask.{k}": v for k, v in torch.load(mask_weights, weights_only=True).items()}
     state.update({f"keypoint.{k}": v for k, v in torch.load(keypoint_weights, weights_only=True).items()})
     torch.save(state, both)
-    mb.infer(str(image_dir), str(tmp_path / "run"), model="maskrcnn+keypointrcnn_resnet50_fpn", weights=str(both), shard_size=5, batch_size=BATCH, **SMALL)
+    mb.infer(str(image_dir), str(tmp_path / "run"), model="maskrcnn+keypointrcnn_resnet50_fpn", weights=str(both), shard_size=5, batch_size=BATCH, max_detections=MAX_DETECTIONS, **SMALL)
     run = mb.open_run(str(tmp_path / "run"))
     inst = rows_by_image(run.read_table("instances"))
     kps = rows_by_image(run.read_table("keypoints"))
@@ -132,7 +150,7 @@ def test_mask_and_keypoint_model_joins_people(tmp_path, image_dir, mask_weights,
                 assert _iou(p["bbox"], r["bbox"]) >= 0.5
                 joined += 1
     assert sum(len(v) for v in kps.values()) > 0 and sum(len(v) for v in inst.values()) > 0
-    assert run.run_meta()["model"]["keypoint_names"][0] == "nose"
+    assert run.run_meta().model["keypoint_names"][0] == "nose"
 
 
 def _iou(a, b):

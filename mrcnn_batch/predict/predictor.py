@@ -4,10 +4,13 @@ torchvision's ``GeneralizedRCNN.forward`` runs transform -> backbone -> rpn -> r
 pastes every mask into a full-image tensor. We call the same modules in the same order, resize
 boxes and keypoints back to the original image exactly as ``transform.postprocess`` does, and
 return the M x M mask probabilities unpasted: ``encode.masks`` pastes and encodes them box by box.
+A batch must hold images of one :meth:`Predictor.batch_key` only (see ``predict.batching``):
+then each image's detections are those of the model called on it alone.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +19,7 @@ from torchvision.models.detection.transform import resize_boxes, resize_keypoint
 from torchvision.ops import box_iou
 
 from mrcnn_batch.models.loaded import LoadedModel
+from mrcnn_batch.predict.batching import batch_key
 
 
 @dataclass
@@ -56,7 +60,10 @@ class Speed:
 def forward_raw(
     net: torch.nn.Module, images: list[torch.Tensor], speed: Speed = Speed()
 ) -> list[dict[str, torch.Tensor]]:
-    """torchvision's detector forward without the final mask paste (images: float CHW in [0, 1])."""
+    """torchvision's detector forward without the final mask paste (images: float CHW in [0, 1]).
+
+    Backbone and RPN run on the batch; the RoI heads run image by image (see ``predict.batching``).
+    """
     original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     batch, _ = net.transform(images)  # normalise and resize in float32 either way
     x = batch.tensors.contiguous(memory_format=torch.channels_last) if speed.channels_last else batch.tensors
@@ -64,7 +71,12 @@ def forward_raw(
     with torch.autocast(device, dtype=torch.float16 if device == "cuda" else torch.bfloat16, enabled=speed.amp):
         features = net.backbone(x)
         proposals, _ = net.rpn(batch, features)
-        detections, _ = net.roi_heads(features, proposals, batch.image_sizes)
+        detections = []
+        for i, (boxes, size) in enumerate(zip(proposals, batch.image_sizes)):
+            # the heads see one image's features and RoIs, as for the image alone: the same
+            # shapes for their kernels and the same RoI-pool scales, whatever the batch
+            own = OrderedDict((name, f[i : i + 1]) for name, f in features.items())
+            detections += net.roi_heads(own, [boxes], [size])[0]
     if speed.amp:
         detections = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in detections]
     for det, resized, original in zip(detections, batch.image_sizes, original_sizes):
@@ -88,6 +100,10 @@ class Predictor:
         self.speed = speed
         self.spec = model.spec
         self.keep_labels = label_filter(self.spec.categories, classes)
+
+    def batch_key(self, height: int, width: int) -> tuple:
+        """Images of equal keys may share a batch without changing their detections."""
+        return batch_key(height, width, [net.transform for net in self.model.networks.values()])
 
     def __call__(self, arrays: list[np.ndarray]) -> list[Detections]:
         images = [

@@ -2,10 +2,15 @@
 
 Load the model in ``__init__``, handle a shard in ``__call__`` (the Ray Data pattern): the same
 object runs in-process, in a Ray actor, or on a batch in a test. Inside a shard three stages
-overlap: a reader pool fetches and decodes the next batches while the model runs on the current
-one, and an encoder thread pastes masks, encodes RLE and builds rows behind it. Every planned
-image leaves exactly one ``images`` row, whatever happened to it. The commit marker is written
-last (see ``run.layout``).
+overlap: a reader pool fetches and decodes the next images while the model runs, and encoder
+threads (as many as the worker's CPUs) paste masks, encode RLE and build rows behind it.
+
+Batches never change results (see ``predict.batching``): decoded images wait in a window of
+``WINDOW_BATCHES`` batches for batch-mates of the same input shape; a batch runs when it is full
+(``batch_size``) or when the window must move on. Each image's rows are encoded apart and the
+shard's tables are concatenated in plan order, so the files are the same at any batch size or
+number of encoder threads. Every planned image leaves exactly one ``images`` row, whatever
+happened to it. The commit marker is written last (see ``run.layout``).
 """
 
 from __future__ import annotations
@@ -14,17 +19,19 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.encode.rows import Columns, encode_detections
 from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
+from mrcnn_batch.predict.batching import Bucketer
 from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, decode_image, fetch_all
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
@@ -33,13 +40,35 @@ from mrcnn_batch.write.tables import build_table, table_bytes
 
 log = logging.getLogger(__name__)
 
-PREFETCH_BATCHES = 2
+PREFETCH_BATCHES = 2  # read chunks (batch_size images each) fetched and decoded ahead
+WINDOW_BATCHES = 4  # decoded images wait for batch-mates among this many batches' worth
+ENCODE_JOBS_PER_THREAD = 2  # batches waiting for an encoder; then the model waits
+TABLES = ("images", "instances", "keypoints")
 
 
 @dataclass(frozen=True)
 class ImageRef:
     image_id: int
     uri: str
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image of the shard on its way through: its plan position, reference and pixels."""
+
+    position: int
+    ref: ImageRef
+    decoded: Decoded
+
+
+def encoder_threads() -> int:
+    """As many encoder threads as the CPUs this worker may use: its CPU affinity, capped by
+    torch's thread count (a Ray actor sets it to its share of the node), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, torch.get_num_threads()))
 
 
 class ShardProcessor:
@@ -65,27 +94,51 @@ class ShardProcessor:
         self.categories = model.spec.categories
         self.run = RunDir(config.output, config.output_storage_options)
         self._readers = ThreadPoolExecutor(PREFETCH_BATCHES, thread_name_prefix="read")
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="encode")
+        threads = encoder_threads()
+        self._encoder = ThreadPoolExecutor(threads, thread_name_prefix="encode")
+        self._max_encode_jobs = ENCODE_JOBS_PER_THREAD * threads
 
     # -- one shard -------------------------------------------------------------------------
     def __call__(self, shard: int, images: list[ImageRef]) -> dict[str, Any]:
         start = time.perf_counter()
         bs = max(1, self.config.predict.batch_size)
-        batches = [images[i : i + bs] for i in range(0, len(images), bs)]
-        cols = {"images": Columns(), "instances": Columns(), "keypoints": Columns()}
-        pending_reads: list[Future] = [self._readers.submit(self._load, b) for b in batches[:PREFETCH_BATCHES]]
-        encoded: list[Future] = []
+        chunks = [images[i : i + bs] for i in range(0, len(images), bs)]
+        reads: deque[Future] = deque(self._readers.submit(self._load, c) for c in chunks[:PREFETCH_BATCHES])
+        bucketer = Bucketer(batch_size=bs, window=WINDOW_BATCHES * bs)
+        encoding: deque[Future] = deque()
+        rows: dict[int, dict[str, Columns]] = {}  # plan position -> that image's rows
         model_seconds = 0.0
-        for i, batch in enumerate(batches):
-            loaded = pending_reads[i].result()
-            if i + PREFETCH_BATCHES < len(batches):
-                pending_reads.append(self._readers.submit(self._load, batches[i + PREFETCH_BATCHES]))
+
+        def run(batch: list[_Item]) -> None:
+            nonlocal model_seconds
             t0 = time.perf_counter()
-            detections = self._predict(loaded)
+            detections = self._predict(batch) if batch[0].decoded.status == "ok" else [None]
             model_seconds += time.perf_counter() - t0
-            encoded.append(self._encoder.submit(self._encode, shard, loaded, detections, cols))
-        for f in encoded:
-            f.result()
+            while len(encoding) >= self._max_encode_jobs:  # a bounded queue: the model waits
+                rows.update(encoding.popleft().result())
+            encoding.append(self._encoder.submit(self._encode, shard, batch, detections))
+
+        position = 0
+        for i in range(len(chunks)):
+            loaded = reads.popleft().result()
+            if i + PREFETCH_BATCHES < len(chunks):
+                reads.append(self._readers.submit(self._load, chunks[i + PREFETCH_BATCHES]))
+            for ref, dec in loaded:
+                item = _Item(position, ref, dec)
+                position += 1
+                if dec.status != "ok":
+                    run([item])  # nothing to predict: straight to its images row
+                    continue
+                for batch in bucketer.add(self.predictor.batch_key(dec.height, dec.width), item):
+                    run(batch)
+        for batch in bucketer.drain():
+            run(batch)
+        while encoding:
+            rows.update(encoding.popleft().result())
+        cols = {name: Columns() for name in TABLES}
+        for p in sorted(rows):  # plan order, whatever the batches were
+            for name in TABLES:
+                cols[name].extend(**rows[p][name].data)
         return self._commit(shard, cols, start=start, model_seconds=model_seconds)
 
     def _load(self, batch: list[ImageRef]) -> list[tuple[ImageRef, Decoded]]:
@@ -105,29 +158,28 @@ class ShardProcessor:
                 )
         return out
 
-    def _predict(self, loaded: list[tuple[ImageRef, Decoded]]) -> list[Any]:
-        """Detections per image (None where it was not predicted, or the error it raised)."""
-        ok = [i for i, (_, d) in enumerate(loaded) if d.status == "ok"]
-        out: list[Any] = [None] * len(loaded)
-        if not ok:
-            return out
+    def _predict(self, batch: list[_Item]) -> list[Any]:
+        """Detections per image of one batch (or the error an image raised)."""
         try:
-            for i, det in zip(ok, self.predictor([loaded[i][1].array for i in ok])):
-                out[i] = det
+            return list(self.predictor([item.decoded.array for item in batch]))
         except Exception:  # noqa: BLE001 - retry one by one to isolate the failing image
-            if len(ok) == 1:
-                out[ok[0]] = _PredictError(_describe_current())
-                return out
-            for i in ok:
-                try:
-                    out[i] = self.predictor([loaded[i][1].array])[0]
-                except Exception as e:  # noqa: BLE001
-                    out[i] = _PredictError(_describe(e))
+            if len(batch) == 1:
+                return [_PredictError(_describe_current())]
+        out: list[Any] = []
+        for item in batch:
+            try:
+                out.append(self.predictor([item.decoded.array])[0])
+            except Exception as e:  # noqa: BLE001
+                out.append(_PredictError(_describe(e)))
         return out
 
-    def _encode(self, shard: int, loaded, detections, cols: dict[str, Columns]) -> None:
+    def _encode(self, shard: int, batch: list[_Item], detections: list[Any]) -> dict[int, dict[str, Columns]]:
+        """Each image's rows, apart: encoder threads never share a column."""
         p = self.config.predict
-        for (ref, dec), det in zip(loaded, detections):
+        out = {}
+        for item, det in zip(batch, detections):
+            ref, dec = item.ref, item.decoded
+            cols = {name: Columns() for name in TABLES}
             status, error, n_inst, n_kp = dec.status, dec.error, 0, 0
             if isinstance(det, _PredictError):
                 status, error = "predict_error", det.message
@@ -155,6 +207,8 @@ class ShardProcessor:
                 num_instances=[n_inst],
                 num_keypoints=[n_kp],
             )
+            out[item.position] = cols
+        return out
 
     def _commit(self, shard: int, cols: dict[str, Columns], *, start: float, model_seconds: float) -> dict[str, Any]:
         self.check_fence()
