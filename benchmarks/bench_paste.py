@@ -1,17 +1,26 @@
-"""Mask paste + RLE encode: ours (box-local paste, run lengths from changes) versus torchvision's
-``paste_masks_in_image`` + threshold + pycocotools ``encode``, on the same 100 detections.
+"""Mask paste + RLE encode: ``mrcnn_batch.encode.masks.paste_and_encode`` versus torchvision's
+``paste_masks_in_image`` + threshold + pycocotools ``encode`` (the baseline), on the same detections.
 
-    python benchmarks/bench_paste.py [--repeats 5] [--out benchmarks/results/paste.json]
+    python benchmarks/bench_paste.py [--repeats 5] [--threads N] [--impl path/to/masks.py]
+                                     [--out benchmarks/results/paste.json]
 
-Prints both timings side by side and checks that the RLE strings are identical.
+For 640x480 and 1920x1080 with 10 and 100 detections it prints, side by side, the median wall
+time and the median CPU time (``time.process_time``: all threads of the process) of both, the
+speed-ups, and whether the RLE strings are identical. The machine may be shared and noisy, so
+CPU time is the steadier figure. Then the throughput of ``paste_and_encode`` on a batch of
+images with one and with two Python threads (torch held to one intra-op thread), which shows
+whether the work runs outside the GIL. ``--impl`` loads ``paste_and_encode`` from another file
+(an older version, to compare before and after).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +29,8 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from mrcnn_batch.encode.masks import paste_and_encode
+SIZES = [(480, 640), (1080, 1920)]
+DETECTIONS = [10, 100]
 
 
 def detections(h: int, w: int, n: int, seed: int):
@@ -39,40 +49,78 @@ def baseline(masks, boxes, h, w):
     return [r["counts"].decode() for r in mask_utils.encode(arr)]
 
 
-def ours(masks, boxes, h, w):
-    rles, _ = paste_and_encode(masks, boxes, height=h, width=w)
-    return [r["counts"] for r in rles]
+def load_impl(path: str | None):
+    if path is None:
+        from mrcnn_batch.encode.masks import paste_and_encode
+
+        return paste_and_encode
+    spec = importlib.util.spec_from_file_location("paste_impl", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.paste_and_encode
 
 
 def timed(fn, repeats):
+    """Median wall and median CPU seconds of ``fn`` over ``repeats`` runs, after one warm-up."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def throughput(paste, images, workers):
+    """Images per second of ``paste`` over ``images`` with ``workers`` Python threads."""
+    def one(item):
+        masks, boxes, h, w = item
+        paste(masks, boxes, height=h, width=w)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, images[:workers]))  # warm-up
+        t = time.perf_counter()
+        list(pool.map(one, images))
+        return len(images) / (time.perf_counter() - t)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--detections", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    ap.add_argument("--impl", default=None, help="file to load paste_and_encode from (default: the package)")
+    ap.add_argument("--batch", type=int, default=16, help="images for the thread throughput figure")
     ap.add_argument("--out", default="benchmarks/results/paste.json")
     args = ap.parse_args()
+    paste = load_impl(args.impl)
     torch.set_num_threads(args.threads)
     results = []
-    print(f"{'size':>10} {'torchvision+pycocotools':>24} {'mrcnn-batch':>12} {'speed-up':>9}  identical")
-    for h, w in [(480, 640), (1080, 1920)]:
-        masks, boxes = detections(h, w, args.detections, seed=h)
-        same = baseline(masks, boxes, h, w) == ours(masks, boxes, h, w)
-        tb = timed(lambda: baseline(masks, boxes, h, w), args.repeats)
-        to = timed(lambda: ours(masks, boxes, h, w), args.repeats)
-        results.append({"height": h, "width": w, "detections": args.detections, "baseline_s": tb, "ours_s": to, "speedup": tb / to, "identical": same})
-        print(f"{w:>5}x{h:<4} {tb * 1000:>21.1f} ms {to * 1000:>9.1f} ms {tb / to:>8.1f}x  {same}")
+    print(f"torch threads: {args.threads}; median of {args.repeats}; ms")
+    print(f"{'size':>10} {'dets':>4} | {'baseline wall':>13} {'cpu':>7} | {'ours wall':>9} {'cpu':>6} | {'speed-up wall':>13} {'cpu':>6} | identical")
+    for h, w in SIZES:
+        for n in DETECTIONS:
+            masks, boxes = detections(h, w, n, seed=h + n)
+            ours = lambda: [r["counts"] for r in paste(masks, boxes, height=h, width=w)[0]]  # noqa: E731
+            same = baseline(masks, boxes, h, w) == ours()
+            bw, bc = timed(lambda: baseline(masks, boxes, h, w), args.repeats)
+            ow, oc = timed(ours, args.repeats * 4)
+            results.append({
+                "height": h, "width": w, "detections": n, "identical": same,
+                "baseline_wall_s": bw, "baseline_cpu_s": bc, "ours_wall_s": ow, "ours_cpu_s": oc,
+                "speedup_wall": bw / ow, "speedup_cpu": bc / oc,
+            })
+            print(f"{w:>5}x{h:<4} {n:>4} | {bw * 1e3:>13.1f} {bc * 1e3:>7.1f} | {ow * 1e3:>9.2f} {oc * 1e3:>6.2f} | {bw / ow:>12.1f}x {bc / oc:>5.1f}x | {same}")
+
+    torch.set_num_threads(1)
+    scaling = []
+    for h, w in SIZES:
+        images = [(*detections(h, w, 100, seed=s), h, w) for s in range(args.batch)]
+        one, two = throughput(paste, images, 1), throughput(paste, images, 2)
+        scaling.append({"height": h, "width": w, "detections": 100, "images_per_s_1_thread": one, "images_per_s_2_threads": two})
+        print(f"{w:>5}x{h:<4} 100 dets, torch 1 thread: {one:6.1f} images/s with 1 Python thread, {two:6.1f} with 2 ({two / one:.2f}x)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "results": results}, indent=2))
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "impl": args.impl or "mrcnn_batch", "results": results, "thread_scaling": scaling}, indent=2))
 
 
 if __name__ == "__main__":

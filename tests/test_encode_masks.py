@@ -128,3 +128,57 @@ def test_an_image_without_detections_encodes_to_no_rows():
     inst, kps = Columns(), Columns()
     n = encode_detections(empty, image_id=1, height=10, width=10, categories=("bg", "a"), mask_threshold=0.5, instances=inst, keypoints=kps)
     assert n == (0, 0) and len(inst) == 0 and len(kps) == 0
+
+
+@st.composite
+def near_threshold(draw):
+    """Masks whose values sit on the threshold or a float32 step from it, or take few values
+    (so that many pasted pixels tie), in boxes of every size class, in larger images."""
+    h = draw(st.integers(1, 300))
+    w = draw(st.integers(1, 400))
+    n = draw(st.integers(1, 6))
+    thr = draw(st.sampled_from([0.5, 0.25, 0.75, 0.3]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    kind = draw(st.sampled_from(["levels", "on", "ulps", "plateau"]))
+    if kind == "levels":
+        m = torch.floor(torch.rand(n, 1, 28, 28, generator=g) * 8) / 8
+    elif kind == "on":
+        m = torch.where(torch.rand(n, 1, 28, 28, generator=g) < 0.5, thr, torch.rand(n, 1, 28, 28, generator=g))
+    elif kind == "ulps":
+        t = torch.tensor(thr, dtype=torch.float32)
+        steps = torch.stack([torch.nextafter(t, torch.tensor(0.0)), t, torch.nextafter(t, torch.tensor(1.0))])
+        m = steps[torch.randint(0, 3, (n, 1, 28, 28), generator=g)]
+    else:
+        m = torch.full((n, 1, 28, 28), thr)
+        m[:, :, draw(st.integers(0, 27)) :, : draw(st.integers(0, 28))] = 1.0
+    boxes = []
+    for _ in range(n):
+        x0, y0 = draw(st.floats(-20, w - 1)), draw(st.floats(-20, h - 1))
+        bw = draw(st.sampled_from([draw(st.floats(0, 3)), draw(st.floats(20, 40)), draw(st.floats(50, 80)), draw(st.floats(0, 1.5 * w))]))
+        bh = draw(st.sampled_from([draw(st.floats(0, 3)), draw(st.floats(20, 40)), draw(st.floats(50, 80)), draw(st.floats(0, 1.5 * h))]))
+        boxes.append([x0, y0, x0 + bw, y0 + bh])
+    return m, torch.tensor(boxes, dtype=torch.float32), h, w, thr
+
+
+@settings(max_examples=150, deadline=None)
+@given(near_threshold())
+def test_values_on_and_next_to_the_threshold(det):
+    masks, boxes, h, w, thr = det
+    check(masks, boxes, h, w, thr)
+
+
+@pytest.mark.parametrize("side", range(24, 36))
+def test_box_sides_around_the_grid_size_and_the_kernel_switch(side):
+    # interpolated sides of 30 (= 28 + 2: a plain copy) and h + w around 128 (torch's CPU kernel
+    # changes its arithmetic there)
+    g = torch.Generator().manual_seed(side)
+    masks = torch.rand(6, 1, 28, 28, generator=g)
+    s = side * 28 / 30
+    boxes = torch.tensor([[3.0, 2, 3 + s, 2 + s], [1.0, 5, 1 + s, 5 + 90], [0.0, 0, 95, s], [2.0, 1, 2 + s, 1 + 3 * s],
+                          [4.0, 4, 4 + 2 * s, 4 + 2 * s], [0.5, 0.5, 0.5 + 64 - s / 2, 0.5 + 64 + s / 2]])
+    check(masks, boxes, 140, 150)
+
+
+def test_a_negative_threshold_is_refused():
+    with pytest.raises(ValueError, match="threshold"):
+        paste_and_encode(torch.ones(1, 1, 28, 28), torch.tensor([[0.0, 0, 5, 5]]), height=10, width=10, threshold=-0.1)
