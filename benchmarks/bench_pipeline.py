@@ -148,7 +148,7 @@ def main() -> None:
         p = config.predict
         model = build_model(p.model, weights, min_size=p.min_size, max_size=p.max_size,
                             score_threshold=p.score_threshold, max_detections=p.max_detections)
-        processor = ShardProcessor(config, run_id=meta["run_id"], weights=weights, model=model)
+        processor = ShardProcessor(config, run_id=meta.run_id, weights=weights, model=model)
         # Warm-up over every image shape (oneDNN builds kernels per input shape), then the
         # model alone and the pipeline alternately, best of --repeats each (other load on the
         # machine hits both alike).

@@ -23,7 +23,6 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mrcnn_batch.run.layout import COMMITS, PLAN_FILE, RUN_JSON, CommitRecord, RunDir, commit_path, table_path
 from mrcnn_batch.run.status import run_status
@@ -104,11 +103,13 @@ def main() -> None:
         scan = timed(lambda: len(RunDir(url, options).commits()))
         status = timed(lambda: run_status(url, storage_options=options))
         run = RunDir(url, options)  # what infer does at its end: index the markers it saw
-        run.write_commit_index(run.commits(), run_id=run.run_meta()["run_id"])
+        run.write_commit_index(run.commits(), run_id=run.run_meta().run_id)
         scan_ix = timed(lambda: len(RunDir(url, options).commits()))
         status_ix = timed(lambda: run_status(url, storage_options=options))
         assert base[2] == scan[2] == len(status[2].shards_done) == scan_ix[2] == len(status_ix[2].shards_done) == args.shards
-        rows = [("markers one GET after another (before)", base),
+        listing = timed(lambda: len(RunDir(url, options)._ls("_commits")))
+        rows = [("one listing of _commits/ alone (the server's share)", listing),
+                ("markers one GET after another (before)", base),
                 ("resume scan, no index: one batched read", scan),
                 ("status, no index", status),
                 ("resume scan with the commit index", scan_ix),

@@ -66,6 +66,8 @@ def make_inputs(d: Path) -> dict[str, str]:
     ImageOps.exif_transpose(upright).convert("RGB").save(d / "exif6_upright.png")
     Image.fromarray(np.asarray(gray).astype(np.float32)).save(d / "float.tif")
     (d / "giant.png").write_bytes(_giant_png())
+    with open(d / "huge.jpg", "wb") as f:  # 1.5 GB, sparse: refused from its size, never read
+        f.truncate(1_500_000_000)
     for g in GOOD:
         (d / g).write_bytes((IMAGES / g).read_bytes())
     expected = {
@@ -86,6 +88,7 @@ def make_inputs(d: Path) -> dict[str, str]:
         "exif6_upright.png": "ok",
         "float.tif": "unsupported",
         "giant.png": "too_large",
+        "huge.jpg": "too_large",
         "missing.jpg": "read_error",
     }
     expected.update({g: "ok" for g in GOOD})
@@ -126,6 +129,7 @@ def test_every_planned_image_has_one_row_with_its_status(bad_run):
     assert "0 bytes" in got["empty.jpg"]["error"]
     assert "truncated" in got["truncated.jpg"]["error"]
     assert "100000x100000" in got["giant.png"]["error"]
+    assert "1500000000 bytes" in got["huge.jpg"]["error"] and "--max-bytes" in got["huge.jpg"]["error"]
     assert "FileNotFoundError" in got["missing.jpg"]["error"]
     # EXIF orientation applied: the stored 96x64 JPEG is seen (and recorded) as 64x96.
     assert (got["exif6.jpg"]["width"], got["exif6.jpg"]["height"]) == (64, 96)

@@ -55,7 +55,7 @@ def test_user_checkpoint_with_its_own_categories(tmp_path, image_dir):
     inst = run.read_table("instances")
     assert inst.num_rows > 0 and set(inst.column("category").to_pylist()) == {"hat"}
     assert set(inst.column("category_id").to_pylist()) == {2}
-    assert [c["name"] for c in run.run_meta()["model"]["categories"]] == ["cat", "hat"]
+    assert [c["name"] for c in run.run_meta().model["categories"]] == ["cat", "hat"]
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path, keypoint_weights, mask_weights):

@@ -54,7 +54,7 @@ def hostile_run(tmp_path_factory) -> str:
     # the failed images are not in the ground truth: evaluate the ok ones, as a results file would be
     types = ("bbox", "segm", "keypoints")
     gt = load_ground_truth(str(d / "annotations.json"), iou_types=types)
-    ev = COCOEvaluator(gt, iou_types=types, model_metadata=open_run(run).run_meta()["model"])
+    ev = COCOEvaluator(gt, iou_types=types, model_metadata=open_run(run).run_meta().model)
     ev.process({t: detections_from_results(coco_results(open_run(run), iou_type=t), gt=gt, iou_type=t, source="test")
                 for t in types}, image_ids=gt.image_ids)
     write_outputs(ev.evaluate(), f"{run}/eval", context={"ground_truth": str(d / "annotations.json"), "run": run})

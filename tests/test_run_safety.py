@@ -157,7 +157,7 @@ def test_a_marker_of_another_run_or_for_other_files_is_not_counted(photos, clean
     out = tmp_path / "run"
     assert infer(photos, out).exit_code == EXIT_OK
     marker = out / "_commits" / "shard-000000.json"
-    marker.write_text(marker.read_text().replace(RunDir(str(out), {}).run_meta()["run_id"], uuid.uuid4().hex))
+    marker.write_text(marker.read_text().replace(RunDir(str(out), {}).run_meta().run_id, uuid.uuid4().hex))
     table = pq.read_table(out / "images" / "shard-000002.parquet")
     pq.write_table(table.slice(0, 0), out / "images" / "shard-000002.parquet")  # files replaced after the commit
     run = RunDir(str(out), {})
@@ -237,7 +237,7 @@ def test_the_commit_index_never_hides_a_rewritten_marker(photos, clean, tmp_path
     out = tmp_path / "run"
     assert infer(photos, out).exit_code == EXIT_OK
     assert (out / "_commits" / "_index.json").exists()  # written by infer at its end
-    run_id = RunDir(str(out), {}).run_meta()["run_id"]
+    run_id = RunDir(str(out), {}).run_meta().run_id
     marker = out / "_commits" / "shard-000000.json"
     marker.write_text(marker.read_text().replace(run_id, "f" * len(run_id)))  # same size, another run's
     run = RunDir(str(out), {})

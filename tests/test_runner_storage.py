@@ -160,7 +160,7 @@ def test_flaky_storage_loses_and_duplicates_nothing(ray_session, clean_run, buck
 
 
 def _weights(clean_run) -> str:
-    return mb.open_run(str(clean_run)).run_meta()["weights"]["source"]
+    return mb.open_run(str(clean_run)).run_meta().weights["source"]
 
 
 def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session, clean_run, bucket_with_images):

@@ -65,7 +65,7 @@ def test_channels_last_gives_the_same_rows(heldout, plain, tmp_path):
 def test_mixed_precision_keeps_the_accuracy_and_is_part_of_the_identity(heldout, plain, tmp_path):
     out = tmp_path / "amp"
     run(heldout, out, amp=True)
-    assert mb.open_run(str(out)).run_meta()["identity"]["amp"] is True
+    assert mb.open_run(str(out)).run_meta().identity["amp"] is True
     full, mixed = ap(heldout, plain), ap(heldout, out)
     for t in IOU_TYPES:
         assert full[t] > 0.6 and abs(mixed[t] - full[t]) < 0.05, (t, full, mixed)

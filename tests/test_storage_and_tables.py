@@ -3,7 +3,6 @@ and reading them with DuckDB with no help."""
 
 from __future__ import annotations
 
-import json
 
 import duckdb
 import pyarrow.parquet as pq
@@ -42,7 +41,7 @@ def test_s3_input_and_output_give_the_same_rows(local_run, s3, image_dir, mask_w
     run = mb.open_run(f"s3://{bucket}/runs/r1", storage_options=options)
     assert fs.exists(f"{bucket}/runs/r1/_SUCCESS")
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{bucket}/runs/r1/_commits")) == [
-        f"shard-{i:06d}.json" for i in range(3)
+        "_index.json", *(f"shard-{i:06d}.json" for i in range(3))
     ]
     for table in ("instances", "keypoints"):
         assert _sorted_rows(run, table) == _sorted_rows(local_run, table)
@@ -51,7 +50,7 @@ def test_s3_input_and_output_give_the_same_rows(local_run, s3, image_dir, mask_w
     assert ours.keys() == theirs.keys()  # ids come from keys relative to the root, not the bucket
     assert all(ours[k]["uri"].startswith("s3://") for k in ours)
     # no secret reaches the run directory
-    meta = json.dumps(run.run_meta())
+    meta = run.run_meta().to_json().decode()
     assert "testing" not in meta and options["endpoint_url"] not in meta
 
 
@@ -64,10 +63,10 @@ def test_files_follow_the_schemas_with_metadata(local_run):
             assert f.schema_arrow.remove_metadata().equals(schema), table
             md = f.schema_arrow.metadata
             assert md[b"mrcnn_batch.schema_version"] == SCHEMA_VERSION.encode()
-            assert md[b"mrcnn_batch.run_id"] == meta["run_id"].encode()
+            assert md[b"mrcnn_batch.run_id"] == meta.run_id.encode()
             assert f.metadata.row_group(0).column(0).compression == "ZSTD"
-    assert meta["schema_version"] == SCHEMA_VERSION
-    assert meta["weights"]["sha256"] and meta["model"]["name"] == "maskrcnn_resnet50_fpn"
+    assert meta.schema_version == SCHEMA_VERSION
+    assert meta.weights["sha256"] and meta.model["name"] == "maskrcnn_resnet50_fpn"
 
 
 def test_duckdb_reads_the_tables_without_help(local_run):

@@ -125,15 +125,16 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
     else:
         rd = open_run(run, storage_options=options)
         if iou_types is None:
-            model = rd.run_meta().get("model") or {}
-            iou_types = ("bbox",) + (("segm",) if model.get("has_masks") else ()) + (("keypoints",) if model.get("has_keypoints") else ())
+            from mrcnn_batch.export.coco import run_iou_types
+
+            iou_types = run_iou_types(rd)
         gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
         results, scope = evaluate_run(
             run, gt, iou_types=iou_types, storage_options=options, allow_partial=allow_partial,
             kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers, match_by=match_by,
         )
         context = {"ground_truth": annotations, "predictions": None, "run": run, "match_by": match_by,
-                   "run_id": rd.run_meta().get("run_id"), "missing_images": scope.missing_images,
+                   "run_id": rd.run_meta().run_id, "missing_images": scope.missing_images,
                    "failed_images": scope.failed_images, "uncommitted_shards": scope.uncommitted_shards}
         target = out_dir or posixpath.join(run.rstrip("/"), EVAL_DIR)
     if not results:

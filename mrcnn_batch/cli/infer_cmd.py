@@ -156,7 +156,7 @@ def print_plan(config) -> None:
         meta = None
     if meta is not None:
         done = len(run.committed_shards())
-        out.print(f"output {config.output} holds run {meta.get('run_id')} ({meta.get('identity', {}).get('model', '?')}): "
+        out.print(f"output {config.output} holds run {meta.run_id} ({meta.identity.get('model', '?')}): "
                   f"{done} shards committed; the same settings resume it, others are refused", highlight=False, soft_wrap=True)
     else:
         out.print(f"output {config.output}: no run yet; nothing was written", highlight=False, soft_wrap=True)

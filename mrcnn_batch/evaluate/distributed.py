@@ -210,7 +210,7 @@ def evaluate_run(
     from mrcnn_batch.run.layout import open_run
 
     run = open_run(url, storage_options=storage_options)
-    model_meta = run.run_meta().get("model") or {}
+    model_meta = run.run_meta().model
     workers = _workers(workers)
     scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=shards_per_task, workers=workers,
                       match_by=match_by)

@@ -33,7 +33,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.run.layout import RunDir, open_run
+from mrcnn_batch.run.layout import RunDir, RunMeta, open_run
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ IOU_TYPES = ("bbox", "segm", "keypoints")
 
 def run_iou_types(run: RunDir) -> tuple[str, ...]:
     """The IoU types a run's model produced."""
-    model = run.run_meta().get("model") or {}
+    model = run.run_meta().model
     return ("bbox",) + (("segm",) if model.get("has_masks") else ()) + (("keypoints",) if model.get("has_keypoints") else ())
 
 
@@ -78,8 +78,8 @@ def coco_results(run: RunDir, *, iou_type: str) -> list[dict[str, Any]]:
     ]
 
 
-def coco_categories(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    model = meta.get("model") or {}
+def coco_categories(meta: RunMeta) -> list[dict[str, Any]]:
+    model = meta.model
     kp_cat = model.get("keypoint_category_id")
     cats = []
     for c in model.get("categories") or []:
@@ -140,8 +140,8 @@ def coco_dataset(run: RunDir, *, image_root: str | None = None) -> dict[str, Any
         target["keypoints"] = r["keypoints"]
         target["num_keypoints"] = n
     return {
-        "info": {"description": f"mrcnn-batch predictions of run {meta.get('run_id')}",
-                 "model": (meta.get("model") or {}).get("name"), "run_id": meta.get("run_id")},
+        "info": {"description": f"mrcnn-batch predictions of run {meta.run_id}",
+                 "model": meta.model.get("name"), "run_id": meta.run_id},
         "images": coco_images,
         "annotations": annotations,
         "categories": coco_categories(meta),

@@ -142,14 +142,14 @@ def load_images(records: Sequence[ImageRecord], *, storage_options: dict[str, An
 def load_run_images(run: RunDir, records: Sequence[ImageRecord], *,
                     storage_options: dict[str, Any]) -> list[np.ndarray | None]:
     """``load_images`` with the run's own read settings (pixel limit, EXIF handling)."""
-    read = (run.run_meta().get("config") or {}).get("read") or {}
+    read = run.run_meta().config.get("read") or {}
     return load_images(records, storage_options=storage_options, max_pixels=int(read.get("max_pixels") or 10**9),
                        exif_transpose=bool(read.get("exif_transpose", True)))
 
 
 def run_skeleton(run: RunDir) -> list[list[int]]:
     """The model's keypoint skeleton (1-based edges) from the run's metadata."""
-    return list((run.run_meta().get("model") or {}).get("skeleton") or [])
+    return list(run.run_meta().model.get("skeleton") or [])
 
 
 def decode_mask(mask: dict[str, Any]) -> np.ndarray:

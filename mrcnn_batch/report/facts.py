@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.run.layout import EVAL_DIR, CommitRecord, RunDir
+from mrcnn_batch.run.layout import EVAL_DIR, CommitRecord, RunDir, RunMeta
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Throughput:
 @dataclass(frozen=True)
 class RunFacts:
     url: str
-    meta: dict[str, Any]
+    meta: RunMeta
     complete: bool
     planned_shards: int
     committed_shards: int
@@ -60,9 +60,9 @@ class RunFacts:
 
 def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
     meta = run.run_meta()
-    commits = run.commits(run_id=meta["run_id"])  # one view: completeness and tables both from it
+    commits = run.commits(run_id=meta.run_id)  # one view: completeness and tables both from it
     shards = sorted(commits)
-    planned = int((meta.get("plan") or {}).get("shards") or len(shards))
+    planned = meta.planned_shards or len(shards)
     images = run.dataset("images", shards).to_table(columns=["image_id", "status"])
     status = pc.cast(images["status"], pa.string())
     status_counts = {str(k): int(v) for k, v in _counts(status).items()}
@@ -99,11 +99,11 @@ def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
     return dict(sorted(pairs))
 
 
-def _throughput(records: list[CommitRecord], meta: dict[str, Any]) -> Throughput:
+def _throughput(records: list[CommitRecord], meta: RunMeta) -> Throughput:
     seconds = [r.seconds for r in records]
     images = [r.rows["images"] for r in records]
     committed = [r.committed_at for r in records if r.committed_at]
-    created = meta.get("created_at")
+    created = meta.created_at
     wall = (max(committed) - float(created)) if committed and created else None
     return Throughput(
         shards=len(records),

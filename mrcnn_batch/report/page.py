@@ -92,24 +92,24 @@ def render_page(
     title: str | None = None,
 ) -> str:
     meta = facts.meta
-    model = meta.get("model") or {}
-    cfg = meta.get("config") or {}
+    model = meta.model
+    cfg = meta.config
     tp = facts.throughput
     total = sum(facts.status_counts.values())
     ok = facts.status_counts.get("ok", 0)
-    created = meta.get("created_at")
+    created = meta.created_at
     when = datetime.datetime.fromtimestamp(float(created), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if created else "?"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title or 'mrcnn-batch report: ' + str(meta.get('run_id', '')))}</title>",
+        f"<title>{esc(title or 'mrcnn-batch report: ' + meta.run_id)}</title>",
         f"<style>{_CSS}</style></head><body><main>",
         f"<h1>{esc(title or 'mrcnn-batch run report')}</h1>",
-        f'<div class="sub">run <code>{esc(facts.url)}</code> · id {esc(meta.get("run_id"))} · created {esc(when)}</div>',
+        f'<div class="sub">run <code>{esc(facts.url)}</code> · id {esc(meta.run_id)} · created {esc(when)}</div>',
         f'<div class="sub">input <code>{esc((cfg.get("input") or {}).get("url"))}</code> · model <b>{esc(model.get("name"))}</b>'
-        f' · weights {esc((meta.get("weights") or {}).get("source"))}</div>',
+        f' · weights {esc(meta.weights.get("source"))}</div>',
     ]
     if not facts.complete:
         parts.append(f'<p class="warn">Incomplete run: {facts.committed_shards} of {facts.planned_shards} shards committed. '
@@ -172,9 +172,9 @@ def render_page(
                             numeric=[True, False, False, False]))
         if facts.num_failures > len(facts.failures):
             parts.append(f"<p>… and {facts.num_failures - len(facts.failures):,} more (see the images table).</p>")
-    versions = meta.get("versions") or {}
+    versions = meta.versions
     parts.append('<h2>About this run</h2><p class="sub">' + " · ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items())
-                 + f" · schema {esc(meta.get('schema_version'))}</p>")
+                 + f" · schema {esc(meta.schema_version)}</p>")
     parts.append("</main></body></html>")
     return "\n".join(parts)
 

@@ -27,9 +27,8 @@ from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
 from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
-from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir
+from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir, RunMeta
 from mrcnn_batch.run.lease import DEFAULT_TTL_S, Fence, Lease, LeaseHeld
-from mrcnn_batch.run.status import record_failures
 from mrcnn_batch.schemas import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class Executor(Protocol):
         before dispatching each shard, and have workers check it before they commit."""
 
 
-def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict, pa.Table, Weights, bool]:
+def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, RunMeta, pa.Table, Weights, bool]:
     """The run directory, its metadata and plan, and the weights: new, or resumed."""
     spec = get_spec(config.predict.model)
     weights = resolve_weights(spec, config.predict.weights, storage_options=config.input.storage_options)
@@ -84,10 +83,10 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
             if not overwrite:
                 raise
             meta = None
-        if meta is not None and same_identity(meta.get("identity") or {}, identity) and run.exists(PLAN_FILE):
+        if meta is not None and same_identity(meta.identity, identity) and run.exists(PLAN_FILE):
             return run, meta, run.read_plan(), weights, True
         if not overwrite:
-            raise RunRefused(_refusal(config.output, meta.get("identity", {}), identity))
+            raise RunRefused(_refusal(config.output, meta.identity if meta else {}, identity))
         log.warning("overwriting the run in %s", config.output)
     if overwrite:
         check_overwrite(run, config.input.url, input_storage_options=config.input.storage_options)
@@ -95,7 +94,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, dict
     plan = build_plan(config.input, shard_size=config.shard_size)
     _write_plan(run, plan)
     meta = _run_meta(config, identity, weights, plan)
-    run.write_json(RUN_JSON, meta)
+    run.write_run_meta(meta)
     return run, meta, plan, weights, False
 
 
@@ -104,7 +103,7 @@ def execute(
     executor: Executor,
     *,
     overwrite: bool = False,
-    on_plan: Callable[[dict, pa.Table, list[int]], None] | None = None,
+    on_plan: Callable[[RunMeta, pa.Table, list[int]], None] | None = None,
     on_commit: Callable[[dict[str, Any]], None] | None = None,
     lease_ttl_s: float = DEFAULT_TTL_S,
 ) -> RunSummary:
@@ -121,7 +120,7 @@ def execute(
 def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: bool, on_plan, on_commit) -> RunSummary:
     start = time.perf_counter()
     run, meta, plan, weights, resumed = prepare(config, overwrite=overwrite)
-    fence = lease.fence(meta["run_id"])
+    fence = lease.fence(meta.run_id)
     all_shards = shard_ids(plan)
     done = set(run.committed_shards())
     pending = [s for s in all_shards if s not in done]
@@ -134,27 +133,27 @@ def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: 
         if on_commit:
             on_commit(record)
 
-    failed = dict(executor(pending, plan, config=config, run_id=meta["run_id"], weights=weights, on_commit=committed,
+    failed = dict(executor(pending, plan, config=config, run_id=meta.run_id, weights=weights, on_commit=committed,
                            fence=fence)) if pending else {}
     fence.check(run)  # a driver that lost its run writes neither _failed.json nor _SUCCESS
-    commits = run.commits(run_id=meta["run_id"])  # one view of the markers for all that follows
+    commits = run.commits(run_id=meta.run_id)  # one view of the markers for all that follows
     try:
-        run.write_commit_index(commits, run_id=meta["run_id"])  # the next scan reads only newer markers
+        run.write_commit_index(commits, run_id=meta.run_id)  # the next scan reads only newer markers
     except OSError as e:
         log.warning("could not write the commit index of %s: %s", config.output, e)
     complete = set(commits) >= set(all_shards)
     for shard in set(pending) - set(commits) - set(failed):
         failed[shard] = run.rejected.get(shard) or "the executor returned without committing it"
     try:
-        record_failures(run, {s: r for s, r in failed.items() if s not in commits})
+        run.record_failures({s: r for s, r in failed.items() if s not in commits})
     except OSError as e:  # the storage that failed the shards may refuse this too
         log.warning("could not record the failed shards in %s: %s", config.output, e)
     if complete:
-        run.write_json(SUCCESS, {"run_id": meta["run_id"], "completed_at": time.time()})
+        run.write_json(SUCCESS, {"run_id": meta.run_id, "completed_at": time.time()})
     by_status, n_inst, n_kp = _totals(commits.values())
     return RunSummary(
         output=config.output,
-        run_id=meta["run_id"],
+        run_id=meta.run_id,
         planned_shards=len(all_shards),
         planned_images=plan.num_rows,
         executed_shards=sorted(r["shard"] for r in records),
@@ -226,29 +225,29 @@ def _write_plan(run: RunDir, plan: pa.Table) -> None:
     run.write_bytes(PLAN_FILE, buf.getvalue().to_pybytes())
 
 
-def _run_meta(config: RunConfig, identity: dict, weights: Weights, plan: pa.Table) -> dict[str, Any]:
+def _run_meta(config: RunConfig, identity: dict, weights: Weights, plan: pa.Table) -> RunMeta:
     import pyarrow
     import torch
     import torchvision
 
     spec = effective_spec(get_spec(config.predict.model), weights)
-    return {
-        "run_id": uuid.uuid4().hex,
-        "created_at": time.time(),
-        "schema_version": SCHEMA_VERSION,
-        "identity": identity,
-        "config": config.public_dict(),
-        "model": spec.metadata(),
-        "weights": {"source": weights.source, "sha256": weights.sha256},
-        "plan": {"images": plan.num_rows, "shards": len(shard_ids(plan))},
-        "versions": {
+    return RunMeta(
+        run_id=uuid.uuid4().hex,
+        created_at=time.time(),
+        schema_version=SCHEMA_VERSION,
+        identity=identity,
+        config=config.public_dict(),
+        model=spec.metadata(),
+        weights={"source": weights.source, "sha256": weights.sha256},
+        plan={"images": plan.num_rows, "shards": len(shard_ids(plan))},
+        versions={
             "mrcnn_batch": __version__,
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "pyarrow": pyarrow.__version__,
             "python": platform.python_version(),
         },
-    }
+    )
 
 
 def _refusal(output: str, old: dict, new: dict) -> str:
@@ -259,5 +258,5 @@ def _refusal(output: str, old: dict, new: dict) -> str:
     ]
     return (
         f"{output} holds a run made with other settings ({'; '.join(diffs)}). Use another"
-        " output, or pass --overwrite to delete it and start again."
+        " output, or pass --overwrite to replace it (only the run's own files are removed)."
     )

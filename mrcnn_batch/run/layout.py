@@ -128,6 +128,50 @@ class CommitRecord:
         return rec
 
 
+@dataclass(frozen=True)
+class RunMeta:
+    """``_run.json``: what a run is. ``identity`` decides resume or refusal; ``model`` is the
+    registry entry's metadata (categories, keypoint names, skeleton, OKS sigmas)."""
+
+    run_id: str
+    created_at: float = 0.0
+    schema_version: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the public RunConfig (no storage options)
+    model: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)  # source, sha256
+    plan: dict[str, Any] = field(default_factory=dict)  # images, shards
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "RunMeta":
+        """Parse ``_run.json``; ``ValueError`` saying what is wrong with it."""
+        try:
+            d = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"it does not parse: {e}") from None
+        if not isinstance(d, dict) or not isinstance(d.get("run_id"), str):
+            raise ValueError("it holds no run id")
+        dicts = ("identity", "config", "model", "weights", "plan", "versions")
+        wrong = [k for k in dicts if not isinstance(d.get(k) or {}, dict)]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} must be objects")
+        try:
+            return cls(run_id=d["run_id"], created_at=float(d.get("created_at") or 0.0),
+                       schema_version=str(d.get("schema_version") or ""),
+                       **{k: dict(d.get(k) or {}) for k in dicts})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"a field has the wrong type ({e})") from None
+
+    @property
+    def planned_shards(self) -> int | None:
+        n = self.plan.get("shards")
+        return int(n) if isinstance(n, int) else None
+
+
 def _int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"{v!r} is not an integer")
@@ -210,21 +254,39 @@ class RunDir:
             raise StorageError(f"could not remove {self.where(rel)}: {_describe(e)}") from e
 
     # -- the run's records ---------------------------------------------------------------
-    def run_meta(self) -> dict[str, Any]:
+    def run_meta(self) -> RunMeta:
         if not self.exists(RUN_JSON):
             raise FileNotFoundError(f"{self.url} is not a run directory: no {RUN_JSON}")
         data = self.read_bytes(RUN_JSON)
         try:
-            meta = json.loads(data)
-            if not isinstance(meta, dict) or not isinstance(meta.get("run_id"), str):
-                raise ValueError("it holds no run id")
-        except (UnicodeDecodeError, ValueError) as e:
+            return RunMeta.from_json(data)
+        except ValueError as e:
             raise RunDamaged(
                 f"{self.where(RUN_JSON)} is damaged ({len(data)} bytes; {e}): the run's settings are lost. "
                 "Pass --overwrite to start the run again (only the run's own files are removed), or restore "
                 "the file from a copy"
             ) from None
-        return meta
+
+    def write_run_meta(self, meta: RunMeta) -> None:
+        self.write_bytes(RUN_JSON, meta.to_json())
+
+    def failures(self) -> dict[int, str]:
+        """The shards the last ``infer`` gave up on (``_failed.json``), with the reason; none when
+        unrecorded or unreadable: the file is advice, the markers are the truth."""
+        if not self.exists(FAILED_JSON):
+            return {}
+        try:
+            return {int(k): str(v) for k, v in self.read_json(FAILED_JSON)["failed"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("%s: ignoring %s, which does not parse (%s)", self.url, FAILED_JSON, e)
+            return {}
+
+    def record_failures(self, failed: dict[int, str]) -> None:
+        """Write (or clear) the failed shards of the last ``infer``."""
+        if failed:
+            self.write_json(FAILED_JSON, {"failed": {str(k): v for k, v in sorted(failed.items())}})
+        else:
+            self.remove(FAILED_JSON)
 
     def read_plan(self) -> pa.Table:
         with self.fs.open(self.path(PLAN_FILE), "rb") as f:
@@ -234,10 +296,10 @@ class RunDir:
         """The valid commit markers by shard (see the commit protocol above). Rejected markers
         are logged and kept in ``rejected`` with the reason.
 
-        One listing of ``_commits/`` and of each table's folder; a marker listed exactly as the
-        commit index (:meth:`write_commit_index`) saw it is taken from the index, the others are
-        read in one batched call. So a scan of a run of thousands of shards on S3 costs a few
-        list requests and one GET, not one GET per shard."""
+        One listing of ``_commits/`` and of each table's folder (every marker's files are checked
+        against it); a marker listed exactly as the commit index (:meth:`write_commit_index`) saw
+        it is taken from the index, the others are read in one batched call. So a scan of a run of
+        thousands of shards on S3 costs a few list requests and one GET, not one GET per shard."""
         self.rejected = {}
         stamps = {}
         for p in self._ls(COMMITS):
@@ -247,7 +309,7 @@ class RunDir:
         self._stamps = stamps
         if not stamps:
             return {}
-        run_id = run_id or self.run_meta()["run_id"]
+        run_id = run_id or self.run_meta().run_id
         indexed = self._read_commit_index(run_id)
         blobs: dict[int, Any] = {}
         for shard, stamp in stamps.items():

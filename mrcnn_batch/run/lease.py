@@ -66,7 +66,7 @@ class Fence:
             who = f"another driver ({_who(lease)})" if lease is not None else "no driver (its lease is gone)"
             raise FencedOut(f"{run.url}: this driver lost its lease; {who} holds the run now. "
                             "Stopping without committing more")
-        run_id = run.run_meta().get("run_id")
+        run_id = run.run_meta().run_id
         if run_id != self.run_id:
             raise FencedOut(f"{run.url}: the run was replaced (run {run_id}, not {self.run_id}); "
                             "stopping without committing more")

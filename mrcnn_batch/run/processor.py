@@ -33,7 +33,7 @@ from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.predict.batching import Bucketer
 from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
-from mrcnn_batch.read import Decoded, decode_image, fetch_all
+from mrcnn_batch.read import Decoded, TooLarge, decode_image, fetch_all
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
 from mrcnn_batch.run.lease import Fence
 from mrcnn_batch.write.tables import build_table, table_bytes
@@ -147,10 +147,13 @@ class ShardProcessor:
             [ref.uri for ref in batch],
             storage_options=self.config.input.storage_options,
             threads=read.io_threads,
+            max_bytes=read.max_bytes,
         )
         out = []
         for ref, blob in zip(batch, data):
-            if isinstance(blob, BaseException):
+            if isinstance(blob, TooLarge):
+                out.append((ref, Decoded("too_large", str(blob))))
+            elif isinstance(blob, BaseException):
                 out.append((ref, Decoded("read_error", _describe(blob))))
             else:
                 out.append(

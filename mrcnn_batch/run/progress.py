@@ -16,6 +16,7 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mrcnn_batch.run.layout import RunMeta
 from mrcnn_batch.run.status import images_in
 
 
@@ -51,7 +52,7 @@ class RunProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def on_plan(self, meta: dict[str, Any], plan: pa.Table, pending: list[int]) -> None:
+    def on_plan(self, meta: RunMeta, plan: pa.Table, pending: list[int]) -> None:
         todo = images_in(plan, pending)
         self.shards_pending = len(pending)
         self._start = time.monotonic()

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.run.layout import FAILED_JSON, RunDir
+from mrcnn_batch.run.layout import RunDir
 from mrcnn_batch.run.lease import read_lease
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
     meta = run.run_meta()
     plan = run.read_plan()
     planned = sorted(pc.unique(plan.column("shard")).to_pylist())
-    commits = run.commits(run_id=meta["run_id"])
+    commits = run.commits(run_id=meta.run_id)
     done = set(commits)
-    failed = {k: v for k, v in read_failures(run).items() if k not in done}
+    failed = {k: v for k, v in run.failures().items() if k not in done}
     by_status: dict[str, int] = {}
     n_inst = n_kp = 0
     for rec in commits.values():
@@ -65,8 +65,8 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
     images_pending = images_in(plan, not_done)
     return RunStatus(
         output=url,
-        run_id=meta["run_id"],
-        model=meta.get("identity", {}).get("model", "?"),
+        run_id=meta.run_id,
+        model=meta.identity.get("model", "?"),
         planned_images=plan.num_rows,
         shards_done=sorted(done),
         shards_pending=[s for s in not_done if s not in failed],
@@ -81,29 +81,9 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
     )
 
 
-def read_failures(run: RunDir) -> dict[int, str]:
-    """The shards the last ``infer`` gave up on, with the reason (none when unrecorded or
-    unreadable: the file is advice, the markers are the truth)."""
-    if not run.exists(FAILED_JSON):
-        return {}
-    try:
-        return {int(k): str(v) for k, v in run.read_json(FAILED_JSON)["failed"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        log.warning("%s: ignoring %s, which does not parse (%s)", run.url, FAILED_JSON, e)
-        return {}
-
-
 def images_in(plan: pa.Table, shards: list[int]) -> int:
     """How many planned images the given shards hold."""
     if not shards:
         return 0
     mask = pc.is_in(plan.column("shard"), pa.array(shards, plan.column("shard").type))
     return int(pc.sum(mask.cast(pa.int64())).as_py() or 0)
-
-
-def record_failures(run: RunDir, failed: dict[int, str]) -> None:
-    """Write (or clear) the failed shards of the last ``infer``."""
-    if failed:
-        run.write_json(FAILED_JSON, {"failed": {str(k): v for k, v in sorted(failed.items())}})
-    elif run.exists(FAILED_JSON):
-        run.remove(FAILED_JSON)
