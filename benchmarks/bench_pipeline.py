@@ -15,6 +15,17 @@ Efficiency = pipeline images/s / forward-only images/s (goal >= 0.9); speed-up =
 plain loop (goal >= 1.2), with the rows of both compared (category, score, box, RLE counts).
 
     .venv/bin/python benchmarks/bench_pipeline.py --images 16 --min-size 512 --max-size 853
+
+``--instant``: the worker's own CPU with an instant model. Detections of the packaged ``demo``
+model are recorded once (on its synthetic images) and replayed by a stub predictor with exactly
+10 or 100 detections per image (recorded 28 x 28 masks in turn, boxes scaled to the image), on
+JPEGs at 640x480 and 1920x1080 made from tests/data/images. Printed side by side: CPU ms per
+image of each stage (fetch, decode, paste+RLE, rows, Parquet, commit), measured with
+process_time around the library's own stage functions, then the end-to-end ``ShardProcessor``
+CPU per image and the ceiling images/s of one worker (1000 / that). Goals: <= 15 ms at 640x480
+and <= 45 ms at 1920x1080, 100 detections.
+
+    .venv/bin/python benchmarks/bench_pipeline.py --instant --images 16 --out /tmp/instant.json
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,13 +51,18 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.transforms.functional import pil_to_tensor
 
 import mrcnn_batch as mb
-from mrcnn_batch.models.loaded import build_model
+from mrcnn_batch.demo.synthetic import generate_sample
+from mrcnn_batch.encode.masks import paste_and_encode
+from mrcnn_batch.encode.rows import Columns, encode_detections
+from mrcnn_batch.models.loaded import build_model, resolve_weights
+from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import load_weights
 from mrcnn_batch.plan import shard_ids, shard_rows
-from mrcnn_batch.predict.predictor import Predictor
-from mrcnn_batch.read import decode_image
-from mrcnn_batch.run.layout import RunDir
-from mrcnn_batch.run.processor import ShardProcessor, shard_images
+from mrcnn_batch.predict.predictor import Detections, Predictor
+from mrcnn_batch.read import decode_image, fetch_all
+from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
+from mrcnn_batch.run.processor import TABLES, ShardProcessor, encoder_threads, shard_images
+from mrcnn_batch.write.tables import build_table, table_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "tests" / "data" / "images"
@@ -121,6 +139,226 @@ def compare_rows(run_url: str, plain: list[dict]) -> dict:
             "rows_equal": mismatched == 0 and len(ours) == len(theirs)}
 
 
+# -- instant-model mode ------------------------------------------------------------------------
+# The model's detections are recorded once (the packaged ``demo`` model on its own synthetic
+# images: trained, so its masks have real shapes) and replayed by a stub that takes no time, so
+# the worker's own CPU per image shows: fetch, decode, paste+RLE, rows, Parquet, commit.
+
+INSTANT_SIZES = ((640, 480), (1920, 1080))  # width x height
+INSTANT_DETECTIONS = (10, 100)
+STAGES = ("fetch", "decode", "paste_rle", "rows", "parquet", "commit")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A pool of recorded detections: boxes as fractions of their image's sides, 28 x 28 masks."""
+
+    boxes: torch.Tensor  # P x 4, (x1, y1, x2, y2) / (W, H, W, H)
+    scores: torch.Tensor  # P
+    labels: torch.Tensor  # P
+    masks: torch.Tensor  # P x 1 x M x M probabilities
+
+
+def record_demo(samples: int) -> Recorded:
+    """Run the demo model once over ``samples`` synthetic images and keep every detection."""
+    spec = get_spec("demo")
+    model = build_model("demo", resolve_weights(spec, None, storage_options={}), min_size=None, max_size=None,
+                        score_threshold=0.05, max_detections=100)
+    predictor = Predictor(model, device=torch.device("cpu"))
+    parts = []
+    for i in range(samples):
+        image = generate_sample(seed=0, index=i).image
+        det = predictor([image])[0]
+        h, w = image.shape[:2]
+        parts.append((det.boxes / torch.tensor([w, h, w, h], dtype=det.boxes.dtype), det.scores, det.labels, det.masks))
+    boxes, scores, labels, masks = (torch.cat(t) for t in zip(*parts))
+    return Recorded(boxes.float(), scores.float(), labels, masks.float().contiguous())
+
+
+def synthesise(rec: Recorded, *, width: int, height: int, n: int, image_index: int) -> Detections:
+    """Exactly ``n`` detections for one image: recorded ones in turn, boxes scaled to the image."""
+    pick = (torch.arange(n) + image_index * n) % len(rec.scores)
+    order = rec.scores[pick].argsort(descending=True)  # score order, as the model gives them
+    pick = pick[order]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    return Detections(rec.boxes[pick] * scale, rec.scores[pick], rec.labels[pick], rec.masks[pick].clone())
+
+
+class ReplayPredictor:
+    """Stands in for ``Predictor``: hands out prepared detections per image size, in turn."""
+
+    def __init__(self, detections: dict[tuple[int, int], list[Detections]]):
+        self._detections = detections  # (height, width) -> the detections to replay, in turn
+        self._next = {k: 0 for k in detections}
+
+    def batch_key(self, height: int, width: int) -> tuple:
+        return (height, width)
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[Detections]:
+        out = []
+        for a in arrays:
+            key = a.shape[:2]
+            pool = self._detections[key]
+            out.append(pool[self._next[key] % len(pool)])
+            self._next[key] += 1
+        return out
+
+
+def make_sized_images(folder: Path, n: int, width: int, height: int) -> None:
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    for i in range(n):
+        with Image.open(photos[i % len(photos)]) as im:
+            im = ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (width, height))
+            im.save(folder / f"img{i:04d}.jpg", quality=90)
+
+
+def cpu_ms(fn) -> tuple[float, Any]:
+    """CPU time of ``fn()`` in this process (all its threads), in ms, and its result."""
+    t0 = time.process_time()
+    out = fn()
+    return (time.process_time() - t0) * 1e3, out
+
+
+def stage_costs(processor: ShardProcessor, plan: pa.Table, dets: list[Detections]) -> dict[str, float]:
+    """CPU ms per image of each stage, calling the library's own stage functions in turn."""
+    cfg, read = processor.config, processor.config.read
+    total = dict.fromkeys(STAGES, 0.0)
+    k = 0
+    for s in shard_ids(plan):
+        refs = shard_images(shard_rows(plan, s))
+        bs = max(1, cfg.predict.batch_size)
+        blobs = []
+        for i in range(0, len(refs), bs):  # in the worker's read chunks
+            ms, got = cpu_ms(lambda: fetch_all([r.uri for r in refs[i : i + bs]], threads=read.io_threads,
+                                               storage_options=cfg.input.storage_options, max_bytes=read.max_bytes))
+            total["fetch"] += ms
+            blobs += got
+        cols = {name: Columns() for name in TABLES}
+        for ref, blob in zip(refs, blobs):
+            ms, dec = cpu_ms(lambda: decode_image(blob, max_pixels=read.max_pixels, exif_transpose=read.exif_transpose))
+            total["decode"] += ms
+            det = dets[k % len(dets)]
+            k += 1
+            total["paste_rle"] += cpu_ms(lambda: paste_and_encode(
+                det.masks, det.boxes, height=dec.height, width=dec.width, threshold=cfg.predict.mask_threshold))[0]
+            # rows alone: the same call without masks (box areas instead of pasting); then the
+            # real rows, untimed, for the Parquet stage
+            boxes_only = Detections(det.boxes, det.scores, det.labels, None)
+            total["rows"] += cpu_ms(lambda: encode_detections(
+                boxes_only, image_id=ref.image_id, height=dec.height, width=dec.width, categories=processor.categories,
+                mask_threshold=cfg.predict.mask_threshold, instances=Columns(), keypoints=Columns()))[0]
+            n_inst, n_kp = encode_detections(
+                det, image_id=ref.image_id, height=dec.height, width=dec.width, categories=processor.categories,
+                mask_threshold=cfg.predict.mask_threshold, instances=cols["instances"], keypoints=cols["keypoints"])
+            cols["images"].extend(image_id=[ref.image_id], uri=[ref.uri], shard=[s], status=[dec.status],
+                                  error=[dec.error], width=[dec.width], height=[dec.height],
+                                  num_instances=[n_inst], num_keypoints=[n_kp])
+        files = {}
+        for name, c in cols.items():
+            ms, data = cpu_ms(lambda: table_bytes(build_table(name, c.data, categories=processor.categories,
+                                                              run_id=processor.run_id)))
+            total["parquet"] += ms
+            files[name] = data
+
+        def commit() -> None:
+            sizes = {name: processor.run.write_bytes(table_path(name, s), data) for name, data in files.items()}
+            record = CommitRecord(shard=s, run_id=processor.run_id, rows={n: 0 for n in files}, bytes=sizes,
+                                  status_counts={"ok": len(refs)})
+            processor.run.write_bytes(commit_path(s), record.to_json())
+
+        total["commit"] += cpu_ms(commit)[0]
+    return {name: v / k for name, v in total.items()}
+
+
+def end_to_end(processor: ShardProcessor, plan: pa.Table) -> tuple[float, float]:
+    """CPU ms and wall ms per image of the processor over every shard of ``plan``."""
+    n = plan.num_rows
+    w0, c0 = time.perf_counter(), time.process_time()
+    bench_pipeline(processor, plan)
+    return (time.process_time() - c0) * 1e3 / n, (time.perf_counter() - w0) * 1e3 / n
+
+
+def instant_config(tmp: Path, rec: Recorded, args, *, width: int, height: int, n_det: int) -> dict[str, Any]:
+    folder = tmp / f"images-{width}x{height}-{n_det}"
+    folder.mkdir()
+    make_sized_images(folder, args.images, width, height)
+    config = mb.make_config(str(folder), str(tmp / f"run-{width}x{height}-{n_det}"), model="demo",
+                            batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
+    from mrcnn_batch.run.driver import prepare
+
+    run, meta, plan, weights, _ = prepare(config)
+    p = config.predict
+    model = build_model(p.model, weights, min_size=p.min_size, max_size=p.max_size,
+                        score_threshold=p.score_threshold, max_detections=p.max_detections)
+    processor = ShardProcessor(config, run_id=meta.run_id, weights=weights, model=model)
+    dets = [synthesise(rec, width=width, height=height, n=n_det, image_index=i) for i in range(args.images)]
+    processor.predictor = ReplayPredictor({(height, width): dets})
+    try:
+        end_to_end(processor, plan)  # warm-up
+        stages = {name: float("inf") for name in STAGES}
+        e2e_cpu = e2e_wall = float("inf")
+        for _ in range(args.repeats):  # best of --repeats, each stage apart
+            for name, ms in stage_costs(processor, plan, dets).items():
+                stages[name] = min(stages[name], ms)
+            cpu, wall = end_to_end(processor, plan)
+            if cpu < e2e_cpu:
+                e2e_cpu, e2e_wall = cpu, wall
+    finally:
+        processor.close()
+    area = torch.cat([(d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1]) for d in dets])
+    stage_sum = sum(stages.values())
+    return {
+        "width": width, "height": height, "detections": n_det, "images": args.images,
+        "jpeg_kib_mean": round(sum(f.stat().st_size for f in folder.iterdir()) / args.images / 1024, 1),
+        "mean_box_area_fraction": round(float(area.mean()) / (width * height), 4),
+        "stage_cpu_ms_per_image": {k: round(v, 3) for k, v in stages.items()},
+        "stages_cpu_ms_per_image": round(stage_sum, 3),
+        "worker_cpu_ms_per_image": round(e2e_cpu, 3),
+        "worker_wall_ms_per_image": round(e2e_wall, 3),
+        "ceiling_images_per_s": round(1000 / e2e_cpu, 2),
+    }
+
+
+GOALS_MS = {(640, 480): 15.0, (1920, 1080): 45.0}  # a worker's CPU per image, 100 detections
+
+
+def print_instant(results: list[dict[str, Any]]) -> None:
+    heads = [f"{r['width']}x{r['height']}/{r['detections']}" for r in results]
+    print(f"{'CPU ms / image':26s}" + "".join(f"{h:>16s}" for h in heads))
+    for name in STAGES:
+        print(f"{'  ' + name:26s}" + "".join(f"{r['stage_cpu_ms_per_image'][name]:16.2f}" for r in results))
+    for key, label in (("stages_cpu_ms_per_image", "  sum of stages"),
+                       ("worker_cpu_ms_per_image", "worker (end to end)"),
+                       ("worker_wall_ms_per_image", "worker wall ms / image"),
+                       ("ceiling_images_per_s", "ceiling images/s")):
+        print(f"{label:26s}" + "".join(f"{r[key]:16.2f}" for r in results))
+    print(f"{'goal (CPU ms, 100 det.)':26s}" + "".join(
+        f"{'<= %g: %s' % (g, 'met' if r['worker_cpu_ms_per_image'] <= g else 'NOT met') if r['detections'] == 100 else '':>16s}"
+        for r in results for g in [GOALS_MS[(r['width'], r['height'])]]))
+
+
+def main_instant(args) -> None:
+    torch.set_num_threads(args.threads)
+    rec = record_demo(args.record_samples)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for width, height in INSTANT_SIZES:
+            for n_det in INSTANT_DETECTIONS:
+                results.append(instant_config(Path(tmp), rec, args, width=width, height=height, n_det=n_det))
+    result = {
+        "mode": "instant", "recorded_detections": len(rec.scores), "record_samples": args.record_samples,
+        "shard_size": args.shard_size, "batch_size": args.batch_size, "repeats": args.repeats,
+        "torch_threads": args.threads, "encoder_threads": encoder_threads(), "cpus": os.cpu_count(),
+        "configurations": results, "python": platform.python_version(), "torch": torch.__version__,
+    }
+    out = Path(args.out or "benchmarks/results/bench_pipeline_instant.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print_instant(results)
+    print(f"recorded detections: {len(rec.scores)} from {args.record_samples} demo images; torch threads"
+          f" {args.threads}, encoder threads {encoder_threads()}; best of {args.repeats}; JSON: {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=16)
@@ -130,8 +368,14 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="best of this many, model alone and pipeline")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    ap.add_argument("--json", default="benchmarks/results/bench_pipeline.json")
+    ap.add_argument("--json", "--out", dest="out", default=None,
+                    help="results file (default benchmarks/results/bench_pipeline[_instant].json)")
+    ap.add_argument("--instant", action="store_true", help="instant-model mode: the worker's own CPU per stage")
+    ap.add_argument("--record-samples", type=int, default=8, help="--instant: demo images whose detections are recorded")
     args = ap.parse_args()
+    if args.instant:
+        main_instant(args)
+        return
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,8 +433,9 @@ def main() -> None:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out or "benchmarks/results/bench_pipeline.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     for k, v in result.items():
         print(f"{k:32s} {v}")
 
