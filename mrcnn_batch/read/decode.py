@@ -6,6 +6,13 @@ integer images (scaled to 8 bits by their bit depth), multi-frame files (first f
 orientation is applied by default, so the recorded width and height are those the model saw.
 The pixel limit guards against decompression bombs and is checked from the header, before any
 pixel is decoded. This module owns that limit: PIL's own global check is switched off here.
+
+Copies: the decoded pixels are copied once more, into the returned array, when they are already
+RGB and upright (a plain photo). A transpose happens only when the orientation tag asks for one
+(2..8; 1, absent or unreadable leave the pixels as stored), a mode conversion only when the image
+is not RGB. The array is packed from PIL's internal RGBX rows by PIL's raw encoder straight into
+a preallocated array, chunk by chunk: ``np.asarray(image)`` would pack into chunks, join them into
+one read-only ``bytes`` (a second copy), and make the writable copy torch needs a third.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 Image.MAX_IMAGE_PIXELS = None  # the limit is ReadConfig.max_pixels, checked below
+
+_PACK_CHUNK = 1 << 17  # bytes per raw-encoder call: a cache-sized piece, copied while still hot
 
 
 @dataclass(frozen=True)
@@ -72,30 +81,50 @@ class _Unsupported(Exception):
 
 
 def _exif_transpose(im: Image.Image) -> Image.Image:
+    """``im`` turned upright, or ``im`` itself (no copy) when its orientation is 1 or unknown."""
     try:
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation not in range(2, 9):  # the values ImageOps.exif_transpose acts on
+            return im
         return ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels as stored
         return im
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
+    """A fresh, writable, C-contiguous H x W x 3 uint8 array of ``im``'s pixels as RGB."""
     mode = im.mode
-    if mode == "RGB":
-        arr = np.asarray(im)
-    elif mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit signed)
+    if mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit signed)
         raw = np.asarray(im)
         bits = 16 if mode.startswith("I;16") or raw.max(initial=0) <= 0xFFFF else 32
         gray = (np.clip(raw, 0, None).astype(np.uint64) >> (bits - 8)).astype(np.uint8)
-        arr = np.repeat(gray[..., None], 3, axis=2)
-    elif mode == "F":
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
         raise _Unsupported("floating-point images (PIL mode 'F') have no defined RGB scale")
-    elif mode in ("P", "PA") and "transparency" in im.info or mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        arr = np.asarray(im.convert("RGBA"))[..., :3]
-    else:  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    if mode in ("P", "PA") and "transparency" in im.info or mode in ("PA", "RGBa", "La"):
+        im = im.convert("RGBA")  # resolves the transparency / premultiplication, as before
+    if im.mode != "RGB":  # RGBA and LA drop alpha; L, 1, P, CMYK, YCbCr, LAB, HSV convert
         try:
-            arr = np.asarray(im.convert("RGB"))
+            im = im.convert("RGB")
         except ValueError as e:
             raise _Unsupported(f"PIL mode {mode!r} cannot be converted to RGB: {e}") from None
-    if not arr.flags.writeable or not arr.flags.c_contiguous or arr.dtype != np.uint8:
-        arr = np.array(arr, dtype=np.uint8, order="C")  # torch wants writable memory
-    return arr
+    return _pack_rgb(im)
+
+
+def _pack_rgb(im: Image.Image) -> np.ndarray:
+    """The pixels of an RGB image, packed by PIL's raw encoder into one new array (one copy)."""
+    w, h = im.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    if out.size == 0:
+        return out
+    dest = memoryview(out).cast("B")
+    encoder = Image._getencoder("RGB", "raw", "RGB")  # what Image.tobytes() uses
+    encoder.setimage(im.im, (0, 0, w, h))
+    pos, status = 0, 0
+    while status == 0:
+        _, status, chunk = encoder.encode(max(_PACK_CHUNK, 4 * w))  # at least one row per call
+        dest[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    if status < 0 or pos != out.nbytes:
+        raise RuntimeError(f"PIL's raw encoder stopped after {pos} of {out.nbytes} bytes (code {status})")
+    return out
