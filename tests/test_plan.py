@@ -174,3 +174,23 @@ def test_local_listing_memory_does_not_grow_with_the_number_of_files(tmp_path, m
 
     small, large = peak(2_000), peak(20_000)
     assert large < 2 * small, (small, large)
+
+
+def test_shard_ranges_slice_the_plan_as_the_shard_column_says(tmp_path):
+    import pyarrow as pa
+
+    from mrcnn_batch.plan import shard_ranges, shard_rows
+    from mrcnn_batch.schemas import PLAN
+
+    shards = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3]
+    plan = pa.table([pa.array(shards, pa.int32()), pa.array(range(10), pa.int64()),
+                     pa.array([f"u{i}" for i in range(10)])], schema=PLAN)
+    ranges = shard_ranges(plan)
+    assert ranges == {0: (0, 3), 1: (3, 2), 2: (5, 1), 3: (6, 4)}
+    for s, (offset, length) in ranges.items():
+        assert shard_rows(plan, s).column("shard").to_pylist() == [s] * length
+        assert shard_rows(plan, s).column("image_id").to_pylist() == list(range(offset, offset + length))
+    broken = pa.table([pa.array([0, 1, 0], pa.int32()), pa.array([1, 2, 3], pa.int64()),
+                       pa.array(["a", "b", "c"])], schema=PLAN)
+    with pytest.raises(ValueError, match="not contiguous"):
+        shard_ranges(broken)

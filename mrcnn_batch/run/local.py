@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.models.weights import Weights
-from mrcnn_batch.plan import shard_rows
+from mrcnn_batch.plan import shard_ranges
 from mrcnn_batch.run.lease import Fence, FencedOut
 from mrcnn_batch.run.processor import ShardProcessor, shard_images
 
@@ -28,11 +28,12 @@ def run_local(
     fence: Fence | None = None,
 ) -> dict[int, str]:
     processor = ShardProcessor(config, run_id=run_id, weights=weights, fence=fence)
+    ranges = shard_ranges(plan)
     failed: dict[int, str] = {}
     try:
         for shard in pending:
             processor.check_fence()  # before dispatching: a driver that lost its run stops here
-            images = shard_images(shard_rows(plan, shard))
+            images = shard_images(plan.slice(*ranges[shard]))
             for attempt in range(1, max_attempts + 1):
                 try:
                     on_commit(processor(shard, images))

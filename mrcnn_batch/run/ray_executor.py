@@ -2,7 +2,9 @@
 
 Resources: one GPU per actor by default (``gpus_per_worker`` may be fractional); on a cluster
 without GPUs, CPU actors (``cpus_per_worker`` each, the worker's torch threads). The weights
-are resolved once on the driver, put once in the object store, and loaded once per actor.
+are resolved once on the driver, put once in the object store, and loaded once per actor. The
+plan's image ids and URIs are put there once too; each shard is sent as its row range (the plan
+is contiguous by shard), so the driver builds no per-image list.
 
 Faults (the commit protocol of ``run.layout`` makes every retry safe: a retried shard
 overwrites its own files and only its marker makes it exist):
@@ -33,7 +35,7 @@ import pyarrow as pa
 
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.models.weights import Weights
-from mrcnn_batch.plan import shard_rows
+from mrcnn_batch.plan import shard_ranges
 from mrcnn_batch.run.layout import RunDir
 from mrcnn_batch.run.lease import Fence, FencedOut
 from mrcnn_batch.run.processor import ShardProcessor, shard_images
@@ -113,8 +115,9 @@ class _ShardActor(ShardProcessor):
         node = ray.get_runtime_context().get_node_id()
         return {"host": socket.gethostname(), "pid": os.getpid(), "node_id": node, "device": str(self.device)}
 
-    def process(self, shard: int, images: list) -> dict[str, Any]:
-        return self(shard, images)
+    def process(self, shard: int, plan: pa.Table, offset: int, length: int) -> dict[str, Any]:
+        """One shard, sent as its row range of the plan (put in the object store once)."""
+        return self(shard, shard_images(plan.slice(offset, length)))
 
 
 @dataclass
@@ -161,9 +164,11 @@ class RayExecutor:
             actor = actor_cls.remote(config, run_id=run_id, weights=weights_ref, threads=threads, fence=fence)
             return _Slot(actor)
 
-        images = {s: shard_images(shard_rows(plan, s)) for s in pending}
+        ranges = shard_ranges(plan)
+        plan_ref = ray.put(plan.select(["image_id", "uri"]))  # once; each call sends its range
+        work = {s: (plan_ref, *ranges[s]) for s in pending}
         check = (lambda run=RunDir(config.output, config.output_storage_options): fence.check(run)) if fence else None
-        pool = _Pool(self, start, images, on_commit, replacements=o.max_replacements if o.max_replacements is not None else 2 * workers,
+        pool = _Pool(self, start, work, on_commit, replacements=o.max_replacements if o.max_replacements is not None else 2 * workers,
                      check_fence=check)
         try:
             for _ in range(workers):
@@ -176,12 +181,12 @@ class RayExecutor:
 class _Pool:
     """The scheduling loop: idle actors take the next due shard; results and deaths come back."""
 
-    def __init__(self, executor: RayExecutor, start, images, on_commit, *, replacements: int, check_fence=None):
+    def __init__(self, executor: RayExecutor, start, work, on_commit, *, replacements: int, check_fence=None):
         self.o = executor.options
         self.check_fence = check_fence  # before each dispatch: a driver that lost its run stops
         self.executor = executor
         self.start = start
-        self.images = images
+        self.work = work  # shard -> (plan ref, offset, length)
         self.on_commit = on_commit
         self.replacements_left = replacements
         self.slots: list[_Slot] = []
@@ -239,7 +244,7 @@ class _Pool:
             queue.remove(shard)
             self.attempts[shard] = self.attempts.get(shard, 0) + 1
             slot.busy = True
-            self.inflight[slot.actor.process.remote(shard, self.images[shard])] = (slot, shard)
+            self.inflight[slot.actor.process.remote(shard, *self.work[shard])] = (slot, shard)
 
     def _started(self, ref) -> None:
         import ray
