@@ -20,7 +20,7 @@ from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.render import OverlayStyle, draw_overlay, image_records, instance_gallery, load_run_images, render_run
 from mrcnn_batch.render.overlays import category_color, decode_mask
 from mrcnn_batch.run.layout import RUN_JSON, SUCCESS, RunDir, commit_path, table_path
-from mrcnn_batch.write.tables import build_table, write_table
+from mrcnn_batch.write.tables import build_table, table_bytes
 
 
 def make_run(
@@ -80,7 +80,7 @@ def make_run(
         rows_out, sizes = {}, {}
         for name, c in cols.items():
             table = build_table(name, c, categories=cats, run_id=run_id)
-            sizes[name] = write_table(table, run.fs, run.path(table_path(name, s)))
+            sizes[name] = run.write_bytes(table_path(name, s), table_bytes(table))
             rows_out[name] = table.num_rows
         run.write_json(commit_path(s), {
             "shard": s, "run_id": run_id, "rows": rows_out, "bytes": sizes, "status_counts": {}, "worker": "test:1",

@@ -11,24 +11,28 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import fsspec
 import pyarrow as pa
 
 from mrcnn_batch import __version__
 from mrcnn_batch.config import RunConfig, same_identity
+from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
 from mrcnn_batch.models.loaded import check_fit, effective_spec, resolve_weights
 from mrcnn_batch.predict.predictor import label_filter
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
-from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
 from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir, RunMeta
 from mrcnn_batch.run.lease import DEFAULT_TTL_S, Fence, Lease, LeaseHeld
+from mrcnn_batch.run.status import commit_totals
+from mrcnn_batch.write.tables import table_bytes
 from mrcnn_batch.schemas import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -150,7 +154,7 @@ def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: 
         log.warning("could not record the failed shards in %s: %s", config.output, e)
     if complete:
         run.write_json(SUCCESS, {"run_id": meta.run_id, "completed_at": time.time()})
-    by_status, n_inst, n_kp = _totals(commits.values())
+    by_status, n_inst, n_kp = commit_totals(commits.values())
     return RunSummary(
         output=config.output,
         run_id=meta.run_id,
@@ -166,17 +170,6 @@ def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: 
         complete=complete,
         records=records,
     )
-
-
-def _totals(commits) -> tuple[dict[str, int], int, int]:
-    by_status: dict[str, int] = {}
-    n_inst = n_kp = 0
-    for rec in commits:
-        for k, v in rec.status_counts.items():
-            by_status[k] = by_status.get(k, 0) + v
-        n_inst += rec.rows["instances"]
-        n_kp += rec.rows["keypoints"]
-    return dict(sorted(by_status.items())), n_inst, n_kp
 
 
 def check_overwrite(run: RunDir, input_url: str, *, input_storage_options: dict[str, Any]) -> None:
@@ -198,8 +191,6 @@ def check_overwrite(run: RunDir, input_url: str, *, input_storage_options: dict[
 
 def _contains(run: RunDir, input_url: str, storage_options: dict[str, Any]) -> bool:
     """Whether the input lies inside the output (on the same file system)."""
-    import fsspec
-
     try:
         fs, path = fsspec.core.url_to_fs(input_url.split("::")[-1], **storage_options)
     except Exception:  # noqa: BLE001 - an input we cannot resolve is reported by planning
@@ -208,21 +199,13 @@ def _contains(run: RunDir, input_url: str, storage_options: dict[str, Any]) -> b
         return False
     out = run.root
     if run.is_local:
-        import os
-
         path, out = os.path.realpath(path), os.path.realpath(out)
     path, out = path.rstrip("/"), out.rstrip("/")
     return path == out or path.startswith(out + "/") or out == ""
 
 
 def _write_plan(run: RunDir, plan: pa.Table) -> None:
-    import pyarrow.parquet as pq
-
-    import pyarrow as pa
-
-    buf = pa.BufferOutputStream()
-    pq.write_table(plan, buf, compression="zstd")
-    run.write_bytes(PLAN_FILE, buf.getvalue().to_pybytes())
+    run.write_bytes(PLAN_FILE, table_bytes(plan))
 
 
 def _run_meta(config: RunConfig, identity: dict, weights: Weights, plan: pa.Table) -> RunMeta:

@@ -103,12 +103,7 @@ class CommitRecord:
     @classmethod
     def from_json(cls, data: bytes) -> "CommitRecord":
         """Parse a marker; ``ValueError`` saying what is wrong with it."""
-        try:
-            d = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"it does not parse ({len(data)} bytes: {e})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"it holds a {type(d).__name__}, not an object")
+        d = _json_object(data)
         try:
             rec = cls(
                 shard=_int(d["shard"]), run_id=str(d["run_id"]),
@@ -149,11 +144,8 @@ class RunMeta:
     @classmethod
     def from_json(cls, data: bytes) -> "RunMeta":
         """Parse ``_run.json``; ``ValueError`` saying what is wrong with it."""
-        try:
-            d = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"it does not parse: {e}") from None
-        if not isinstance(d, dict) or not isinstance(d.get("run_id"), str):
+        d = _json_object(data)
+        if not isinstance(d.get("run_id"), str):
             raise ValueError("it holds no run id")
         dicts = ("identity", "config", "model", "weights", "plan", "versions")
         wrong = [k for k in dicts if not isinstance(d.get(k) or {}, dict)]
@@ -170,6 +162,17 @@ class RunMeta:
     def planned_shards(self) -> int | None:
         n = self.plan.get("shards")
         return int(n) if isinstance(n, int) else None
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """``data`` parsed as a JSON object; ``ValueError`` saying why it is not one."""
+    try:
+        d = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"it does not parse ({len(data)} bytes: {e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"it holds a {type(d).__name__}, not an object")
+    return d
 
 
 def _int(v: Any) -> int:
@@ -381,10 +384,6 @@ class RunDir:
         """Shards with a valid commit marker, sorted."""
         return sorted(self.commits(run_id=run_id))
 
-    def _list(self, rel: str) -> list[str]:
-        """File names in folder ``rel`` (none when it does not exist)."""
-        return [posixpath.basename(p["name"].rstrip("/")) for p in self._ls(rel)]
-
     def _sizes(self, rel: str) -> dict[str, int]:
         return {posixpath.basename(p["name"].rstrip("/")): int(p.get("size") or 0) for p in self._ls(rel)}
 
@@ -415,32 +414,24 @@ class RunDir:
 
         Symbolic links are never a run's own: a link at any of its names is listed too."""
         out = []
-        for entry in self._entries(""):
-            name, kind = entry
-            if kind == "link":
-                out.append(name)
-            elif kind == "file" and (name in _OWN_FILES or _TEMP.fullmatch(name)):
-                continue
-            elif kind == "dir" and name in _OWN_DIRS:
-                pattern = _OWN_DIRS[name]
-                for child, ckind in self._entries(name):
-                    if ckind != "file" or not (pattern.fullmatch(child) or _TEMP.fullmatch(child)):
-                        out.append(f"{name}/{child}" + ("/" if ckind == "dir" else ""))
-            else:
+        for name, kind in self._entries(""):
+            if kind == "dir" and name in _OWN_DIRS:
+                out += [f"{name}/{child}" + ("/" if ckind == "dir" else "")
+                        for child, ckind in self._entries(name) if not _own(name, child, ckind)]
+            elif not _own("", name, kind):
                 out.append(name + ("/" if kind == "dir" else ""))
         return sorted(out)
 
     def remove_own(self, *, keep: tuple[str, ...] = ()) -> None:
         """Remove the run's own files (never anything :meth:`foreign_entries` lists), keeping ``keep``."""
         for name, kind in self._entries(""):
-            if name in keep or kind == "link":
+            if name in keep:
                 continue
-            if kind == "file" and (name in _OWN_FILES or _TEMP.fullmatch(name)):
+            if _own("", name, kind):
                 self.remove(name)
             elif kind == "dir" and name in _OWN_DIRS:
-                pattern = _OWN_DIRS[name]
                 for child, ckind in self._entries(name):
-                    if ckind == "file" and (pattern.fullmatch(child) or _TEMP.fullmatch(child)):
+                    if _own(name, child, ckind):
                         self.remove(f"{name}/{child}")
                 if not self._entries(name):
                     try:
@@ -479,6 +470,16 @@ def open_run(url: str, *, storage_options: dict[str, Any] | None = None) -> RunD
     run = RunDir(url, dict(storage_options or {}))
     run.run_meta()
     return run
+
+
+def _own(folder: str, name: str, kind: str) -> bool:
+    """Whether the file ``name`` in ``folder`` ("" for the top) is one a run writes: its names,
+    or the temporary names of its writes; never a link or a folder."""
+    if kind != "file":
+        return False
+    if _TEMP.fullmatch(name):
+        return True
+    return name in _OWN_FILES if not folder else bool(_OWN_DIRS[folder].fullmatch(name))
 
 
 def _stamp(entry: dict[str, Any]) -> str:

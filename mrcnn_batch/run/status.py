@@ -8,17 +8,14 @@ dropped once the run is complete).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.run.layout import RunDir
+from mrcnn_batch.run.layout import CommitRecord, RunDir
 from mrcnn_batch.run.lease import read_lease
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,13 +51,7 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
     commits = run.commits(run_id=meta.run_id)
     done = set(commits)
     failed = {k: v for k, v in run.failures().items() if k not in done}
-    by_status: dict[str, int] = {}
-    n_inst = n_kp = 0
-    for rec in commits.values():
-        for k, v in rec.status_counts.items():
-            by_status[k] = by_status.get(k, 0) + v
-        n_inst += rec.rows["instances"]
-        n_kp += rec.rows["keypoints"]
+    by_status, n_inst, n_kp = commit_totals(commits.values())
     not_done = [s for s in planned if s not in done]
     images_pending = images_in(plan, not_done)
     return RunStatus(
@@ -71,7 +62,7 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
         shards_done=sorted(done),
         shards_pending=[s for s in not_done if s not in failed],
         shards_failed=dict(sorted(failed.items())),
-        images_by_status=dict(sorted(by_status.items())),
+        images_by_status=by_status,
         images_pending=images_pending,
         instances=n_inst,
         keypoints=n_kp,
@@ -79,6 +70,18 @@ def run_status(url: str, *, storage_options: dict[str, Any] | None = None) -> Ru
         driver=read_lease(run),
         shards_rejected=dict(sorted(run.rejected.items())),
     )
+
+
+def commit_totals(commits: Iterable[CommitRecord]) -> tuple[dict[str, int], int, int]:
+    """Images by status, instance rows and keypoint rows of the given commits."""
+    by_status: dict[str, int] = {}
+    n_inst = n_kp = 0
+    for rec in commits:
+        for k, v in rec.status_counts.items():
+            by_status[k] = by_status.get(k, 0) + v
+        n_inst += rec.rows["instances"]
+        n_kp += rec.rows["keypoints"]
+    return dict(sorted(by_status.items())), n_inst, n_kp
 
 
 def images_in(plan: pa.Table, shards: list[int]) -> int:

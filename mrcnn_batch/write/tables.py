@@ -7,8 +7,6 @@ metadata.
 
 from __future__ import annotations
 
-import posixpath
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -38,11 +36,3 @@ def table_bytes(table: pa.Table) -> bytes:
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression=COMPRESSION)
     return buf.getvalue().to_pybytes()
-
-
-def write_table(table: pa.Table, fs, path: str) -> int:
-    """Write ``table`` to ``path`` on ``fs`` in one write (a retried shard replaces its own file); its size."""
-    data = table_bytes(table)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    fs.pipe_file(path, data)
-    return len(data)
