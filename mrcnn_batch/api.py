@@ -50,10 +50,13 @@ def make_config(
     max_bytes: int = DEFAULT_MAX_BYTES,
     exif_transpose: bool = True,
     io_threads: int = 16,
+    gpu_decode: bool = False,
 ) -> RunConfig:
     from mrcnn_batch.models.registry import get_spec
 
     spec = get_spec(model)
+    if gpu_decode and device == "cpu":
+        raise ValueError("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu")
     storage_options = dict(storage_options or {})
     return RunConfig(
         input=InputSpec(url=input, image_root=image_root, storage_options=storage_options),
@@ -72,7 +75,8 @@ def make_config(
             amp=amp,
             channels_last=channels_last,
         ),
-        read=ReadConfig(max_pixels=max_pixels, max_bytes=max_bytes, exif_transpose=exif_transpose, io_threads=io_threads),
+        read=ReadConfig(max_pixels=max_pixels, max_bytes=max_bytes, exif_transpose=exif_transpose, io_threads=io_threads,
+                        gpu_decode=gpu_decode),
         shard_size=shard_size,
         output_storage_options=dict(output_storage_options if output_storage_options is not None else storage_options),
     )

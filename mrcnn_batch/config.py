@@ -46,6 +46,7 @@ class ReadConfig:
     max_bytes: int = DEFAULT_MAX_BYTES  # larger files get status too_large, unread
     exif_transpose: bool = True
     io_threads: int = 16
+    gpu_decode: bool = False  # JPEGs decoded by nvJPEG on the CUDA device: other pixels than the CPU's
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,13 @@ class RunConfig:
             "max_pixels": self.read.max_pixels,
             "max_bytes": self.read.max_bytes,
             "exif_transpose": self.read.exif_transpose,
+            "gpu_decode": self.read.gpu_decode,
         }
 
 
 # Identity keys added after runs were first written, with the value those runs had in effect:
 # a run made before a key existed resumes when the key now has that value.
-IDENTITY_ADDED = {"max_bytes": DEFAULT_MAX_BYTES}
+IDENTITY_ADDED = {"max_bytes": DEFAULT_MAX_BYTES, "gpu_decode": False}
 
 
 def same_identity(stored: dict[str, Any], now: dict[str, Any]) -> bool:

@@ -79,3 +79,29 @@ def test_png_with_alpha():
     rgba = np.array(_asymmetric_photo().convert("RGBA"))
     rgba[..., 3] = np.linspace(0, 255, rgba.shape[1], dtype=np.uint8)[None, :]  # alpha varies
     assert_decodes_like_reference(_encode(Image.fromarray(rgba), "PNG"))
+
+
+# -- --gpu-decode's orientation, which runs on the device's tensors (the decode itself needs CUDA:
+# tests/test_cuda.py) -------------------------------------------------------------------------------
+@pytest.mark.parametrize("orientation", range(10))
+def test_gpu_decode_orients_as_pil_exif_transpose(orientation):
+    import torch
+
+    from mrcnn_batch.read.gpu_decode import orient
+
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)  # not square: turns show in the shape
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.info["exif"] = exif.tobytes()
+    want = np.array(ImageOps.exif_transpose(im))
+    got = orient(torch.from_numpy(stored).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_gpu_decode_needs_a_cuda_device(tmp_path):
+    import mrcnn_batch as mb
+
+    with pytest.raises(ValueError, match="--gpu-decode"):
+        mb.make_config(str(tmp_path), str(tmp_path / "run"), device="cpu", gpu_decode=True)

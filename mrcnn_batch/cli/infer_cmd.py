@@ -61,6 +61,7 @@ def infer(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels get status too_large."),
     max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", min=1, help="Image files larger than this many bytes get status too_large, unread (checked from the file's or tar member's size)."),
     no_exif_transpose: bool = typer.Option(False, "--no-exif-transpose", help="Ignore EXIF orientation."),
+    gpu_decode: bool = typer.Option(False, "--gpu-decode", help="Decode JPEGs on the CUDA device (nvJPEG); other formats on the CPU. Pixels differ slightly from the CPU decode: part of the run's identity. Needs a CUDA device."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run with other settings in OUTPUT."),
     executor: str = typer.Option("ray", "--executor", help="ray: a pool of Ray actors; local: shards one after another in this process."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs)."),
@@ -105,6 +106,7 @@ def infer(
             max_pixels=max_pixels,
             max_bytes=max_bytes,
             exif_transpose=not no_exif_transpose,
+            gpu_decode=gpu_decode,
         )
         check_storage(config)  # options, endpoints and the output, before a model loads
         if dry_run:

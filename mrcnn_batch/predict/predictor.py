@@ -92,6 +92,11 @@ class Predictor:
     def __init__(
         self, model: LoadedModel, *, device: torch.device, classes: tuple[str, ...] = (), speed: Speed = Speed()
     ):
+        if device.type == "cuda":
+            # float32 means float32: cuDNN otherwise runs convolutions in TF32 (a 10-bit mantissa),
+            # which moves scores by ~1e-2 against the CPU (measured: benchmarks/bench_gpu.py)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.model = model.to(device)
         if speed.channels_last:
             for net in self.model.networks.values():
@@ -105,11 +110,20 @@ class Predictor:
         """Images of equal keys may share a batch without changing their detections."""
         return batch_key(height, width, [net.transform for net in self.model.networks.values()])
 
-    def __call__(self, arrays: list[np.ndarray]) -> list[Detections]:
-        images = [
-            torch.from_numpy(a).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
-            for a in arrays
-        ]
+    def __call__(self, arrays: list[np.ndarray | torch.Tensor]) -> list[Detections]:
+        """Detections of each image: H x W x 3 uint8 arrays, or 3 x H x W uint8 tensors already
+        on the model's device (``read.gpu_decode``)."""
+        return self._detect([self._as_input(a) for a in arrays])
+
+    def _as_input(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """float C x H x W in [0, 1] on the model's device."""
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(a).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+        if a.device.type == "cuda":  # made on a reader's stream: keep its memory until we are done
+            a.record_stream(torch.cuda.current_stream(a.device))
+        return a.to(self.device).float().div_(255)
+
+    def _detect(self, images: list[torch.Tensor]) -> list[Detections]:
         nets = self.model.networks
         if "main" in nets:
             return [self._single(d) for d in forward_raw(nets["main"], images, self.speed)]

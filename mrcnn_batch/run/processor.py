@@ -5,6 +5,11 @@ object runs in-process, in a Ray actor, or on a batch in a test. Inside a shard 
 overlap: a reader pool fetches and decodes the next images while the model runs, and encoder
 threads (as many as the worker's CPUs) paste masks, encode RLE and build rows behind it.
 
+On CUDA each encoder thread does its device work on its own stream, which waits for the
+model's batch (an event) rather than the model waiting for it: the encoder's host syncs block
+that thread and its stream only. With ``--gpu-decode`` the readers decode JPEGs on the device,
+each on its own stream too (see ``read.gpu_decode``).
+
 Batches never change results (see ``predict.batching``): decoded images wait in a window of
 ``WINDOW_BATCHES`` batches for batch-mates of the same input shape; a batch runs when it is full
 (``batch_size``) or when the window must move on. Each image's rows are encoded apart and the
@@ -18,9 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +36,13 @@ import torch
 
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.encode.rows import Columns, encode_detections
+from mrcnn_batch.errors import UsageError
 from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.predict.batching import Bucketer
 from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, TooLarge, decode_image, fetch_all
+from mrcnn_batch.read.gpu_decode import decode_on_device
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
 from mrcnn_batch.run.lease import Fence
 from mrcnn_batch.write.tables import build_table, table_bytes
@@ -93,6 +102,9 @@ class ShardProcessor:
         self.predictor = Predictor(model, device=self.device, classes=p.classes, speed=speed)
         self.categories = model.spec.categories
         self.run = RunDir(config.output, config.output_storage_options)
+        if config.read.gpu_decode and self.device.type != "cuda":
+            raise UsageError(f"--gpu-decode decodes JPEGs on a CUDA device; this worker's device is {self.device}")
+        self._streams = threading.local()  # each encoder thread's CUDA stream
         self._readers = ThreadPoolExecutor(PREFETCH_BATCHES, thread_name_prefix="read")
         threads = encoder_threads()
         self._encoder = ThreadPoolExecutor(threads, thread_name_prefix="encode")
@@ -113,10 +125,11 @@ class ShardProcessor:
             nonlocal model_seconds
             t0 = time.perf_counter()
             detections = self._predict(batch) if batch[0].decoded.status == "ok" else [None]
+            ready = self._batch_done()
             model_seconds += time.perf_counter() - t0
             while len(encoding) >= self._max_encode_jobs:  # a bounded queue: the model waits
                 rows.update(encoding.popleft().result())
-            encoding.append(self._encoder.submit(self._encode, shard, batch, detections))
+            encoding.append(self._encoder.submit(self._encode, shard, batch, detections, ready))
 
         position = 0
         for i in range(len(chunks)):
@@ -155,11 +168,32 @@ class ShardProcessor:
                 out.append((ref, Decoded("too_large", str(blob))))
             elif isinstance(blob, BaseException):
                 out.append((ref, Decoded("read_error", _describe(blob))))
+            elif read.gpu_decode:
+                out.append((ref, decode_on_device(blob, device=self.device, max_pixels=read.max_pixels,
+                                                  exif_transpose=read.exif_transpose)))
             else:
                 out.append(
                     (ref, decode_image(blob, max_pixels=read.max_pixels, exif_transpose=read.exif_transpose))
                 )
         return out
+
+    def _batch_done(self) -> torch.cuda.Event | None:
+        """On CUDA, an event on the model's stream after the batch just queued (else None)."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def _encoder_stream(self, ready: torch.cuda.Event | None):
+        """A context running this encoder thread's device work on its own stream, after ``ready``."""
+        if ready is None:
+            return nullcontext()
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(device=self.device)
+        stream.wait_event(ready)
+        return torch.cuda.stream(stream)
 
     def _predict(self, batch: list[_Item]) -> list[Any]:
         """Detections per image of one batch (or the error an image raised)."""
@@ -176,8 +210,15 @@ class ShardProcessor:
                 out.append(_PredictError(_describe(e)))
         return out
 
-    def _encode(self, shard: int, batch: list[_Item], detections: list[Any]) -> dict[int, dict[str, Columns]]:
+    def _encode(self, shard: int, batch: list[_Item], detections: list[Any],
+                ready: torch.cuda.Event | None = None) -> dict[int, dict[str, Columns]]:
         """Each image's rows, apart: encoder threads never share a column."""
+        with self._encoder_stream(ready):
+            # the encoder's last device work is a copy to the host, which this thread waits
+            # for: the batch's tensors are no longer read on this stream when they are freed
+            return self._encode_rows(shard, batch, detections)
+
+    def _encode_rows(self, shard: int, batch: list[_Item], detections: list[Any]) -> dict[int, dict[str, Columns]]:
         p = self.config.predict
         out = {}
         for item, det in zip(batch, detections):
