@@ -72,13 +72,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def processor_for(images: Path, run: Path, **options: Any) -> tuple[ShardProcessor, pa.Table]:
+def processor_for(images: Path, run: Path, encoder: str = "auto", **options: Any) -> tuple[ShardProcessor, pa.Table]:
     config = mb.make_config(str(images), str(run), **SIZES, **options)
     _, meta, plan, weights, _ = prepare(config)
     p = config.predict
     model = build_model(p.model, weights, min_size=p.min_size, max_size=p.max_size,
                         score_threshold=p.score_threshold, max_detections=p.max_detections)
-    return ShardProcessor(config, run_id=meta.run_id, weights=weights, model=model), plan
+    return ShardProcessor(config, run_id=meta.run_id, weights=weights, model=model, encoder=encoder), plan
 
 
 def host_arrays(plan: pa.Table) -> list[np.ndarray]:
@@ -111,14 +111,15 @@ def pipeline_rate(processor: ShardProcessor, plan: pa.Table) -> tuple[float, flo
 
 
 def throughput(tmp: Path, images: Path, weights: Path, *, label: str, setting: str, bs: int,
-               shard_size: int, gpu_decode: bool = False, encoder_threads: int = 0) -> dict[str, Any]:
-    run = tmp / f"run-{label}-{setting}-{bs}-{int(gpu_decode)}-{encoder_threads}"
+               shard_size: int, gpu_decode: bool = False, encoder_threads: int = 0,
+               encoder: str = "auto") -> dict[str, Any]:
+    run = tmp / f"run-{label}-{setting}-{bs}-{int(gpu_decode)}-{encoder_threads}-{encoder}"
     default_threads = processor_module.encoder_threads
     if encoder_threads:
         processor_module.encoder_threads = lambda: encoder_threads
     try:
         processor, plan = processor_for(images, run, weights=str(weights), batch_size=bs, shard_size=shard_size,
-                                        device=DEVICE, gpu_decode=gpu_decode, **SETTINGS[setting])
+                                        device=DEVICE, gpu_decode=gpu_decode, encoder=encoder, **SETTINGS[setting])
     finally:
         processor_module.encoder_threads = default_threads
     tf32(setting == "tf32")
@@ -133,12 +134,14 @@ def throughput(tmp: Path, images: Path, weights: Path, *, label: str, setting: s
         pipe, cpu = pipeline_rate(processor, plan)
     finally:
         processor.close()
-    threads = processor._encoder._max_workers
-    row = {"images": label, "setting": setting, "batch": bs, "gpu_decode": gpu_decode, "encoder_threads": threads,
+    threads = processor._encoder.workers
+    kind = "processes" if processor._encoder.processes else "threads"
+    row = {"images": label, "setting": setting, "batch": bs, "gpu_decode": gpu_decode, "encoder": kind,
+           "encoder_workers": threads,
            "forward_images_per_s": round(fwd, 1), "pipeline_images_per_s": round(pipe, 1),
            "pipeline_over_forward": round(pipe / fwd, 3), "pipeline_cpu_ms_per_image": round(1000 * cpu, 1),
            "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if DEVICE == "cuda" else None}
-    print(f"  {label:10s} {setting:18s} bs {bs}  gpu_decode {int(gpu_decode)}  enc {threads:2d}  forward {fwd:7.1f}/s  "
+    print(f"  {label:10s} {setting:18s} bs {bs}  gpu_decode {int(gpu_decode)}  {threads:2d} {kind:9s}  forward {fwd:7.1f}/s  "
           f"pipeline {pipe:7.1f}/s  ratio {pipe / fwd:5.2f}  CPU {1000 * cpu:6.1f} ms/img  "
           f"GPU peak {row['peak_gpu_mib']} MiB", flush=True)
     return row
@@ -286,8 +289,10 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=32)
     ap.add_argument("--batch-sizes", default="1,4,8")
     ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings-1080", default="float32,amp+channels_last", help="settings tried at 1920x1080 (batch 8)")
     ap.add_argument("--parts", default="throughput,decode,encoder,agreement")
-    ap.add_argument("--encoder-threads", default="0", help="encoder threads to try (0: the worker's default)")
+    ap.add_argument("--encoder-threads", default="0", help="encoder workers to try (0: the worker's default)")
+    ap.add_argument("--encoders", default="auto", help="encoder kinds to try: auto (processes on CUDA), threads, processes")
     ap.add_argument("--out", default="benchmarks/results/bench_gpu.json")
     ap.add_argument("--device", default="cuda", help="cpu: only to try this script where there is no GPU")
     ap.add_argument("--small", action="store_true", help="resize to 128..192 px (to try the script on a CPU)")
@@ -323,16 +328,18 @@ def main() -> None:
         common = {"shard_size": args.shard_size}
         if "throughput" in parts:
             print("throughput (images/s; ratio = pipeline / forward)", flush=True)
-            for threads in map(int, args.encoder_threads.split(",")):
-                for setting in args.settings.split(","):
-                    for bs in map(int, args.batch_sizes.split(",")):
-                        results["throughput"].append(throughput(tmp, sets["640x480"], weights, label="640x480",
-                                                                setting=setting, bs=bs, encoder_threads=threads, **common))
+            for encoder in args.encoders.split(","):
+                for threads in map(int, args.encoder_threads.split(",")):
+                    enc = {"encoder_threads": threads, "encoder": encoder}
+                    for setting in args.settings.split(","):
+                        for bs in map(int, args.batch_sizes.split(",")):
+                            results["throughput"].append(throughput(tmp, sets["640x480"], weights, label="640x480",
+                                                                    setting=setting, bs=bs, **enc, **common))
+                            save()
+                    for setting in args.settings_1080.split(","):
+                        results["throughput"].append(throughput(tmp, sets["1920x1080"], weights, label="1920x1080",
+                                                                setting=setting, bs=8, **enc, **common))
                         save()
-                for setting in ("float32", "amp+channels_last"):
-                    results["throughput"].append(throughput(tmp, sets["1920x1080"], weights, label="1920x1080",
-                                                            setting=setting, bs=8, encoder_threads=threads, **common))
-                    save()
         if "decode" in parts:
             print("--gpu-decode", flush=True)
             for label, folder in sets.items():

@@ -5,10 +5,9 @@ object runs in-process, in a Ray actor, or on a batch in a test. Inside a shard 
 overlap: a reader pool fetches and decodes the next images while the model runs, and encoder
 threads (as many as the worker's CPUs) paste masks, encode RLE and build rows behind it.
 
-On CUDA each encoder thread does its device work on its own stream, which waits for the
-model's batch (an event) rather than the model waiting for it: the encoder's host syncs block
-that thread and its stream only. With ``--gpu-decode`` the readers decode JPEGs on the device,
-each on its own stream too (see ``read.gpu_decode``).
+On CUDA the encoders are processes, so that they never hold the model thread's GIL (see
+``run.encoding``). With ``--gpu-decode`` the readers decode JPEGs on the device, each on its
+own stream (see ``read.gpu_decode``).
 
 Batches never change results (see ``predict.batching``): decoded images wait in a window of
 ``WINDOW_BATCHES`` batches for batch-mates of the same input shape; a batch runs when it is full
@@ -23,11 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +32,7 @@ import numpy as np
 import torch
 
 from mrcnn_batch.config import RunConfig
-from mrcnn_batch.encode.rows import Columns, encode_detections
+from mrcnn_batch.encode.rows import Columns
 from mrcnn_batch.errors import UsageError
 from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
@@ -43,6 +40,7 @@ from mrcnn_batch.predict.batching import Bucketer
 from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, TooLarge, decode_image, fetch_all
 from mrcnn_batch.read.gpu_decode import decode_on_device
+from mrcnn_batch.run.encoding import TABLES, Encoder, ImageFacts, PredictError
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
 from mrcnn_batch.run.lease import Fence
 from mrcnn_batch.write.tables import build_table, table_bytes
@@ -52,7 +50,6 @@ log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 2  # read chunks (batch_size images each) fetched and decoded ahead
 WINDOW_BATCHES = 4  # decoded images wait for batch-mates among this many batches' worth
 ENCODE_JOBS_PER_THREAD = 2  # batches waiting for an encoder; then the model waits
-TABLES = ("images", "instances", "keypoints")
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,8 @@ class ShardProcessor:
     """Processes shards of one run with one loaded model."""
 
     def __init__(self, config: RunConfig, *, run_id: str, weights: Weights, model: LoadedModel | None = None,
-                 fence: Fence | None = None):
+                 fence: Fence | None = None, encoder: str = "auto"):
+        """``encoder``: "threads", "processes", or "auto" (processes where the model runs on CUDA)."""
         p = config.predict
         self.fence = fence  # checked before a shard's files and before its marker (see run.lease)
         self.config = config
@@ -104,11 +102,11 @@ class ShardProcessor:
         self.run = RunDir(config.output, config.output_storage_options)
         if config.read.gpu_decode and self.device.type != "cuda":
             raise UsageError(f"--gpu-decode decodes JPEGs on a CUDA device; this worker's device is {self.device}")
-        self._streams = threading.local()  # each encoder thread's CUDA stream
         self._readers = ThreadPoolExecutor(PREFETCH_BATCHES, thread_name_prefix="read")
-        threads = encoder_threads()
-        self._encoder = ThreadPoolExecutor(threads, thread_name_prefix="encode")
-        self._max_encode_jobs = ENCODE_JOBS_PER_THREAD * threads
+        workers = encoder_threads()
+        processes = encoder == "processes" or (encoder == "auto" and self.device.type == "cuda")
+        self._encoder = Encoder(workers, processes=processes, device=self.device)
+        self._max_encode_jobs = ENCODE_JOBS_PER_THREAD * workers
 
     # -- one shard -------------------------------------------------------------------------
     def __call__(self, shard: int, images: list[ImageRef]) -> dict[str, Any]:
@@ -125,11 +123,12 @@ class ShardProcessor:
             nonlocal model_seconds
             t0 = time.perf_counter()
             detections = self._predict(batch) if batch[0].decoded.status == "ok" else [None]
-            ready = self._batch_done()
             model_seconds += time.perf_counter() - t0
             while len(encoding) >= self._max_encode_jobs:  # a bounded queue: the model waits
                 rows.update(encoding.popleft().result())
-            encoding.append(self._encoder.submit(self._encode, shard, batch, detections, ready))
+            facts = [self._facts(shard, item, det) for item, det in zip(batch, detections)]
+            encoding.append(self._encoder.submit(shard, facts, detections, categories=self.categories,
+                                                 mask_threshold=self.config.predict.mask_threshold))
 
         position = 0
         for i in range(len(chunks)):
@@ -177,82 +176,30 @@ class ShardProcessor:
                 )
         return out
 
-    def _batch_done(self) -> torch.cuda.Event | None:
-        """On CUDA, an event on the model's stream after the batch just queued (else None)."""
-        if self.device.type != "cuda":
-            return None
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(self.device))
-        return event
-
-    def _encoder_stream(self, ready: torch.cuda.Event | None):
-        """A context running this encoder thread's device work on its own stream, after ``ready``."""
-        if ready is None:
-            return nullcontext()
-        stream = getattr(self._streams, "stream", None)
-        if stream is None:
-            stream = self._streams.stream = torch.cuda.Stream(device=self.device)
-        stream.wait_event(ready)
-        return torch.cuda.stream(stream)
-
     def _predict(self, batch: list[_Item]) -> list[Any]:
         """Detections per image of one batch (or the error an image raised)."""
         try:
             return list(self.predictor([item.decoded.array for item in batch]))
         except Exception:  # noqa: BLE001 - retry one by one to isolate the failing image
             if len(batch) == 1:
-                return [_PredictError(_describe_current())]
+                return [PredictError(_describe_current())]
         out: list[Any] = []
         for item in batch:
             try:
                 out.append(self.predictor([item.decoded.array])[0])
             except Exception as e:  # noqa: BLE001
-                out.append(_PredictError(_describe(e)))
+                out.append(PredictError(_describe(e)))
         return out
 
-    def _encode(self, shard: int, batch: list[_Item], detections: list[Any],
-                ready: torch.cuda.Event | None = None) -> dict[int, dict[str, Columns]]:
-        """Each image's rows, apart: encoder threads never share a column."""
-        with self._encoder_stream(ready):
-            # the encoder's last device work is a copy to the host, which this thread waits
-            # for: the batch's tensors are no longer read on this stream when they are freed
-            return self._encode_rows(shard, batch, detections)
-
-    def _encode_rows(self, shard: int, batch: list[_Item], detections: list[Any]) -> dict[int, dict[str, Columns]]:
-        p = self.config.predict
-        out = {}
-        for item, det in zip(batch, detections):
-            ref, dec = item.ref, item.decoded
-            cols = {name: Columns() for name in TABLES}
-            status, error, n_inst, n_kp = dec.status, dec.error, 0, 0
-            if isinstance(det, _PredictError):
-                status, error = "predict_error", det.message
-            elif det is not None:
-                n_inst, n_kp = encode_detections(
-                    det,
-                    image_id=ref.image_id,
-                    height=dec.height,
-                    width=dec.width,
-                    categories=self.categories,
-                    mask_threshold=p.mask_threshold,
-                    instances=cols["instances"],
-                    keypoints=cols["keypoints"],
-                )
-            if status != "ok":
-                log.warning("image %d (%s, shard %d): %s: %s", ref.image_id, ref.uri, shard, status, error)
-            cols["images"].extend(
-                image_id=[ref.image_id],
-                uri=[ref.uri],
-                shard=[shard],
-                status=[status],
-                error=[error],
-                width=[dec.width],
-                height=[dec.height],
-                num_instances=[n_inst],
-                num_keypoints=[n_kp],
-            )
-            out[item.position] = cols
-        return out
+    @staticmethod
+    def _facts(shard: int, item: _Item, det: Any) -> ImageFacts:
+        ref, dec = item.ref, item.decoded
+        status, error = dec.status, dec.error
+        if isinstance(det, PredictError):
+            status, error = "predict_error", det.message
+        if status != "ok":
+            log.warning("image %d (%s, shard %d): %s: %s", ref.image_id, ref.uri, shard, status, error)
+        return ImageFacts(item.position, ref.image_id, ref.uri, dec.status, dec.error, dec.width, dec.height)
 
     def _commit(self, shard: int, cols: dict[str, Columns], *, start: float, model_seconds: float) -> dict[str, Any]:
         self.check_fence()
@@ -284,12 +231,7 @@ class ShardProcessor:
 
     def close(self) -> None:
         self._readers.shutdown(wait=True)
-        self._encoder.shutdown(wait=True)
-
-
-@dataclass(frozen=True)
-class _PredictError:
-    message: str
+        self._encoder.close()
 
 
 def _describe(e: BaseException) -> str:

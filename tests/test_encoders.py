@@ -1,0 +1,48 @@
+"""The encode stage gives the same files in threads and in spawned processes (the CUDA default),
+masks, keypoints and an image that fails before the model."""
+
+from __future__ import annotations
+
+import shutil
+
+from conftest import IMAGES
+
+import mrcnn_batch as mb
+from mrcnn_batch.models.loaded import build_model
+from mrcnn_batch.plan import shard_ids, shard_rows
+from mrcnn_batch.run.driver import prepare
+from mrcnn_batch.run.processor import ShardProcessor, shard_images
+
+
+def tables_with(encoder: str, images, out, **options) -> dict[str, list[dict]]:
+    config = mb.make_config(str(images), str(out), device="cpu", batch_size=2, shard_size=4, **options)
+    _, meta, plan, weights, _ = prepare(config)
+    p = config.predict
+    model = build_model(p.model, weights, min_size=p.min_size, max_size=p.max_size,
+                        score_threshold=p.score_threshold, max_detections=p.max_detections)
+    processor = ShardProcessor(config, run_id=meta.run_id, weights=weights, model=model, encoder=encoder)
+    try:
+        assert processor._encoder.processes == (encoder == "processes")
+        for s in shard_ids(plan):
+            processor(s, shard_images(shard_rows(plan, s)))
+    finally:
+        processor.close()
+    run = mb.open_run(str(out))
+    return {name: run.read_table(name).to_pylist()
+            for name in ("images", "instances", "keypoints")}
+
+
+def test_processes_write_what_threads_write(tmp_path):
+    # the demo model: masks and keypoints from one small network (fast on a CPU)
+    images = tmp_path / "in"
+    images.mkdir()
+    for p in sorted(IMAGES.glob("*.jpg")):
+        shutil.copy(p, images / p.name)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    options = {"model": "demo", "score_threshold": 0.0}
+    threads = tables_with("threads", images, tmp_path / "threads", **options)
+    processes = tables_with("processes", images, tmp_path / "processes", **options)
+    assert [r["status"] for r in threads["images"]].count("decode_error") == 1
+    assert len(threads["instances"]) > 0 and len(threads["keypoints"]) > 0
+    assert any(r["mask_instance_id"] is not None for r in threads["keypoints"])
+    assert processes == threads
