@@ -251,3 +251,32 @@ def test_the_browser_check_sees_errors(tmp_path):
     got = load_page(page.as_uri(), user_data_dir=tmp_path / "profile", screenshot=tmp_path / "bad.png")
     text = " | ".join(got["errors"])
     assert "boom" in text and "undefined_function" in text and "example.invalid" in text, text
+
+
+def test_categories_are_aggregated_through_dictionary_indices_as_by_name():
+    """Shards' files carry their own dictionaries; the codes-based aggregation equals the
+    aggregation by category name."""
+    import numpy as np
+    import pyarrow as pa
+
+    from mrcnn_batch.report.facts import category_codes, counts_by_category, scores_by_category
+
+    rng = np.random.default_rng(0)
+    names = ["person", "dog", "car", "N/A", "zebra"]
+    chunks, all_names = [], []
+    for k in range(7):
+        rows = [names[i] for i in rng.integers(0, 4 if k % 2 else 5, size=int(rng.integers(0, 40)))]
+        all_names += rows
+        chunks.append(pa.array(rows, pa.string()).dictionary_encode())
+    column = pa.chunked_array(chunks, type=pa.dictionary(pa.int32(), pa.string()))
+    scores = rng.random(len(all_names)).astype(np.float32)
+    got_names, codes = category_codes(column)
+    by_name = np.array(all_names, dtype=object)
+    want = {n: scores[by_name == n] for n in sorted(set(all_names))}
+    got = scores_by_category(got_names, codes, scores)
+    assert list(got) == list(want)
+    for n in want:
+        np.testing.assert_array_equal(got[n], want[n])
+    assert counts_by_category(got_names, codes) == {n: int((by_name == n).sum()) for n in sorted(set(all_names))}
+    empty = pa.chunked_array([], type=pa.dictionary(pa.int32(), pa.string()))
+    assert category_codes(empty)[0] == [] and scores_by_category(*category_codes(empty), np.zeros(0)) == {}

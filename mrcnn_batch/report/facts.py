@@ -71,9 +71,9 @@ def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
     ).sort_by("image_id")
     inst = run.dataset("instances", shards).to_table(columns=["category", "score"])
     kps = run.dataset("keypoints", shards).to_table(columns=["category"])
-    inst_cat = pc.cast(inst["category"], pa.string()).to_numpy(zero_copy_only=False) if inst.num_rows else np.array([], object)
-    inst_score = inst["score"].to_numpy() if inst.num_rows else np.zeros(0, np.float32)
-    scores = {str(c): inst_score[inst_cat == c] for c in sorted(set(inst_cat.tolist()))}
+    names, codes = category_codes(inst["category"])
+    scores = scores_by_category(names, codes, inst["score"].to_numpy() if inst.num_rows else np.zeros(0, np.float32))
+    kp_names, kp_codes = category_codes(kps["category"])
     metrics, curves = _eval_outputs(run)
     return RunFacts(
         url=run.url,
@@ -82,8 +82,8 @@ def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
         planned_shards=planned,
         committed_shards=len(shards),
         status_counts=dict(sorted(status_counts.items(), key=lambda kv: (kv[0] != "ok", kv[0]))),
-        instances_per_category=_counts(pc.cast(inst["category"], pa.string())) if inst.num_rows else {},
-        keypoints_per_category=_counts(pc.cast(kps["category"], pa.string())) if kps.num_rows else {},
+        instances_per_category={name: len(v) for name, v in scores.items()},
+        keypoints_per_category=counts_by_category(kp_names, kp_codes),
         scores=scores,
         failures=tuple(bad.slice(0, max_failures).to_pylist()),
         num_failures=bad.num_rows,
@@ -91,6 +91,34 @@ def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
         metrics=metrics,
         pr_curves=curves,
     )
+
+
+def category_codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """The names of a dictionary-encoded category column and every row's index into them.
+
+    The shards' files each have their own dictionary; they are unified, and only the int32
+    indices are read out: 10 million instances cost 40 MB, not 10 million Python strings."""
+    unified = column.unify_dictionaries()
+    if unified.num_chunks == 0:
+        return [], np.zeros(0, np.int32)
+    names = [str(n) for n in unified.chunk(0).dictionary.to_pylist()]
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in unified.chunks])
+    return names, codes.astype(np.int32, copy=False)
+
+
+def counts_by_category(names: list[str], codes: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(codes, minlength=len(names))
+    return {name: int(counts[i]) for i, name in sorted(enumerate(names), key=lambda x: x[1]) if counts[i]}
+
+
+def scores_by_category(names: list[str], codes: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Each present category's scores, in row order, by name."""
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=len(names))
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    return {name: scores[order[starts[i] : ends[i]]] for i, name in sorted(enumerate(names), key=lambda x: x[1])
+            if ends[i] > starts[i]}
 
 
 def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
