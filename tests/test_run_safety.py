@@ -260,3 +260,45 @@ def test_a_run_made_before_max_bytes_existed_resumes_with_the_default(photos, tm
     assert infer(photos, out).exit_code == EXIT_OK
     res = infer(photos, out, "--max-bytes", "1000")
     assert res.exit_code == EXIT_REFUSED and "max_bytes" in res.output, res.output
+
+
+# -- a write that fails and then works ------------------------------------------------------------
+def test_a_failed_write_is_tried_again_without_running_the_model_again(photos, clean, tmp_path, monkeypatch, caplog):
+    """The first rename of every instances file fails (as a dropped connection would): the write
+    is tried again, the shard is not run again, and the files equal a clean run's."""
+    import errno
+
+    from mrcnn_batch.run import processor
+
+    monkeypatch.setattr(processor, "WRITE_BACKOFF_S", 0.01)
+    real_replace, failed = os.replace, []
+
+    def flaky_replace(src, dst):
+        if "/instances/" in str(dst) and dst not in failed:
+            failed.append(dst)
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    res = infer(photos, tmp_path / "run")
+    assert res.exit_code == EXIT_OK, res.output
+    assert len(failed) == 3  # 5 images in shards of 2: every shard's instances file failed once
+    assert "try 1 of 4" in caplog.text and "attempt" not in caplog.text  # no shard ran twice
+    assert tables(tmp_path / "run") == clean
+    assert not [p for p in (tmp_path / "run").rglob("*.tmp-*")]  # the failed tries left nothing
+
+
+def test_a_full_disk_is_not_tried_again(photos, tmp_path, monkeypatch, caplog):
+    import errno
+
+    real_replace = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith(".parquet") and "/instances/" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    res = infer(photos, tmp_path / "run", "--max-attempts", "1")
+    assert res.exit_code == EXIT_STORAGE or res.exit_code == EXIT_SHARDS_FAILED, res.output
+    assert "try 1 of" not in caplog.text

@@ -27,13 +27,13 @@ SCRIPT = textwrap.dedent(
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]  # the workers run only here
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-    executor = RayExecutor(RayOptions(workers=2, cpus_per_worker=1, retry_delay_s=0.1, start_timeout_s=120))
+    executor = RayExecutor(RayOptions(workers=1, cpus_per_worker=1, retry_delay_s=0.1, start_timeout_s=120))
     removed = []
 
     def on_commit(record):
         # The node of the worker that just committed goes down now, before the loop hands that
-        # worker its next shard (3 shards, 2 workers: the first to commit always gets shard 3).
-        # Removing it on a timer instead raced the shard: a quick shard committed first.
+        # worker its next shard (3 shards, one worker taking 2 at a time: the first commit frees
+        # it for shard 3, and its other shard is in flight). A timer instead raced the shards.
         if removed:
             return
         pid = int(record["worker"].rsplit(":", 1)[1])

@@ -208,9 +208,10 @@ class RunDir:
 
     # -- reading and writing whole files ------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
+        """The whole file, in one GET on object stores (an object replaced meanwhile is read whole,
+        old or new: opening it would check its ETag between requests and fail instead)."""
         try:
-            with self.fs.open(self.path(rel), "rb") as f:
-                return f.read()
+            return self.fs.cat_file(self.path(rel))
         except FileNotFoundError:
             raise
         except OSError as e:

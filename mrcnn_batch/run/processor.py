@@ -15,13 +15,22 @@ Batches never change results (see ``predict.batching``): decoded images wait in 
 shard's tables are concatenated in plan order, so the files are the same at any batch size or
 number of encoder threads. Every planned image leaves exactly one ``images`` row, whatever
 happened to it. The commit marker is written last (see ``run.layout``).
+
+No idle model at shard boundaries: executors give a processor ``SHARDS_IN_FLIGHT`` shards at
+once (a thread each; a Ray actor runs that many calls concurrently). The model runs one batch
+at a time under a lock, so while one shard's last rows are encoded and its files written and
+committed, the next shard's images are already read, decoded and predicted. Each file of a
+commit is retried with backoff (the same bytes to the same name), so a failed PUT never
+repeats a shard's inference; errors no retry can help (disk full, read-only, denied) are not.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +42,7 @@ import torch
 
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.encode.rows import Columns
-from mrcnn_batch.errors import UsageError
+from mrcnn_batch.errors import StorageError, UsageError
 from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.predict.batching import Bucketer
@@ -50,6 +59,10 @@ log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 2  # read chunks (batch_size images each) fetched and decoded ahead
 WINDOW_BATCHES = 4  # decoded images wait for batch-mates among this many batches' worth
 ENCODE_JOBS_PER_THREAD = 2  # batches waiting for an encoder; then the model waits
+SHARDS_IN_FLIGHT = 2  # shards an executor gives one processor at a time (see the module doc)
+WRITE_ATTEMPTS = 4  # tries of each file of a commit (the same bytes to the same name: idempotent)
+WRITE_BACKOFF_S = 0.5  # before the second try; doubled before each next one
+NOT_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no retry helps
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,8 @@ class ShardProcessor:
         self.run = RunDir(config.output, config.output_storage_options)
         if config.read.gpu_decode and self.device.type != "cuda":
             raise UsageError(f"--gpu-decode decodes JPEGs on a CUDA device; this worker's device is {self.device}")
-        self._readers = ThreadPoolExecutor(PREFETCH_BATCHES, thread_name_prefix="read")
+        self._readers = ThreadPoolExecutor(PREFETCH_BATCHES * SHARDS_IN_FLIGHT, thread_name_prefix="read")
+        self._model_lock = threading.Lock()  # one batch on the model at a time, whichever shard
         workers = encoder_threads()
         processes = encoder == "processes" or (encoder == "auto" and self.device.type == "cuda")
         self._encoder = Encoder(workers, processes=processes, device=self.device)
@@ -122,7 +136,11 @@ class ShardProcessor:
         def run(batch: list[_Item]) -> None:
             nonlocal model_seconds
             t0 = time.perf_counter()
-            detections = self._predict(batch) if batch[0].decoded.status == "ok" else [None]
+            if batch[0].decoded.status == "ok":
+                with self._model_lock:
+                    detections = self._predict(batch)
+            else:
+                detections = [None]
             model_seconds += time.perf_counter() - t0
             while len(encoding) >= self._max_encode_jobs:  # a bounded queue: the model waits
                 rows.update(encoding.popleft().result())
@@ -206,7 +224,7 @@ class ShardProcessor:
         rows, sizes = {}, {}
         for name, c in cols.items():
             table = build_table(name, c.data, categories=self.categories, run_id=self.run_id)
-            sizes[name] = self.run.write_bytes(table_path(name, shard), table_bytes(table))
+            sizes[name] = self._write(table_path(name, shard), table_bytes(table))
             rows[name] = table.num_rows
         statuses = Counter(cols["images"].data.get("status", []))
         record = CommitRecord(
@@ -221,8 +239,22 @@ class ShardProcessor:
             model_seconds=round(model_seconds, 3),
         )
         self.check_fence()
-        self.run.write_bytes(commit_path(shard), record.to_json())  # last: the shard now exists
+        self._write(commit_path(shard), record.to_json())  # last: the shard now exists
         return record.as_dict()
+
+    def _write(self, rel: str, data: bytes) -> int:
+        """``run.write_bytes``, tried again with backoff where the error may pass."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return self.run.write_bytes(rel, data)
+            except StorageError as e:
+                cause = e.__cause__
+                if attempt == WRITE_ATTEMPTS or getattr(cause, "errno", None) in NOT_TRANSIENT:
+                    raise
+                delay = WRITE_BACKOFF_S * 2 ** (attempt - 1)
+                log.warning("%s (try %d of %d; again in %.1fs)", e, attempt, WRITE_ATTEMPTS, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def check_fence(self) -> None:
         """Raise ``FencedOut`` where this run's driver lost its lease (no fence: always holds)."""

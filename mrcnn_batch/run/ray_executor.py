@@ -38,7 +38,7 @@ from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import shard_ranges
 from mrcnn_batch.run.layout import RunDir
 from mrcnn_batch.run.lease import Fence, FencedOut
-from mrcnn_batch.run.processor import ShardProcessor, shard_images
+from mrcnn_batch.run.processor import SHARDS_IN_FLIGHT, ShardProcessor, shard_images
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,11 @@ class _ShardActor(ShardProcessor):
 class _Slot:
     actor: Any
     ready: bool = False
-    busy: bool = False
+    running: int = 0  # shards in flight on it, up to SHARDS_IN_FLIGHT
+
+    @property
+    def free(self) -> bool:
+        return self.ready and self.running < SHARDS_IN_FLIGHT
 
 
 class RayExecutor:
@@ -155,7 +159,7 @@ class RayExecutor:
         workers = min(workers, len(pending))
         log.info("starting %d worker(s): %s GPU, %s CPU each", workers, gpw, cpw)
         actor_cls = ray.remote(_ShardActor).options(
-            num_gpus=gpw, num_cpus=cpw, max_restarts=0, max_task_retries=0, max_concurrency=1
+            num_gpus=gpw, num_cpus=cpw, max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT
         )
         weights_ref = ray.put(weights)  # once; each actor loads it once
         threads = max(1, int(cpw))
@@ -229,22 +233,23 @@ class _Pool:
     def _wait_timeout(self, queue: deque[int]) -> float:
         now = time.monotonic()
         due = [self.due.get(s, now) - now for s in queue]
-        return max(0.05, min(due)) if due and any(s.ready and not s.busy for s in self.slots) else 1.0
+        return max(0.05, min(due)) if due and any(s.free for s in self.slots) else 1.0
 
     def _dispatch(self, queue: deque[int]) -> None:
         now = time.monotonic()
-        for slot in self.slots:
-            if not (slot.ready and not slot.busy) or not queue:
-                continue
-            shard = next((s for s in queue if self.due.get(s, 0) <= now), None)
-            if shard is None:
-                return
-            if self.check_fence is not None:
-                self.check_fence()
-            queue.remove(shard)
-            self.attempts[shard] = self.attempts.get(shard, 0) + 1
-            slot.busy = True
-            self.inflight[slot.actor.process.remote(shard, *self.work[shard])] = (slot, shard)
+        for _ in range(SHARDS_IN_FLIGHT):  # one shard per free actor, then a second each
+            for slot in self.slots:
+                if not slot.free or not queue:
+                    continue
+                shard = next((s for s in queue if self.due.get(s, 0) <= now), None)
+                if shard is None:
+                    return
+                if self.check_fence is not None:
+                    self.check_fence()
+                queue.remove(shard)
+                self.attempts[shard] = self.attempts.get(shard, 0) + 1
+                slot.running += 1
+                self.inflight[slot.actor.process.remote(shard, *self.work[shard])] = (slot, shard)
 
     def _started(self, ref) -> None:
         import ray
@@ -267,7 +272,7 @@ class _Pool:
         import ray
 
         slot, shard = self.inflight.pop(ref)
-        slot.busy = False
+        slot.running -= 1
         try:
             record = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
@@ -302,6 +307,8 @@ class _Pool:
     def _replace(self, slot: _Slot) -> None:
         import ray
 
+        if slot not in self.slots:  # its other shard in flight came back first: replaced already
+            return
         self.slots.remove(slot)
         try:
             ray.kill(slot.actor, no_restart=True)
