@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 from conftest import IMAGES
+from ray_fixtures import ray_session  # noqa: F401 - a fixture
 
 import mrcnn_batch as mb
 from mrcnn_batch.models.loaded import build_model
@@ -46,3 +47,32 @@ def test_processes_write_what_threads_write(tmp_path):
     assert len(threads["instances"]) > 0 and len(threads["keypoints"]) > 0
     assert any(r["mask_instance_id"] is not None for r in threads["keypoints"])
     assert processes == threads
+
+
+def test_encoder_processes_start_inside_a_ray_actor(ray_session, tmp_path):
+    """Where the model runs on CUDA a Ray actor spawns its encoder processes: that works inside a
+    Ray worker process (here forced on the CPU), and the rows are those of threads."""
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(IMAGES / "dog.jpg", images / "dog.jpg")
+
+    @ray_session.remote(num_cpus=0.5)
+    def in_actor(encoder: str, out: str) -> dict:  # self-contained: Ray workers cannot import tests/
+        import mrcnn_batch as mb
+        from mrcnn_batch.plan import shard_ids, shard_rows
+        from mrcnn_batch.run.driver import prepare
+        from mrcnn_batch.run.processor import ShardProcessor, shard_images
+
+        config = mb.make_config(str(images), out, model="demo", score_threshold=0.0, device="cpu")
+        _, meta, plan, weights, _ = prepare(config)
+        processor = ShardProcessor(config, run_id=meta.run_id, weights=weights, encoder=encoder)
+        try:
+            for s in shard_ids(plan):
+                processor(s, shard_images(shard_rows(plan, s)))
+        finally:
+            processor.close()
+        return mb.open_run(out).read_table("instances").to_pylist()
+
+    threads = ray_session.get(in_actor.remote("threads", str(tmp_path / "threads")))
+    processes = ray_session.get(in_actor.remote("processes", str(tmp_path / "processes")))
+    assert len(threads) > 0 and processes == threads

@@ -28,8 +28,7 @@ import torch
 
 from mrcnn_batch.encode.rows import Columns, encode_detections
 from mrcnn_batch.predict.predictor import Detections
-
-TABLES = ("images", "instances", "keypoints")
+from mrcnn_batch.schemas import TABLES  # the tables a shard writes, by name
 
 
 @dataclass(frozen=True)

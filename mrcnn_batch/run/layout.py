@@ -30,6 +30,7 @@ import os
 import posixpath
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -300,13 +301,18 @@ class RunDir:
         """The valid commit markers by shard (see the commit protocol above). Rejected markers
         are logged and kept in ``rejected`` with the reason.
 
-        One listing of ``_commits/`` and of each table's folder (every marker's files are checked
-        against it); a marker listed exactly as the commit index (:meth:`write_commit_index`) saw
-        it is taken from the index, the others are read in one batched call. So a scan of a run of
-        thousands of shards on S3 costs a few list requests and one GET, not one GET per shard."""
+        One listing of ``_commits/`` and of each table's folder, the four at once (every marker's
+        files are checked against them, also where the files were replaced after the commit); a
+        marker listed exactly as the commit index (:meth:`write_commit_index`) saw it is taken
+        from the index, the others are read in one batched call. So a scan of a run of thousands
+        of shards on S3 costs a few list requests and one GET, not one GET per shard."""
         self.rejected = {}
         stamps = {}
-        for p in self._ls(COMMITS):
+        with ThreadPoolExecutor(1 + len(TABLE_DIRS), thread_name_prefix="list") as pool:
+            listings = {t: pool.submit(self._sizes, t) for t in TABLE_DIRS}
+            markers = self._ls(COMMITS)
+            sizes = {t: f.result() for t, f in listings.items()}
+        for p in markers:
             name = posixpath.basename(p["name"].rstrip("/"))
             if _SHARD_FILE.fullmatch(name) and name.endswith(".json"):
                 stamps[int(name[len("shard-") : -len(".json")])] = _stamp(p)
@@ -329,7 +335,6 @@ class RunDir:
             for k, v in got.items():
                 name = posixpath.basename(k)
                 blobs[int(name[len("shard-") : -len(".json")])] = v
-        sizes = {t: self._sizes(t) for t in TABLE_DIRS}
         out: dict[int, CommitRecord] = {}
         for shard in sorted(stamps):
             blob = blobs.get(shard)

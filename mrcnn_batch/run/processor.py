@@ -60,8 +60,8 @@ PREFETCH_BATCHES = 2  # read chunks (batch_size images each) fetched and decoded
 WINDOW_BATCHES = 4  # decoded images wait for batch-mates among this many batches' worth
 ENCODE_JOBS_PER_THREAD = 2  # batches waiting for an encoder; then the model waits
 SHARDS_IN_FLIGHT = 2  # shards an executor gives one processor at a time (see the module doc)
-WRITE_ATTEMPTS = 4  # tries of each file of a commit (the same bytes to the same name: idempotent)
-WRITE_BACKOFF_S = 0.5  # before the second try; doubled before each next one
+WRITE_ATTEMPTS = 3  # tries of each file of a commit (the same bytes to the same name: idempotent)
+WRITE_BACKOFF_S = 0.25  # before the second try; doubled before each next one
 NOT_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no retry helps
 
 
