@@ -15,7 +15,22 @@ from mrcnn_batch.run.driver import prepare
 from mrcnn_batch.run.processor import ShardProcessor, shard_images
 
 
-def tables_with(encoder: str, images, out, **options) -> dict[str, list[dict]]:
+class FailsOnWidth:
+    """The model, raising for images of one width (as an out-of-memory error would)."""
+
+    def __init__(self, predictor, width: int):
+        self.predictor, self.width = predictor, width
+
+    def batch_key(self, height: int, width: int) -> tuple:
+        return self.predictor.batch_key(height, width)
+
+    def __call__(self, arrays):
+        if any(a.shape[1] == self.width for a in arrays):
+            raise RuntimeError("out of memory (injected)")
+        return self.predictor(arrays)
+
+
+def tables_with(encoder: str, images, out, *, fail_width: int | None = None, **options) -> dict[str, list[dict]]:
     config = mb.make_config(str(images), str(out), device="cpu", batch_size=2, shard_size=4, **options)
     _, meta, plan, weights, _ = prepare(config)
     p = config.predict
@@ -24,6 +39,8 @@ def tables_with(encoder: str, images, out, **options) -> dict[str, list[dict]]:
     processor = ShardProcessor(config, run_id=meta.run_id, weights=weights, model=model, encoder=encoder)
     try:
         assert processor._encoder.processes == (encoder == "processes")
+        if fail_width is not None:
+            processor.predictor = FailsOnWidth(processor.predictor, fail_width)
         for s in shard_ids(plan):
             processor(s, shard_images(shard_rows(plan, s)))
     finally:
@@ -47,6 +64,22 @@ def test_processes_write_what_threads_write(tmp_path):
     assert len(threads["instances"]) > 0 and len(threads["keypoints"]) > 0
     assert any(r["mask_instance_id"] is not None for r in threads["keypoints"])
     assert processes == threads
+
+
+def test_an_image_the_model_fails_on_gets_its_row_in_threads_and_processes(tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    for p in sorted(IMAGES.glob("*.jpg"))[:3]:
+        shutil.copy(p, images / p.name)
+    shutil.copy(IMAGES / "dog.jpg", images / "dog.jpg")  # 800 px wide, the only one
+    options = {"model": "demo", "score_threshold": 0.0, "fail_width": 800}
+    threads = tables_with("threads", images, tmp_path / "threads", **options)
+    processes = tables_with("processes", images, tmp_path / "processes", **options)
+    assert processes == threads
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in threads["images"]}
+    assert rows["dog.jpg"]["status"] == "predict_error" and "out of memory (injected)" in rows["dog.jpg"]["error"]
+    assert rows["dog.jpg"]["num_instances"] == 0 and rows["dog.jpg"]["width"] == 800
+    assert all(r["status"] == "ok" and r["num_instances"] > 0 for k, r in rows.items() if k != "dog.jpg")
 
 
 def test_encoder_processes_start_inside_a_ray_actor(ray_session, tmp_path):

@@ -33,7 +33,7 @@ from mrcnn_batch.schemas import TABLES  # the tables a shard writes, by name
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """What an image's ``images`` row needs (its pixels stay behind)."""
+    """What an image's ``images`` row needs (its pixels stay behind), its final status included."""
 
     position: int  # in the shard's plan order
     image_id: int
@@ -56,22 +56,20 @@ def encode_batch(
     mask_threshold: float,
 ) -> dict[int, dict[str, Columns]]:
     """Each image's rows, apart (plan position -> table -> columns); ``detections[i]`` is a
-    ``Detections`` (tensors or, from another process, numpy arrays), a ``PredictError`` or None
-    (nothing to predict)."""
+    ``Detections`` (tensors or, from another process, numpy arrays), or a ``PredictError`` or
+    None (nothing to encode; the facts carry the status)."""
     out = {}
     for facts, det in zip(images, detections):
         cols = {name: Columns() for name in TABLES}
-        status, error, n_inst, n_kp = facts.status, facts.error, 0, 0
-        if isinstance(det, PredictError):
-            status, error = "predict_error", det.message
-        elif det is not None:
+        n_inst, n_kp = 0, 0
+        if isinstance(det, Detections):
             n_inst, n_kp = encode_detections(
                 _as_tensors(det), image_id=facts.image_id, height=facts.height, width=facts.width,
                 categories=categories, mask_threshold=mask_threshold,
                 instances=cols["instances"], keypoints=cols["keypoints"],
             )
         cols["images"].extend(
-            image_id=[facts.image_id], uri=[facts.uri], shard=[shard], status=[status], error=[error],
+            image_id=[facts.image_id], uri=[facts.uri], shard=[shard], status=[facts.status], error=[facts.error],
             width=[facts.width], height=[facts.height], num_instances=[n_inst], num_keypoints=[n_kp],
         )
         out[facts.position] = cols

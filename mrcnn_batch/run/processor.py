@@ -211,13 +211,12 @@ class ShardProcessor:
 
     @staticmethod
     def _facts(shard: int, item: _Item, det: Any) -> ImageFacts:
+        """The image's row facts, its final status included (the model's error where it raised)."""
         ref, dec = item.ref, item.decoded
-        status, error = dec.status, dec.error
-        if isinstance(det, PredictError):
-            status, error = "predict_error", det.message
+        status, error = ("predict_error", det.message) if isinstance(det, PredictError) else (dec.status, dec.error)
         if status != "ok":
             log.warning("image %d (%s, shard %d): %s: %s", ref.image_id, ref.uri, shard, status, error)
-        return ImageFacts(item.position, ref.image_id, ref.uri, dec.status, dec.error, dec.width, dec.height)
+        return ImageFacts(item.position, ref.image_id, ref.uri, status, error, dec.width, dec.height)
 
     def _commit(self, shard: int, cols: dict[str, Columns], *, start: float, model_seconds: float) -> dict[str, Any]:
         self.check_fence()
@@ -244,17 +243,16 @@ class ShardProcessor:
 
     def _write(self, rel: str, data: bytes) -> int:
         """``run.write_bytes``, tried again with backoff where the error may pass."""
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        for attempt in range(1, WRITE_ATTEMPTS):
             try:
                 return self.run.write_bytes(rel, data)
             except StorageError as e:
-                cause = e.__cause__
-                if attempt == WRITE_ATTEMPTS or getattr(cause, "errno", None) in NOT_TRANSIENT:
+                if getattr(e.__cause__, "errno", None) in NOT_TRANSIENT:
                     raise
                 delay = WRITE_BACKOFF_S * 2 ** (attempt - 1)
                 log.warning("%s (try %d of %d; again in %.1fs)", e, attempt, WRITE_ATTEMPTS, delay)
                 time.sleep(delay)
-        raise AssertionError("unreachable")
+        return self.run.write_bytes(rel, data)  # the last try: its error is the shard's
 
     def check_fence(self) -> None:
         """Raise ``FencedOut`` where this run's driver lost its lease (no fence: always holds)."""
