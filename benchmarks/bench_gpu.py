@@ -31,10 +31,13 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +67,7 @@ SETTINGS = {"float32": {}, "tf32": {}, "cudnn_benchmark": {}, "amp": {"amp": Tru
 
 
 DEVICE = "cuda"  # --device cpu: a smoke test of this script on a machine without one
+SAMPLE = False  # --sample: where the pipeline's threads spend their time
 SIZES: dict[str, int] = {}  # --small: min_size / max_size for that smoke test
 
 
@@ -99,12 +103,14 @@ def forward_rate(processor: ShardProcessor, arrays: list[np.ndarray], bs: int) -
     return best
 
 
-def pipeline_rate(processor: ShardProcessor, plan: pa.Table) -> tuple[float, float]:
-    """Images/s of the shard pipeline, files to committed shards, and its process CPU s / image."""
+def pipeline_rate(processor: ShardProcessor, plan: pa.Table, in_flight: int = 1) -> tuple[float, float]:
+    """Images/s of the shard pipeline, files to committed shards, and its process CPU s / image
+    (encoder processes not counted). ``in_flight`` shards at a time, as the executors give them
+    (``SHARDS_IN_FLIGHT``): one shard's tail and commit overlap the next one's model work."""
     sync()
     start, cpu = time.perf_counter(), time.process_time()
-    for s in shard_ids(plan):
-        processor(s, shard_images(shard_rows(plan, s)))
+    with ThreadPoolExecutor(in_flight, thread_name_prefix="shard") as pool:
+        list(pool.map(lambda s: processor(s, shard_images(shard_rows(plan, s))), shard_ids(plan)))
     sync()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return plan.num_rows / wall, cpu / plan.num_rows
@@ -112,11 +118,12 @@ def pipeline_rate(processor: ShardProcessor, plan: pa.Table) -> tuple[float, flo
 
 def throughput(tmp: Path, images: Path, weights: Path, *, label: str, setting: str, bs: int,
                shard_size: int, gpu_decode: bool = False, encoder_threads: int = 0,
-               encoder: str = "auto") -> dict[str, Any]:
-    run = tmp / f"run-{label}-{setting}-{bs}-{int(gpu_decode)}-{encoder_threads}-{encoder}"
-    default_threads = processor_module.encoder_threads
+               encoder: str = "auto", in_flight: int = 1, prefetch: int = 0) -> dict[str, Any]:
+    run = tmp / f"run-{label}-{setting}-{bs}-{int(gpu_decode)}-{encoder_threads}-{encoder}-{in_flight}-{prefetch}"
+    default_threads, default_prefetch = processor_module.encoder_threads, processor_module.PREFETCH_BATCHES
     if encoder_threads:
         processor_module.encoder_threads = lambda: encoder_threads
+    processor_module.PREFETCH_BATCHES = prefetch or default_prefetch
     try:
         processor, plan = processor_for(images, run, weights=str(weights), batch_size=bs, shard_size=shard_size,
                                         device=DEVICE, gpu_decode=gpu_decode, encoder=encoder, **SETTINGS[setting])
@@ -131,20 +138,90 @@ def throughput(tmp: Path, images: Path, weights: Path, *, label: str, setting: s
             torch.cuda.reset_peak_memory_stats()
         fwd = forward_rate(processor, arrays, bs)
         pipeline_rate(processor, plan.slice(0, min(plan.num_rows, shard_size)))  # warm-up
-        pipe, cpu = pipeline_rate(processor, plan)
+        rss0 = rss_mib("VmRSS")
+        with Sampler() if SAMPLE else nullcontext() as sampler:
+            pipe, cpu = pipeline_rate(processor, plan, in_flight)
+        rss1 = rss_mib("VmRSS")
+        children = [rss_mib("VmHWM", pid) for pid in getattr(processor._encoder._pool, "_processes", None) or {}]
     finally:
         processor.close()
+        processor_module.PREFETCH_BATCHES = default_prefetch
     threads = processor._encoder.workers
     kind = "processes" if processor._encoder.processes else "threads"
     row = {"images": label, "setting": setting, "batch": bs, "gpu_decode": gpu_decode, "encoder": kind,
            "encoder_workers": threads,
            "forward_images_per_s": round(fwd, 1), "pipeline_images_per_s": round(pipe, 1),
            "pipeline_over_forward": round(pipe / fwd, 3), "pipeline_cpu_ms_per_image": round(1000 * cpu, 1),
-           "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if DEVICE == "cuda" else None}
-    print(f"  {label:10s} {setting:18s} bs {bs}  gpu_decode {int(gpu_decode)}  {threads:2d} {kind:9s}  forward {fwd:7.1f}/s  "
-          f"pipeline {pipe:7.1f}/s  ratio {pipe / fwd:5.2f}  CPU {1000 * cpu:6.1f} ms/img  "
-          f"GPU peak {row['peak_gpu_mib']} MiB", flush=True)
+           "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if DEVICE == "cuda" else None,
+           "in_flight": in_flight, "prefetch_batches": prefetch or default_prefetch, "rss_after_minus_before_mib": round(rss1 - rss0),
+           "encoder_process_peak_rss_mib": [round(c) for c in children]}
+    if sampler is not None:
+        row["where_threads_are"] = sampler.report()
+    print(f"  {label:10s} {setting:18s} bs {bs}  gpu_decode {int(gpu_decode)}  {threads:2d} {kind:9s}  in flight {in_flight}  prefetch {prefetch or default_prefetch}  "
+          f"forward {fwd:7.1f}/s  pipeline {pipe:7.1f}/s  ratio {pipe / fwd:5.2f}  CPU {1000 * cpu:6.1f} ms/img  "
+          f"GPU peak {row['peak_gpu_mib']} MiB  RSS +{rss1 - rss0:.0f} MiB  encoder processes peak "
+          f"{max(children, default=0):.0f} MiB each (max), {sum(children):.0f} MiB in all", flush=True)
     return row
+
+
+class Sampler:
+    """Where the worker's threads spend their time: every 5 ms, each thread's innermost frame and
+    its innermost frame in mrcnn_batch, counted by thread kind (shard, read, encode, ...)."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.counts: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                kind = names.get(ident, "?").split("_")[0].rstrip("-0123456789")
+                top = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+                own, f = "-", frame
+                while f is not None:
+                    if "mrcnn_batch" in f.f_code.co_filename:
+                        own = f"{Path(f.f_code.co_filename).name}:{f.f_code.co_name}:{f.f_lineno}"
+                        break
+                    f = f.f_back
+                self.counts[(kind, top, own)] += 1
+
+    def report(self, n: int = 14) -> dict[str, list]:
+        by_kind: dict[str, Counter] = {}
+        for (kind, top, own), c in self.counts.items():
+            by_kind.setdefault(kind, Counter())[(top, own)] += c
+        out = {}
+        for kind, counts in sorted(by_kind.items()):
+            total = sum(counts.values())
+            out[kind] = [[round(c / total, 3), top, own] for (top, own), c in counts.most_common(n)]
+            print(f"    {kind} ({total} samples)")
+            for share, top, own in out[kind]:
+                print(f"      {100 * share:5.1f}%  {top:40s} {own}")
+        return out
+
+
+def rss_mib(field: str, pid: int | str = "self") -> float:
+    """A process's resident memory (``VmRSS``) or its peak (``VmHWM``) from /proc, in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def tf32(on: bool) -> None:
@@ -293,11 +370,16 @@ def main() -> None:
     ap.add_argument("--parts", default="throughput,decode,encoder,agreement")
     ap.add_argument("--encoder-threads", default="0", help="encoder workers to try (0: the worker's default)")
     ap.add_argument("--encoders", default="auto", help="encoder kinds to try: auto (processes on CUDA), threads, processes")
+    ap.add_argument("--in-flight", default="1", help="shards given to the processor at a time (the executors give 2)")
+    ap.add_argument("--prefetch", default="0", help="read chunks decoded ahead per shard (0: PREFETCH_BATCHES)")
+    ap.add_argument("--decode-settings", default="float32,amp+channels_last", help="settings tried with --gpu-decode")
     ap.add_argument("--out", default="benchmarks/results/bench_gpu.json")
     ap.add_argument("--device", default="cuda", help="cpu: only to try this script where there is no GPU")
     ap.add_argument("--small", action="store_true", help="resize to 128..192 px (to try the script on a CPU)")
+    ap.add_argument("--sample", action="store_true", help="sample the pipeline's thread stacks (where time goes)")
     args = ap.parse_args()
-    global DEVICE
+    global DEVICE, SAMPLE
+    SAMPLE = args.sample
     DEVICE = args.device
     if args.small:
         SIZES.update(min_size=128, max_size=192)
@@ -328,9 +410,10 @@ def main() -> None:
         common = {"shard_size": args.shard_size}
         if "throughput" in parts:
             print("throughput (images/s; ratio = pipeline / forward)", flush=True)
-            for encoder in args.encoders.split(","):
+            for encoder, in_flight, prefetch in [(e, f, p) for e in args.encoders.split(",") for f in map(int, args.in_flight.split(","))
+                                                 for p in map(int, args.prefetch.split(","))]:
                 for threads in map(int, args.encoder_threads.split(",")):
-                    enc = {"encoder_threads": threads, "encoder": encoder}
+                    enc = {"encoder_threads": threads, "encoder": encoder, "in_flight": in_flight, "prefetch": prefetch}
                     for setting in args.settings.split(","):
                         for bs in map(int, args.batch_sizes.split(",")):
                             results["throughput"].append(throughput(tmp, sets["640x480"], weights, label="640x480",
@@ -343,9 +426,10 @@ def main() -> None:
         if "decode" in parts:
             print("--gpu-decode", flush=True)
             for label, folder in sets.items():
-                for setting in ("float32", "amp+channels_last"):
-                    results["throughput"].append(throughput(tmp, folder, weights, label=label, setting=setting,
-                                                            bs=8, gpu_decode=True, **common))
+                for setting in args.decode_settings.split(","):
+                    results["throughput"].append(throughput(tmp, folder, weights, label=label, setting=setting, bs=8,
+                                                            gpu_decode=True, in_flight=int(args.in_flight.split(",")[-1]),
+                                                            **common))
                     save()
             results["decode_pixels"] = {label: decode_difference(folder) for label, folder in sets.items()}
             print(f"  nvJPEG against PIL: {results['decode_pixels']}", flush=True)
