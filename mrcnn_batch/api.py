@@ -9,14 +9,25 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from mrcnn_batch.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE, InputSpec, PredictConfig, ReadConfig, RunConfig
+from mrcnn_batch.config import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_SHARD_SIZE,
+    InputSpec,
+    PredictConfig,
+    ReadConfig,
+    RunConfig,
+    local_url,
+    local_weights,
+)
 from mrcnn_batch.models.registry import ModelSpec
 from mrcnn_batch.models.registry import list_models as _list_models
 from mrcnn_batch.run.driver import Executor, RunSummary, execute
-from mrcnn_batch.run.local import run_local
 from mrcnn_batch.run.layout import open_run
+from mrcnn_batch.run.local import run_local
 from mrcnn_batch.run.preflight import check_storage
 
 __all__ = ["infer", "list_models", "make_config", "make_executor", "open_run"]
@@ -59,11 +70,12 @@ def make_config(
         raise ValueError("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu")
     storage_options = dict(storage_options or {})
     return RunConfig(
-        input=InputSpec(url=input, image_root=image_root, storage_options=storage_options),
-        output=output,
+        input=InputSpec(url=local_url(input), image_root=local_url(image_root) if image_root else image_root,
+                        storage_options=storage_options),
+        output=local_url(output),
         predict=PredictConfig(
             model=model,
-            weights=weights,
+            weights=local_weights(weights),
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,
             max_detections=max_detections,

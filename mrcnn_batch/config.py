@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +101,37 @@ IDENTITY_ADDED = {"max_bytes": DEFAULT_MAX_BYTES, "gpu_decode": False}
 
 
 def same_identity(stored: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Whether a run stored with identity ``stored`` is resumed by settings of identity ``now``."""
-    return {**IDENTITY_ADDED, **stored} == now
+    """Whether a run stored with identity ``stored`` is resumed by settings of identity ``now``.
+    Paths are compared as :func:`local_url` spells them (runs made before inputs were made
+    absolute stored them as typed; read from the folder the command runs in, as then)."""
+    stored = {**IDENTITY_ADDED, **stored}
+    for key in ("input", "image_root"):
+        if isinstance(stored.get(key), str):
+            stored[key] = local_url(stored[key])
+    return stored == now
+
+
+def local_url(url: str) -> str:
+    """One spelling of a location: a local path (or ``file://`` URL) as an absolute path without
+    ``.``, ``..``, ``~``, doubled or trailing slashes, made so on the driver before any worker
+    (whose working directory differs) sees it; any other URL as given, less trailing slashes.
+    ``photos/``, ``./photos`` and ``/home/me/photos`` are one input."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    elif "://" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.rstrip('/')}" if rest.rstrip("/") else url
+    if not url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def local_weights(source: str | None) -> str | None:
+    """``--weights`` made absolute where it is a local file (``torchvision:`` names and URLs
+    stay as they are)."""
+    if source is None or source.startswith("torchvision:") or "://" in source:
+        return source
+    return local_url(source)
 
 
 def fingerprint(d: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ def ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def pycoco(gt: dict, results: list, iou_type: str, *, sigmas: list[float] | None = None):

@@ -49,8 +49,8 @@ def eval_command(
     kpt_sigmas: Optional[str] = typer.Option(None, "--kpt-sigmas", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17)."),
     drop_unknown_categories: bool = typer.Option(False, "--drop-unknown-categories", help="Ignore detections of categories absent from the ground truth instead of failing."),
     match_by: str = typer.Option("image_id", "--match-by", help="Pair the run's images with the ground truth's by image_id (a run planned from the COCO JSON) or by file_name (a run planned from a folder or manifest)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks in parallel (default: the CPUs of Ray / this machine); 0: in-process, no Ray."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the matching on (default: RAY_ADDRESS, else a local Ray)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks in parallel on a private local Ray (default: in this process, no Ray; with --address: the cluster's CPUs)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the matching on (default: RAY_ADDRESS; without either, no Ray unless --workers)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for every URL."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the precision-recall PNGs."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
@@ -70,6 +70,10 @@ def eval_command(
     if predictions is not None and out_dir is None:
         fail("--predictions needs --out DIR for the metrics", EXIT_USAGE)
     options = parse_storage_options(storage_options, "--storage-options")
+    from mrcnn_batch.config import local_url
+
+    # absolute before any Ray task (working in another folder) reads them
+    run, annotations, predictions, out_dir = (local_url(u) if u else u for u in (run, annotations, predictions, out_dir))
     if address:
         os.environ["RAY_ADDRESS"] = address
     try:
@@ -78,6 +82,14 @@ def eval_command(
         for role, url in (("ground truth", annotations), ("predictions", predictions), ("run", run)):
             if url is not None:  # storage options and endpoints, before minutes of retries
                 check_reachable(url, options, role=role)
+        from mrcnn_batch.evaluate.distributed import ensure_ray
+        from mrcnn_batch.ray_session import ray_address
+
+        if workers == 0 or (workers is None and ray_address() is None):
+            err.print("Ray: not used: matching in this process (--workers N or --address runs it on Ray)", highlight=False)
+            workers = 0
+        else:
+            err.print(ensure_ray(workers), highlight=False, soft_wrap=True)
         results, context, target = _evaluate(
             run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,
             out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=_sigmas(kpt_sigmas),

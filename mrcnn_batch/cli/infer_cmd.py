@@ -67,7 +67,7 @@ def infer(
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs)."),
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="GPUs per actor, may be fractional (default: 1 when the cluster has GPUs, else 0)."),
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers)."),
-    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a private local Ray for this command)."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Tries per shard (worker deaths included) before it is reported failed."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the input and print the plan (images, shards, ids) and what OUTPUT holds; load no model, write nothing."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
@@ -117,6 +117,9 @@ def infer(
         with RunProgress(console=err, enabled=progress) as bar:
             if hasattr(run_executor, "on_retry"):
                 run_executor.on_retry = bar.on_retry
+                run_executor.on_session = lambda said: err.print(said, highlight=False, soft_wrap=True)
+            else:
+                err.print("Ray: not used (--executor local runs in this process)", highlight=False)
             summary = execute(config, run_executor, overwrite=overwrite, on_plan=bar.on_plan, on_commit=bar.on_commit)
     except MrcnnBatchError as e:  # refusals (3), usage (2), storage (6): each carries its code
         fail(str(e), e.exit_code)

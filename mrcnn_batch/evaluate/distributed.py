@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,12 @@ from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.match import MatchResult, match_images
-from mrcnn_batch.evaluate.predictions import Detections, check_ids, detections_from_table
+from mrcnn_batch.evaluate.predictions import (
+    Detections,
+    check_ids,
+    detections_from_table,
+)
+from mrcnn_batch.ray_session import ray_address, ray_session
 
 log = logging.getLogger(__name__)
 
@@ -277,33 +283,27 @@ def _add(ev: COCOEvaluator, results: dict[str, MatchResult]) -> None:
         ev.add(t, results[t])
 
 
-def ensure_ray(workers: int) -> None:
-    """Join the cluster of ``RAY_ADDRESS`` (as under ``ray job submit``), else start a quiet local
-    Ray of ``workers`` CPUs; a Ray already initialised in this process is used as is."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)  # Ray reads the address; a cluster's CPUs are its own
-    else:
-        ray.init(num_cpus=workers, **quiet)
+def ensure_ray(workers: int | None = None) -> str:
+    """A Ray for the matching tasks, by the one rule of ``mrcnn_batch.ray_session`` (a private
+    local Ray sized ``workers`` unless RAY_ADDRESS names a cluster); what was done, in words."""
+    return ray_session(num_cpus=workers)
 
 
 def _workers(workers: int | None) -> int:
+    """Tasks in parallel. Unset: in this process (0) on a single machine — Ray's start-up costs
+    more than it saves there — unless Ray is initialised here or RAY_ADDRESS names a cluster,
+    whose CPUs are used."""
     if workers is not None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         return workers
-    try:
+    ray = sys.modules.get("ray")
+    if (ray is not None and ray.is_initialized()) or ray_address() is not None:
         import ray
 
-        if ray.is_initialized():
-            return max(1, int(ray.available_resources().get("CPU", 1)))
-    except ImportError:  # pragma: no cover
-        pass
-    return max(1, os.cpu_count() or 1)
+        ensure_ray()
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return 0
 
 
 def _no_detections(iou_type: str) -> Detections:

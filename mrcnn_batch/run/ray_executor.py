@@ -36,6 +36,7 @@ import pyarrow as pa
 from mrcnn_batch.config import RunConfig
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import shard_ranges
+from mrcnn_batch.ray_session import ray_session
 from mrcnn_batch.run.layout import RunDir
 from mrcnn_batch.run.lease import Fence, FencedOut
 from mrcnn_batch.run.processor import SHARDS_IN_FLIGHT, ShardProcessor, shard_images
@@ -60,24 +61,6 @@ class RayOptions:
     max_replacements: int | None = None  # actors started to replace dead ones; None: 2 x workers
     start_timeout_s: float = 600.0  # how long pending shards wait for any worker to start
     verbose: bool = False  # forward the workers' logs to the driver
-
-
-def connect(*, address: str | None = None, verbose: bool = False) -> None:
-    """Join the Ray given by ``address`` / ``RAY_ADDRESS``, or start a quiet local one.
-
-    An already-initialised Ray in this process (a test session, a notebook) is reused as is.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=verbose,
-        logging_level=logging.INFO if verbose else logging.ERROR,
-        configure_logging=True,
-    )
 
 
 def plan_pool(options: RayOptions, resources: dict[str, float]) -> tuple[int, float, float]:
@@ -139,6 +122,7 @@ class RayExecutor:
         self.workers_seen: list[dict[str, Any]] = []  # where each started actor ran
         self.workers_lost = 0  # actors that died (killed, node lost) during the last run
         self.on_retry: Callable[[int, str], None] | None = None  # (shard, reason) per retry
+        self.on_session: Callable[[str], None] | None = None  # which Ray, in words (see ray_session)
 
     def __call__(
         self,
@@ -154,7 +138,10 @@ class RayExecutor:
         import ray
 
         o = self.options
-        connect(address=o.address, verbose=o.verbose)
+        said = ray_session(o.address, verbose=o.verbose)
+        log.info("%s", said)
+        if self.on_session is not None:
+            self.on_session(said)
         workers, gpw, cpw = plan_pool(o, ray.cluster_resources())
         workers = min(workers, len(pending))
         log.info("starting %d worker(s): %s GPU, %s CPU each", workers, gpw, cpw)

@@ -1,0 +1,71 @@
+"""Which Ray a command uses: one rule for ``infer`` and ``eval``, said on their first line.
+
+1. ``--address`` (or ``RAY_ADDRESS``, as under ``ray job submit``): join that cluster. A cluster
+   that cannot be reached or refuses us is a one-line error (exit 2) naming what to check and
+   what to set (Ray 2.60 clusters started with ``ray start`` use token authentication).
+2. A Ray already initialised in this process (a notebook, a test session): used as it is.
+3. Otherwise a private local Ray for this command alone (``address="local"``), stopped when the
+   process ends. Never a cluster that ``ray start`` left running on this machine, nor a stopped
+   one Ray still remembers in its temporary folder (what ``ray.init()`` without an address joins).
+
+A leaf: imports Ray only when called.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from mrcnn_batch.errors import UsageError
+
+AUTH_HINT = ("if the cluster was started with `ray start` (Ray 2.60 turns token authentication on there), "
+             "set RAY_AUTH_MODE=token and give its token (~/.ray/auth_token on the head, or RAY_AUTH_TOKEN)")
+
+
+def ray_address(address: str | None = None) -> str | None:
+    """The cluster to join: ``address``, else ``RAY_ADDRESS``, else None (a private local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, verbose: bool = False) -> str:
+    """Make sure this process has a Ray by the rule above; returns what was done, in words.
+
+    ``num_cpus`` sizes only a private local Ray (a cluster's resources are its own)."""
+    import ray
+
+    if ray.is_initialized():
+        return "Ray: the Ray already initialised in this process"
+    quiet = {"include_dashboard": False, "log_to_driver": verbose,
+             "logging_level": logging.INFO if verbose else logging.ERROR, "configure_logging": True}
+    target = ray_address(address)
+    if target is None:
+        ray.init(address="local", num_cpus=num_cpus, **quiet)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        return f"Ray: a private local Ray for this command ({cpus} CPUs, {gpus} GPUs; --address or RAY_ADDRESS joins a cluster)"
+    _reachable(target)
+    try:
+        ray.init(address=target, **quiet)
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if len(first) > 300:
+            first = first[:300] + "..."
+        raise UsageError(f"could not join the Ray cluster at {target}: {type(e).__name__}: {first}. Check that it runs "
+                         f"(`ray status --address {target}`); {AUTH_HINT}") from None
+    return f"Ray: joined the cluster at {target}"
+
+
+def _reachable(target: str, timeout: float = 5.0) -> None:
+    """Fail at once where nothing listens at a ``host:port`` address (Ray itself retries a stopped
+    cluster for minutes). Other forms (``auto``) are left to Ray."""
+    hostport = target.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"could not join the Ray cluster at {target}: nothing answers there ({e.strerror or e}). "
+                         f"Start it (`ray start --head`) or give the address `ray start` printed "
+                         f"(--address or RAY_ADDRESS)") from None

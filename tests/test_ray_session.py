@@ -1,0 +1,163 @@
+"""Which Ray a command uses, and paths as a cluster sees them (see ``mrcnn_batch.ray_session``).
+
+A real cluster started with ``ray start --head`` in a subprocess (Ray 2.60 turns token
+authentication on there), the CLI in subprocesses as a user runs it: a running cluster is not
+joined by accident, a stopped one does not hang a command, joining with and without the token,
+relative paths on a cluster, and the same folder spelled three ways.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mrcnn_batch.cli import app
+from mrcnn_batch.config import IDENTITY_ADDED, local_url, same_identity
+from mrcnn_batch.demo.synthetic import write_dataset
+
+CLI = [sys.executable, "-m", "mrcnn_batch.cli"]
+RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+CURRENT = Path("/tmp/ray/ray_current_cluster")  # where Ray records the last cluster it started
+
+
+def cli(*args, cwd=None, env=None, timeout=300):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    e.update(RAY_USAGE_STATS_ENABLED="0", **(env or {}))
+    return subprocess.run([*CLI, *map(str, args)], check=False, capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``ray start --head`` as a user starts it; stopped (and Ray's record of it put back as it
+    was) at the end. Yields its address and a function that stops it early."""
+    if RAY is None:
+        pytest.skip("the ray command is not installed")
+    before = CURRENT.read_bytes() if CURRENT.exists() else None
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false",
+                             "--block"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+
+    def stop():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop()
+                pytest.skip(f"ray start did not come up: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+    try:
+        yield address, stop
+    finally:
+        stop()
+        log.close()
+        if before is None:
+            CURRENT.unlink(missing_ok=True)
+        else:
+            CURRENT.write_bytes(before)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray-session")
+    write_dataset(str(root), seed=7, num_images=2)  # images/ and annotations.json
+    return root
+
+
+DEMO = ["--model", "demo", "--shard-size", "1", "--batch-size", "1"]
+
+
+def test_a_running_cluster_is_joined_only_when_named(cluster, photos):
+    address, _ = cluster
+    res = cli("infer", "images", "runs/private", *DEMO, cwd=photos)
+    assert res.returncode == 0, res.stderr
+    assert "Ray: a private local Ray for this command" in res.stderr
+    # eval on Ray with a cluster running on the machine: its own Ray (it crashed joining that one)
+    res = cli("eval", "runs/private", "-a", "annotations.json", "--match-by", "file_name", "--workers", "1", cwd=photos)
+    assert res.returncode == 0, res.stderr
+    assert "Ray: a private local Ray for this command" in res.stderr
+    # the cluster, named, without its token: one line saying what to set, no traceback
+    res = cli("infer", "images", "runs/joined", *DEMO, "--address", address, cwd=photos)
+    assert res.returncode == 2, res.stderr
+    assert "RAY_AUTH_MODE=token" in res.stderr and "Traceback" not in res.stderr
+    # with the token: joined; relative paths are the driver's, not the cluster worker's folder
+    res = cli("infer", "images", "runs/joined", *DEMO, "--address", address, cwd=photos, env={"RAY_AUTH_MODE": "token"})
+    assert res.returncode == 0, res.stderr
+    assert f"Ray: joined the cluster at {address}" in res.stderr
+    done = sorted(p.name for p in (photos / "runs" / "joined" / "_commits").glob("shard-*.json"))
+    assert done == ["shard-000000.json", "shard-000001.json"]
+
+
+def test_a_stopped_cluster_neither_hangs_nor_is_joined(cluster, photos):
+    address, stop = cluster
+    stop()
+    res = cli("infer", "images", "runs/after-stop", *DEMO, cwd=photos, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert "Ray: a private local Ray for this command" in res.stderr
+    start = time.monotonic()
+    res = cli("infer", "images", "runs/dead", *DEMO, "--address", address, cwd=photos, timeout=240)
+    assert res.returncode == 2, res.stderr
+    assert f"could not join the Ray cluster at {address}: nothing answers there" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (photos / "runs" / "dead" / "_commits").exists()
+    assert time.monotonic() - start < 200  # not Ray's minutes of retries (a bound, not a timing)
+
+
+def test_the_same_folder_spelled_three_ways_resumes(tmp_path, monkeypatch):
+    write_dataset(str(tmp_path), seed=7, num_images=2)
+    (tmp_path / "images").rename(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    local = [*DEMO, "--executor", "local", "--no-progress"]
+    first = CliRunner().invoke(app, ["infer", "photos/", "out", *local])
+    assert first.exit_code == 0, first.output
+    markers = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "_commits").glob("shard-*.json")}
+    for spelling in ("./photos", str(tmp_path / "photos"), f"file://{tmp_path}/photos/"):
+        res = CliRunner().invoke(app, ["infer", spelling, "./out/", *local])
+        assert res.exit_code == 0, (spelling, res.output)
+        assert "0 run now" in res.output, res.output
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers
+    meta = json.loads((tmp_path / "out" / "_run.json").read_text())
+    assert meta["identity"]["input"] == str(tmp_path / "photos")
+
+
+def test_paths_are_spelled_one_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert local_url("photos/") == local_url("./photos") == local_url(f"file://{tmp_path}/photos") == str(tmp_path / "photos")
+    assert local_url("a/../photos//x/") == str(tmp_path / "photos" / "x")
+    assert local_url("s3://bucket/photos/") == "s3://bucket/photos"
+    assert local_url("s3://bucket/") == "s3://bucket"
+    # a run made before paths were made absolute stored them as typed: read from here, as then
+    now = {**IDENTITY_ADDED, "input": str(tmp_path / "photos"), "image_root": None}
+    assert same_identity({"input": "photos/", "image_root": None}, now)
+    assert not same_identity({"input": "other/", "image_root": None}, now)
