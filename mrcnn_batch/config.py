@@ -114,13 +114,12 @@ def same_identity(stored: dict[str, Any], now: dict[str, Any]) -> bool:
 def local_url(url: str) -> str:
     """One spelling of a location: a local path (or ``file://`` URL) as an absolute path without
     ``.``, ``..``, ``~``, doubled or trailing slashes, made so on the driver before any worker
-    (whose working directory differs) sees it; any other URL as given, less trailing slashes.
+    (whose working directory differs) sees it; any other URL as given.
     ``photos/``, ``./photos`` and ``/home/me/photos`` are one input."""
     if url.startswith("file://"):
         url = url[len("file://") :]
     elif "://" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://{rest.rstrip('/')}" if rest.rstrip("/") else url
+        return url  # a prefix: "s3://b/photos" also lists photos2/, "s3://b/photos/" does not
     if not url:
         return url
     return os.path.abspath(os.path.expanduser(url))

@@ -100,13 +100,6 @@ DEMO = ["--model", "demo", "--shard-size", "1", "--batch-size", "1"]
 
 def test_a_running_cluster_is_joined_only_when_named(cluster, photos):
     address, _ = cluster
-    res = cli("infer", "images", "runs/private", *DEMO, cwd=photos)
-    assert res.returncode == 0, res.stderr
-    assert "Ray: a private local Ray for this command" in res.stderr
-    # eval on Ray with a cluster running on the machine: its own Ray (it crashed joining that one)
-    res = cli("eval", "runs/private", "-a", "annotations.json", "--match-by", "file_name", "--workers", "1", cwd=photos)
-    assert res.returncode == 0, res.stderr
-    assert "Ray: a private local Ray for this command" in res.stderr
     # the cluster, named, without its token: one line saying what to set, no traceback
     res = cli("infer", "images", "runs/joined", *DEMO, "--address", address, cwd=photos)
     assert res.returncode == 2, res.stderr
@@ -114,24 +107,26 @@ def test_a_running_cluster_is_joined_only_when_named(cluster, photos):
     # with the token: joined; relative paths are the driver's, not the cluster worker's folder
     res = cli("infer", "images", "runs/joined", *DEMO, "--address", address, cwd=photos, env={"RAY_AUTH_MODE": "token"})
     assert res.returncode == 0, res.stderr
-    assert f"Ray: joined the cluster at {address}" in res.stderr
+    assert res.stderr.startswith(f"Ray: joined the cluster at {address}"), res.stderr
     done = sorted(p.name for p in (photos / "runs" / "joined" / "_commits").glob("shard-*.json"))
     assert done == ["shard-000000.json", "shard-000001.json"]
+    # not named: eval on Ray beside a running cluster starts its own (it crashed joining that one)
+    res = cli("eval", "runs/joined", "-a", "annotations.json", "--match-by", "file_name", "--workers", "1", cwd=photos)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith("Ray: a private local Ray for this command"), res.stderr
 
 
 def test_a_stopped_cluster_neither_hangs_nor_is_joined(cluster, photos):
     address, stop = cluster
-    stop()
+    stop()  # Ray's record of it stays behind in /tmp/ray, as after any `ray stop`
     res = cli("infer", "images", "runs/after-stop", *DEMO, cwd=photos, timeout=240)
     assert res.returncode == 0, res.stderr
-    assert "Ray: a private local Ray for this command" in res.stderr
-    start = time.monotonic()
+    assert res.stderr.startswith("Ray: a private local Ray for this command"), res.stderr
     res = cli("infer", "images", "runs/dead", *DEMO, "--address", address, cwd=photos, timeout=240)
     assert res.returncode == 2, res.stderr
     assert f"could not join the Ray cluster at {address}: nothing answers there" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (photos / "runs" / "dead" / "_commits").exists()
-    assert time.monotonic() - start < 200  # not Ray's minutes of retries (a bound, not a timing)
 
 
 def test_the_same_folder_spelled_three_ways_resumes(tmp_path, monkeypatch):
@@ -155,8 +150,7 @@ def test_paths_are_spelled_one_way(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert local_url("photos/") == local_url("./photos") == local_url(f"file://{tmp_path}/photos") == str(tmp_path / "photos")
     assert local_url("a/../photos//x/") == str(tmp_path / "photos" / "x")
-    assert local_url("s3://bucket/photos/") == "s3://bucket/photos"
-    assert local_url("s3://bucket/") == "s3://bucket"
+    assert local_url("s3://bucket/photos/") == "s3://bucket/photos/"  # a prefix, as given
     # a run made before paths were made absolute stored them as typed: read from here, as then
     now = {**IDENTITY_ADDED, "input": str(tmp_path / "photos"), "image_root": None}
     assert same_identity({"input": "photos/", "image_root": None}, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -74,6 +75,25 @@ def infer(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log per-image problems as they happen, and show Ray's worker logs."),
 ) -> None:
     """Run a detector over INPUT and write Parquet tables into OUTPUT (resumable)."""
+    # what needs no model, first: a mistyped option fails in a second, not after torch loads
+    input_options = parse_storage_options(storage_options, "--storage-options")
+    out_options = parse_storage_options(output_storage_options, "--output-storage-options") if output_storage_options else None
+    if executor not in ("ray", "local"):
+        fail(f"unknown executor {executor!r}; expected 'local' or 'ray'", EXIT_USAGE)
+    if gpu_decode and device == "cpu":
+        fail("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu", EXIT_USAGE)
+    from mrcnn_batch.config import local_url
+    from mrcnn_batch.run.preflight import check_output, check_reachable
+
+    if "://" not in input.replace("file://", "") and "::" not in input and not any(c in input for c in "*?[") \
+            and not os.path.exists(local_url(input)):
+        fail(f"input {input!r} does not exist", EXIT_USAGE)
+    try:
+        check_reachable(input, input_options, role="input")
+        check_output(output, input_options if out_options is None else out_options)
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
+
     from mrcnn_batch.api import make_config, make_executor
     from mrcnn_batch.models.weights import WeightsUnavailable
     from mrcnn_batch.plan import InputError
@@ -90,8 +110,8 @@ def infer(
             model=model,
             weights=weights,
             image_root=image_root,
-            storage_options=parse_storage_options(storage_options, "--storage-options"),
-            output_storage_options=parse_storage_options(output_storage_options, "--output-storage-options") if output_storage_options else None,
+            storage_options=input_options,
+            output_storage_options=out_options,
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,
             max_detections=max_detections,
