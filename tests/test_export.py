@@ -126,3 +126,29 @@ def test_cli_export_and_errors(data, tmp_path):
     assert res.exit_code == 2 and "not a run directory" in " ".join(res.output.split())
     with pytest.raises(ValueError, match="unknown IoU type"):
         coco_results(open_run(run), iou_type="mask")
+
+
+def test_coco_dataset_names_only_categories_it_declares(data, tmp_path, caplog):
+    """A label that is not a declared category (torchvision's 'N/A' placeholders, e.g. 71: the
+    run's ``_run.json`` lists only real categories) is left out of coco.json, counted and named;
+    the file then imports as COCO ground truth."""
+    d, coco, _ = data
+    run = make_run(tmp_path / "run", coco, d / "images", score=0.8)
+    meta_path = tmp_path / "run" / "_run.json"
+    meta = json.loads(meta_path.read_text())
+    label = next(a["category_id"] for a in coco["annotations"] if a["category_id"] != TRIANGLE_ID)  # boxes and masks
+    meta["model"]["categories"] = [c for c in meta["model"]["categories"] if c["id"] != label]  # a placeholder now
+    meta_path.write_text(json.dumps(meta))
+    n = sum(a["category_id"] == label for a in coco["annotations"])
+    with caplog.at_level("WARNING"):
+        (path,) = export_run(run, str(tmp_path / "out"), format="coco")
+    doc = json.loads(Path(path.removeprefix("file://")).read_text())
+    declared = {c["id"] for c in doc["categories"]}
+    assert label not in declared and n > 0
+    assert {a["category_id"] for a in doc["annotations"]} <= declared
+    assert len(doc["annotations"]) == len(coco["annotations"]) - n
+    assert doc["info"]["dropped_detections"]["by_label"] == {str(label): n}
+    assert f"{n} detection(s) of label(s) {label} left out of coco.json" in caplog.text
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(path.removeprefix("file://"))
+    assert len(gt.getAnnIds()) == len(coco["annotations"]) - n

@@ -17,8 +17,15 @@ from typer.testing import CliRunner
 
 from mrcnn_batch.demo.synthetic import HELDOUT_SEED, TRIANGLE_ID, write_dataset
 from mrcnn_batch.models.registry import get_spec
-from mrcnn_batch.render import OverlayStyle, draw_overlay, image_records, instance_gallery, load_run_images, render_run
-from mrcnn_batch.render.overlays import category_color, decode_mask
+from mrcnn_batch.render import (
+    OverlayStyle,
+    draw_overlay,
+    image_records,
+    instance_gallery,
+    load_run_images,
+    render_run,
+)
+from mrcnn_batch.render.overlays import category_color, decode_mask, overlay_name
 from mrcnn_batch.run.layout import RUN_JSON, SUCCESS, RunDir, commit_path, table_path
 from mrcnn_batch.write.tables import build_table, table_bytes
 
@@ -159,16 +166,25 @@ def test_gallery_has_a_row_per_category(gt_run):
     assert grid.shape[1] == len(rows) * (112 + 4) + 4
 
 
+def test_overlay_names_are_the_file_stem_and_the_id():
+    assert overlay_name("file:///photos/dog.jpg", 3913895878567093081) == "dog-3913895878567093081.png"
+    assert overlay_name("s3://b/x/Ünïcode photo?.JPEG", 7) == "Ünïcode_photo-7.png"
+    assert overlay_name("tar://s0/000123.jpg::s3://b/shard-000.tar", 1) == "000123-1.png"
+    assert overlay_name("file:///x/a%20b.jpg", 3) == "a_b-3.png"
+    assert overlay_name("file:///x/" + "a" * 200 + ".png", 2) == "a" * 80 + "-2.png"
+    assert overlay_name("file:///x/.hidden", 5) == "hidden-5.png"
+
+
 def test_render_run_and_cli(gt_run, tmp_path):
     written = render_run(gt_run, str(tmp_path / "a"), limit=3)
-    assert [Path(w).name for w in written] == ["1.png", "2.png", "3.png"]
-    with Image.open(tmp_path / "a" / "1.png") as im:
+    assert [Path(w).name for w in written] == ["000001-1.png", "000002-2.png", "000003-3.png"]  # file stem, image id
+    with Image.open(tmp_path / "a" / "000001-1.png") as im:
         run, rec, image = _record(gt_run, 1)
         assert im.size == (rec.width, rec.height)
     from mrcnn_batch.cli import app
 
     res = CliRunner().invoke(app, ["render", gt_run, "--out", str(tmp_path / "b"), "--image-id", "4", "--image-id", "2"])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["2.png", "4.png", "gallery.png"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["000002-2.png", "000004-4.png", "gallery.png"]
     res = CliRunner().invoke(app, ["render", gt_run, "--out", str(tmp_path / "c"), "--image-id", "999"])
     assert res.exit_code == 2 and "999" in res.output

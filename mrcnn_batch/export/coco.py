@@ -15,7 +15,9 @@ Two formats, both read from the run's committed tables:
   and ``annotations``: one per instance (``bbox``, ``area`` = mask pixels where a mask exists,
   RLE ``segmentation``, ``iscrowd`` 0, and the prediction's ``score``). A keypoint detection
   joins its instance (``mask_instance_id``) as ``keypoints``/``num_keypoints``; one without an
-  instance becomes an annotation of its own (box and keypoints).
+  instance becomes an annotation of its own (box and keypoints). Detections of a label that is
+  not a declared category (torchvision's ``N/A`` placeholders) are left out, counted in
+  ``info.dropped_detections`` and named in a warning.
 
 Coordinates are the tables' own: ``[x, y, w, h]`` in original-image pixels, keypoint triplets
 ``[x, y, v]`` with ``v = 2``. Rows are written in (image id, instance id) order.
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import posixpath
+from collections import Counter
 from typing import Any, Sequence
 
 import fsspec
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("coco-results", "coco")
 IOU_TYPES = ("bbox", "segm", "keypoints")
+PLACEHOLDERS = ("labels that are not among the model's categories (torchvision's COCO models keep 'N/A' placeholders "
+                "for COCO's unused ids, e.g. 12, 26, 29, 30, 45, 66, 68, 69, 71, 83): a dataset names only categories "
+                "it declares")
 
 
 def run_iou_types(run: RunDir) -> tuple[str, ...]:
@@ -114,10 +120,16 @@ def coco_dataset(run: RunDir, *, image_root: str | None = None) -> dict[str, Any
         coco_images.append({"id": r["image_id"], "file_name": name, "coco_url": r["uri"],
                             "width": r["width"], "height": r["height"]})
     ok = {im["id"] for im in coco_images}
+    categories = coco_categories(meta)
+    declared = {c["id"] for c in categories}
+    dropped: Counter[int] = Counter()
     annotations: list[dict[str, Any]] = []
     by_instance: dict[tuple[int, int], dict[str, Any]] = {}
     for r in _sorted(run.read_table("instances")).to_pylist():
         if r["image_id"] not in ok:
+            continue
+        if r["category_id"] not in declared:
+            dropped[r["category_id"]] += 1
             continue
         ann: dict[str, Any] = {
             "id": len(annotations) + 1, "image_id": r["image_id"], "category_id": r["category_id"],
@@ -130,6 +142,9 @@ def coco_dataset(run: RunDir, *, image_root: str | None = None) -> dict[str, Any
     for r in _sorted(run.read_table("keypoints")).to_pylist():
         if r["image_id"] not in ok:
             continue
+        if r["category_id"] not in declared:
+            dropped[r["category_id"]] += 1
+            continue
         n = sum(1 for v in r["keypoints"][2::3] if v > 0)
         target = by_instance.get((r["image_id"], r["mask_instance_id"])) if r["mask_instance_id"] is not None else None
         if target is None:
@@ -139,13 +154,13 @@ def coco_dataset(run: RunDir, *, image_root: str | None = None) -> dict[str, Any
             annotations.append(target)
         target["keypoints"] = r["keypoints"]
         target["num_keypoints"] = n
-    return {
-        "info": {"description": f"mrcnn-batch predictions of run {meta.run_id}",
-                 "model": meta.model.get("name"), "run_id": meta.run_id},
-        "images": coco_images,
-        "annotations": annotations,
-        "categories": coco_categories(meta),
-    }
+    info: dict[str, Any] = {"description": f"mrcnn-batch predictions of run {meta.run_id}",
+                            "model": meta.model.get("name"), "run_id": meta.run_id}
+    if dropped:
+        info["dropped_detections"] = {"by_label": {str(k): v for k, v in sorted(dropped.items())}, "why": PLACEHOLDERS}
+        log.warning("%s: %d detection(s) of label(s) %s left out of coco.json: %s", run.url, sum(dropped.values()),
+                    ", ".join(map(str, sorted(dropped))), PLACEHOLDERS)
+    return {"info": info, "images": coco_images, "annotations": annotations, "categories": categories}
 
 
 def export_run(

@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
+from urllib.parse import unquote
 
 import fsspec
 import numpy as np
@@ -23,7 +25,11 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
+from torchvision.utils import (
+    draw_bounding_boxes,
+    draw_keypoints,
+    draw_segmentation_masks,
+)
 
 from mrcnn_batch.read.decode import decode_image
 from mrcnn_batch.read.fetch import fetch_all
@@ -227,6 +233,19 @@ def render_records(run: RunDir, records: Sequence[ImageRecord], *, storage_optio
     ]
 
 
+def overlay_name(uri: str, image_id: int) -> str:
+    """``dog-3913895878567093081.png`` for ``.../dog.jpg``: the image's file stem, so a person
+    finds it, and its id, so two ``dog.jpg`` in different folders do not collide. Anything but
+    letters, digits, ``.``, ``_`` and ``-`` becomes ``_``; the stem is cut at 80. A tar member is
+    named by its own file name."""
+    stem = posixpath.splitext(unquote(posixpath.basename(uri.split("::")[0].rstrip("/"))))[0]
+    stem = _UNSAFE.sub("_", stem)[:80].strip("._") or "image"
+    return f"{stem}-{image_id}.png"
+
+
+_UNSAFE = re.compile(r"[^\w.-]+")
+
+
 def render_run(
     url: str,
     out_dir: str | None = None,
@@ -237,7 +256,7 @@ def render_run(
     output_storage_options: dict[str, Any] | None = None,
     style: OverlayStyle = OverlayStyle(),
 ) -> list[str]:
-    """Write ``<image_id>.png`` overlays of a run's images under ``out_dir`` (default
+    """Write ``<stem>-<image_id>.png`` overlays of a run's images under ``out_dir`` (default
     ``RUN/render/``); the first ``limit`` ok images by id unless ``image_ids`` is given.
     ``storage_options`` read the run and its images. Returns the URLs written."""
     run = RunDir(url, dict(storage_options or {}))
@@ -251,7 +270,7 @@ def render_run(
     for rec, img in render_records(run, records, storage_options=dict(storage_options or {}), style=style):
         if img is None:
             continue
-        path = posixpath.join(root, f"{rec.image_id}.png")
+        path = posixpath.join(root, overlay_name(rec.uri, rec.image_id))
         with fs.open(path, "wb") as f:
             f.write(to_png(img))
         written.append(fs.unstrip_protocol(path))
