@@ -23,7 +23,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mrcnn_batch.demo.synthetic import ANNOTATIONS_FILE, HELDOUT_SEED, IMAGES_DIR, OKS_SIGMAS, write_dataset
+from mrcnn_batch.demo.synthetic import (
+    ANNOTATIONS_FILE,
+    HELDOUT_SEED,
+    IMAGES_DIR,
+    OKS_SIGMAS,
+    write_dataset,
+)
+from mrcnn_batch.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,11 @@ def _storage(config: DemoConfig, out: str) -> Iterator[tuple[str, dict[str, Any]
     if not config.s3:
         yield out, {}, None
         return
-    from moto.server import ThreadedMotoServer
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise UsageError("demo --s3 runs an embedded S3 endpoint (moto's server), which is not installed: "
+                         "pip install 'mrcnn-batch[s3-demo]'") from None
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
