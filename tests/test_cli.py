@@ -95,3 +95,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, image_dir, mask_we
     mb.infer(str(image_dir), str(out), weights=str(mask_weights), shard_size=2, **SMALL)
     res = run("infer", image_dir, out, "--shard-size", 2, "--dry-run")
     assert res.returncode == 0 and "3 shards committed" in " ".join(res.stdout.split())
+
+
+@pytest.mark.parametrize("columns", ["80", "140"])
+def test_models_shows_the_reference_metrics(columns):
+    res = run("models", env={"COLUMNS": columns})
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "COCO-val2017: box 37.9, mask 34.6" in text  # maskrcnn_resnet50_fpn, torchvision's published figures
+    assert "box 54.6, keypoints 65.0" in text
+    assert "held-out set of 300 images: bbox 85.9" in text  # the demo model, measured
+    assert "torchvision:MaskRCNN_ResNet50_FPN_Weights.COCO_V1" in text.replace(" ", "")
