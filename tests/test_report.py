@@ -280,3 +280,9 @@ def test_categories_are_aggregated_through_dictionary_indices_as_by_name():
     assert counts_by_category(got_names, codes) == {n: int((by_name == n).sum()) for n in sorted(set(all_names))}
     empty = pa.chunked_array([], type=pa.dictionary(pa.int32(), pa.string()))
     assert category_codes(empty)[0] == [] and scores_by_category(*category_codes(empty), np.zeros(0)) == {}
+
+
+def test_a_slow_run_reports_its_rate_not_zero():
+    from mrcnn_batch.report.page import _rate
+
+    assert [_rate(v) for v in (None, 0.0321, 0.5, 4.71, 37.46, 1250.2)] == ["–", "0.032", "0.5", "4.7", "37.5", "1,250"]

@@ -63,6 +63,17 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _rate(v: float | None) -> str:
+    """A rate to two significant digits at least: 0.032, 4.7, 37.5, 1,250 (never a bare 0.0)."""
+    if v is None:
+        return "–"
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 1:
+        return f"{v:.1f}"
+    return f"{v:.2g}"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[bool] | None = None) -> str:
     numeric = numeric or [False] * len(header)
     head = "".join(f'<th class="n">{esc(h)}</th>' if n else f"<th>{esc(h)}</th>" for h, n in zip(header, numeric))
@@ -120,7 +131,7 @@ def render_page(
         _card(f"{total:,}", "images"), _card(f"{ok:,}", "ok"), _card(f"{total - ok:,}", "failed"),
         _card(f"{n_inst:,}", "instances"), _card(f"{n_kp:,}", "keypoint detections"),
         _card(_fmt(tp.wall_seconds, 1) + " s", "wall time (creation → last commit)"),
-        _card(_fmt(tp.images_per_second, 1), "images / s"),
+        _card(_rate(tp.images_per_second), "images / s"),
     ]) + "</div>")
 
     parts.append("<h2>Images by status</h2>")
@@ -148,8 +159,8 @@ def render_page(
     parts.append("<h2>Throughput</h2>")
     parts.append(_table(
         ["shards", "images", "workers", "wall s", "images / s", "worker s", "images / worker s", "model share"],
-        [(f"{tp.shards:,}", f"{tp.images:,}", tp.workers, _fmt(tp.wall_seconds, 1), _fmt(tp.images_per_second, 2),
-          _fmt(tp.worker_seconds, 1), _fmt(tp.images_per_worker_second, 2),
+        [(f"{tp.shards:,}", f"{tp.images:,}", tp.workers, _fmt(tp.wall_seconds, 1), _rate(tp.images_per_second),
+          _fmt(tp.worker_seconds, 1), _rate(tp.images_per_worker_second),
           f"{100 * tp.model_seconds / tp.worker_seconds:.0f}%" if tp.worker_seconds else "–")],
         numeric=[True] * 8,
     ))
