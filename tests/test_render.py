@@ -188,3 +188,25 @@ def test_render_run_and_cli(gt_run, tmp_path):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["000002-2.png", "000004-4.png", "gallery.png"]
     res = CliRunner().invoke(app, ["render", gt_run, "--out", str(tmp_path / "c"), "--image-id", "999"])
     assert res.exit_code == 2 and "999" in res.output
+
+
+def test_labels_and_lines_grow_with_the_image():
+    """A label readable on a 640 px image is as readable on a 1920 px photo: its text and the
+    box's lines are three times as large there (they were fixed, unreadable on large photos)."""
+    def white_and_colour(scale: int) -> tuple[int, int]:
+        image = np.zeros((480 * scale, 640 * scale, 3), np.uint8)
+        inst = {"score": 0.9, "category_id": 1, "category": "person", "mask": None,
+                "bbox": [100.0 * scale, 200.0 * scale, 300.0 * scale, 200.0 * scale]}
+        out = draw_overlay(image, [inst], style=OverlayStyle(masks=False)).permute(1, 2, 0).numpy()
+        white = int((out > 180).all(axis=2).sum())  # the text, anti-aliased
+        colour = int((out == np.array(category_color(1), np.uint8)).all(axis=2).sum())
+        return white, colour
+
+    (w1, c1), (w3, c3) = white_and_colour(1), white_and_colour(3)
+    assert w1 > 0 and c1 > 0
+    assert 5 < w3 / w1 < 14 and 5 < c3 / c1 < 14  # about 3 x 3: text and lines scale in both directions
+    # the label stays inside the image when its box touches the top edge
+    image = np.zeros((100, 160, 3), np.uint8)
+    inst = {"score": 0.9, "category_id": 1, "category": "person", "mask": None, "bbox": [150.0, 0.0, 10.0, 10.0]}
+    out = draw_overlay(image, [inst], style=OverlayStyle(masks=False)).permute(1, 2, 0).numpy()
+    assert (out == 255).all(axis=2).any()

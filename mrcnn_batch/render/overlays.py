@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 from torchvision.utils import (
     draw_bounding_boxes,
@@ -178,6 +178,7 @@ def draw_overlay(
     """
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1) if isinstance(image, np.ndarray) else image
     h, w = int(img.shape[1]), int(img.shape[2])
+    k = max(1, round(max(h, w) / SCALE_PX))  # lines, points and labels grow with the image
     shown = [r for r in instances if r["score"] >= style.score_threshold]
     colors = [category_color(r["category_id"]) for r in shown]
     if style.masks:
@@ -190,18 +191,45 @@ def draw_overlay(
     if style.boxes and (shown or kp_shown):
         boxed = shown or kp_shown  # keypoint-only detections carry their own boxes
         boxes = torch.tensor([_xyxy(r["bbox"]) for r in boxed], dtype=torch.float32)
-        labels = [f"{r['category']} {r['score']:.2f}" for r in boxed] if style.labels else None
-        img = draw_bounding_boxes(img, boxes, labels=labels, colors=[category_color(r["category_id"]) for r in boxed],
-                                  width=style.box_width, fill_labels=True, label_colors=(255, 255, 255))
+        box_colors = [category_color(r["category_id"]) for r in boxed]
+        img = draw_bounding_boxes(img, boxes, colors=box_colors, width=style.box_width * k)
+        if style.labels:
+            img = _draw_labels(img, [(f"{r['category']} {r['score']:.2f}", _xyxy(r["bbox"]), c) for r, c in zip(boxed, box_colors)],
+                               size=LABEL_POINTS * k)
     if style.keypoints and kp_shown:
         edges = [(int(a) - 1, int(b) - 1) for a, b in skeleton]
         for r in kp_shown:
             trip = torch.tensor(r["keypoints"], dtype=torch.float32).reshape(-1, 3)
             img = draw_keypoints(
                 img, trip[None, :, :2], connectivity=edges or None, colors=_contrast(category_color(r["category_id"])),
-                radius=style.keypoint_radius, width=style.skeleton_width, visibility=(trip[None, :, 2] > 0),
+                radius=style.keypoint_radius * k, width=style.skeleton_width * k, visibility=(trip[None, :, 2] > 0),
             )
     return img
+
+
+SCALE_PX = 640  # an image this long (or shorter) is drawn at the style's sizes; k times longer, k times thicker
+LABEL_POINTS = 11  # label text height at that size
+
+
+def _draw_labels(img: torch.Tensor, labels: list[tuple[str, list[float], tuple[int, int, int]]], *, size: int) -> torch.Tensor:
+    """White text on the box's colour at each box's top-left corner, kept inside the image,
+    in a font of ``size`` pixels (Pillow's own scalable font; its fixed bitmap font where
+    Pillow was built without FreeType)."""
+    try:
+        font = ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # pragma: no cover - Pillow without FreeType
+        font = ImageFont.load_default()
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(pil)
+    pad = max(1, size // 5)
+    for text, (x0, y0, _, _), color in labels:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+        x = min(max(0.0, x0), max(0.0, pil.width - tw))
+        y = y0 - th if y0 - th >= 0 else min(max(0.0, y0), max(0.0, pil.height - th))
+        draw.rectangle((x, y, x + tw, y + th), fill=color)
+        draw.text((x + pad - left, y + pad - top), text, fill=(255, 255, 255), font=font)
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
 
 
 def _xyxy(bbox: Sequence[float]) -> list[float]:
