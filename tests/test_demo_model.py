@@ -89,20 +89,24 @@ def test_forward_returns_boxes_masks_and_keypoints(model):
 
 
 @torch.no_grad()
-def test_stepwise_forward_matches_the_full_forward(model):
-    """The pipeline's path: transform, backbone, rpn, roi_heads; then the transform's postprocess."""
-    image, _ = _image(1)
-    images, _ = model.transform([image])
-    features = model.backbone(images.tensors)
-    proposals, _ = model.rpn(images, features)
-    detections, _ = model.roi_heads(features, proposals, images.image_sizes)
-    n = len(detections[0]["boxes"])
-    assert detections[0]["masks"].shape == (n, 1, 28, 28)
-    assert detections[0]["keypoints"].shape == (n, 3, 3)
-    pasted = model.transform.postprocess(detections, images.image_sizes, [image.shape[-2:]])
-    (full,) = model([image])
-    torch.testing.assert_close(pasted[0]["boxes"], full["boxes"])
-    torch.testing.assert_close(pasted[0]["keypoints"], full["keypoints"])
+def test_the_pipelines_forward_equals_torchvisions_full_forward(model):
+    """``predict.forward_raw`` (our path: transform, backbone, RPN, the RoI heads image by image,
+    boxes and keypoints scaled back, no mask paste) against the demo model's own full forward:
+    the same detections, and its 28x28 masks pasted by torchvision give torchvision's masks."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from mrcnn_batch.predict.predictor import forward_raw
+
+    images = [_image(1)[0], _image(2)[0]]
+    ours = forward_raw(model, images)
+    full = model(images)
+    assert [len(d["boxes"]) for d in full] == [len(d["boxes"]) for d in ours] and sum(len(d["boxes"]) for d in full) > 0
+    for o, f, image in zip(ours, full, images):
+        for key in ("boxes", "scores", "labels", "keypoints", "keypoints_scores"):
+            torch.testing.assert_close(o[key], f[key], rtol=1e-5, atol=1e-4)
+        assert o["masks"].shape[-2:] == (28, 28)
+        pasted = paste_masks_in_image(o["masks"], o["boxes"], tuple(image.shape[-2:]))
+        torch.testing.assert_close(pasted, f["masks"], rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from mrcnn_batch.cli import app
 from mrcnn_batch.evaluate import COCOEvaluator, EvalInputError, load_ground_truth
+from mrcnn_batch.evaluate.errors import IncompleteRunError
 from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
 from mrcnn_batch.evaluate.predictions import detections_from_results
 
@@ -145,7 +146,7 @@ def test_evaluator_refuses_missing_images_unless_partial():
     gt = ground_truth_from_dict(GT, iou_types=("bbox",))
     ev = COCOEvaluator(gt, iou_types=("bbox",))
     ev.process([BOX], image_ids=[1])
-    with pytest.raises(Exception, match="1 of the 2 ground-truth images were not processed"):
+    with pytest.raises(IncompleteRunError, match="1 of the 2 ground-truth images were not processed"):
         ev.evaluate()
     assert ev.evaluate(allow_partial=True)["bbox"].partial
     with pytest.raises(EvalInputError, match="already processed"):
