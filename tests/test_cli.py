@@ -106,3 +106,21 @@ def test_models_shows_the_reference_metrics(columns):
     assert "box 54.6, keypoints 65.0" in text
     assert "held-out set of 300 images: bbox 85.9" in text  # the demo model, measured
     assert "torchvision:MaskRCNN_ResNet50_FPN_Weights.COCO_V1" in text.replace(" ", "")
+
+
+def test_every_option_and_argument_says_what_it_is_for():
+    """Help text on every option and argument of every command; flags without a ``<bool>`` tag."""
+    import typer.main
+
+    from mrcnn_batch.cli import app
+
+    group = typer.main.get_command(app)
+    missing, tagged = [], []
+    for name, command in group.commands.items():
+        for param in command.params:
+            if not (getattr(param, "help", None) or "").strip():
+                missing.append(f"{name} {param.name}")
+            if getattr(param, "is_flag", False) and param.metavar != "":
+                tagged.append(f"{name} {param.name}")
+    assert not missing, f"no help: {missing}"
+    assert not tagged, f"flags that would show <bool>: {tagged}"

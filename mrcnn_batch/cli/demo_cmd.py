@@ -28,10 +28,10 @@ def _output_options(storage_options: dict, output_storage_options: Optional[str]
 @app.command()
 def demo(
     out_dir: str = typer.Option("mrcnn-demo", "--out", "-o", help="Local directory for the dataset, run, report, overlays and export."),
-    s3: bool = typer.Option(False, "--s3", help="Keep the dataset and the run in an embedded S3 endpoint (moto's server) instead of local files."),
+    s3: bool = typer.Option(False, "--s3", metavar="", help="Keep the dataset and the run in an embedded S3 endpoint (moto's server) instead of local files."),
     images: Optional[int] = typer.Option(None, "--images", "-n", min=1, help="Held-out images to generate (default: 300, about a minute on 2 CPU cores)."),
     executor: Optional[str] = typer.Option(None, "--executor", help="ray (default: actors on an embedded local Ray) or local (in-process)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log progress."),
 ) -> None:
     """Generate a held-out dataset, infer with the demo model, evaluate, render and report."""
     from mrcnn_batch.demo.pipeline import DEFAULT_EXECUTOR, DEFAULT_IMAGES, DemoConfig, DemoIncomplete, run_demo
@@ -76,14 +76,14 @@ def render(
     image_id: Optional[List[int]] = typer.Option(None, "--image-id", help="Render this image (repeatable). Default: the first --limit ok images by id."),
     limit: int = typer.Option(32, "--limit", help="Images rendered when no --image-id is given."),
     score_threshold: float = typer.Option(0.5, "--score-threshold", help="Draw instances and keypoints scoring at least this."),
-    no_masks: bool = typer.Option(False, "--no-masks"),
-    no_boxes: bool = typer.Option(False, "--no-boxes"),
-    no_labels: bool = typer.Option(False, "--no-labels"),
-    no_keypoints: bool = typer.Option(False, "--no-keypoints"),
-    gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Also write gallery.png: the best instances of each category."),
+    no_masks: bool = typer.Option(False, "--no-masks", metavar="", help="Do not draw the masks."),
+    no_boxes: bool = typer.Option(False, "--no-boxes", metavar="", help="Do not draw the boxes."),
+    no_labels: bool = typer.Option(False, "--no-labels", metavar="", help="Do not write category and score labels."),
+    no_keypoints: bool = typer.Option(False, "--no-keypoints", metavar="", help="Do not draw keypoints and skeletons."),
+    gallery: bool = typer.Option(True, "--gallery/--no-gallery", metavar="", help="Also write gallery.png: the best instances of each category."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for the run and its images."),
     output_storage_options: Optional[str] = typer.Option(None, "--output-storage-options", help="Storage options (JSON) for --out; default: --storage-options."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log progress."),
 ) -> None:
     """Overlays of a run's predictions: masks, boxes, labels, keypoint skeletons; and a gallery."""
     import posixpath
@@ -129,10 +129,10 @@ def report(
     out_file: Optional[str] = typer.Option(None, "--out", "-o", help="The HTML file (default: RUN/report.html)."),
     samples: int = typer.Option(6, "--samples", help="Sample overlays shown."),
     score_threshold: float = typer.Option(0.5, "--score-threshold", help="Overlays and gallery draw instances scoring at least this."),
-    title: Optional[str] = typer.Option(None, "--title"),
+    title: Optional[str] = typer.Option(None, "--title", help="The page's heading (default: 'mrcnn-batch run report')."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for the run and its images."),
     output_storage_options: Optional[str] = typer.Option(None, "--output-storage-options", help="Storage options (JSON) for --out; default: --storage-options."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log progress."),
 ) -> None:
     """One self-contained HTML page: statuses, categories, scores, throughput, metrics, overlays."""
     from mrcnn_batch.render import OverlayStyle
@@ -161,7 +161,7 @@ def export(
     image_root: Optional[str] = typer.Option(None, "--image-root", help="coco only: file_name is the image URI relative to this prefix (default: the full URI)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for the run."),
     output_storage_options: Optional[str] = typer.Option(None, "--output-storage-options", help="Storage options (JSON) for --out; default: --storage-options."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log progress."),
 ) -> None:
     """COCO JSON of a run, for the COCO API and annotation tools."""
     from mrcnn_batch.export import FORMATS, export_run

@@ -45,15 +45,15 @@ def eval_command(
     iou_types: Optional[str] = typer.Option(None, "--iou-types", help="Comma-separated: bbox,segm,keypoints. Default: what the model (or the results file) provides."),
     predictions: Optional[str] = typer.Option(None, "--predictions", "-p", help="A COCO results JSON to evaluate instead of a run (needs --out)."),
     out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write metrics and plots (default: RUN/eval)."),
-    allow_partial: bool = typer.Option(False, "--allow-partial", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", metavar="", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere)."),
     kpt_sigmas: Optional[str] = typer.Option(None, "--kpt-sigmas", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17)."),
-    drop_unknown_categories: bool = typer.Option(False, "--drop-unknown-categories", help="Ignore detections of categories absent from the ground truth instead of failing."),
+    drop_unknown_categories: bool = typer.Option(False, "--drop-unknown-categories", metavar="", help="Ignore detections of categories absent from the ground truth instead of failing."),
     match_by: str = typer.Option("image_id", "--match-by", help="Pair the run's images with the ground truth's by image_id (a run planned from the COCO JSON) or by file_name (a run planned from a folder or manifest)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks in parallel on a private local Ray (default: in this process, no Ray; with --address: the cluster's CPUs)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the matching on (default: RAY_ADDRESS; without either, no Ray unless --workers)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for every URL."),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the precision-recall PNGs."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress."),
+    no_plots: bool = typer.Option(False, "--no-plots", metavar="", help="Skip the precision-recall PNGs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log progress."),
 ) -> None:
     """Evaluate a run's detections (or a results JSON) against COCO ground truth."""
     from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError

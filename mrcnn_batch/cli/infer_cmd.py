@@ -56,23 +56,23 @@ def infer(
     classes: Optional[str] = typer.Option(None, help="Comma-separated category names to keep, e.g. 'person,dog'."),
     batch_size: int = typer.Option(2, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, cuda:N."),
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision (autocast: float16 on CUDA, bfloat16 on CPU). Other numbers than float32; off until measured on your GPU."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format in the backbone (may be faster on GPUs; float noise only)."),
+    amp: bool = typer.Option(False, "--amp", metavar="", help="Mixed precision (autocast: float16 on CUDA, bfloat16 on CPU). Other numbers than float32; off until measured on your GPU."),
+    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="NHWC memory format in the backbone (may be faster on GPUs; float noise only)."),
     shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, help="Images per shard (the unit of commit and retry)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels get status too_large."),
     max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", min=1, help="Image files larger than this many bytes get status too_large, unread (checked from the file's or tar member's size)."),
-    no_exif_transpose: bool = typer.Option(False, "--no-exif-transpose", help="Ignore EXIF orientation."),
-    gpu_decode: bool = typer.Option(False, "--gpu-decode", help="Decode JPEGs on the CUDA device (nvJPEG); other formats on the CPU. Pixels differ slightly from the CPU decode: part of the run's identity. Needs a CUDA device."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run with other settings in OUTPUT."),
+    no_exif_transpose: bool = typer.Option(False, "--no-exif-transpose", metavar="", help="Ignore EXIF orientation."),
+    gpu_decode: bool = typer.Option(False, "--gpu-decode", metavar="", help="Decode JPEGs on the CUDA device (nvJPEG); other formats on the CPU. Pixels differ slightly from the CPU decode: part of the run's identity. Needs a CUDA device."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace a run with other settings in OUTPUT."),
     executor: str = typer.Option("ray", "--executor", help="ray: a pool of Ray actors; local: shards one after another in this process."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs)."),
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="GPUs per actor, may be fractional (default: 1 when the cluster has GPUs, else 0)."),
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers)."),
     address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a private local Ray for this command)."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Tries per shard (worker deaths included) before it is reported failed."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the input and print the plan (images, shards, ids) and what OUTPUT holds; load no model, write nothing."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log per-image problems as they happen, and show Ray's worker logs."),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="List the input and print the plan (images, shards, ids) and what OUTPUT holds; load no model, write nothing."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", metavar="", help="Show a progress bar on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log per-image problems as they happen, and show Ray's worker logs."),
 ) -> None:
     """Run a detector over INPUT and write Parquet tables into OUTPUT (resumable)."""
     # what needs no model, first: a mistyped option fails in a second, not after torch loads
@@ -219,7 +219,7 @@ def print_summary(summary) -> None:
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON.")) -> None:
+def models(as_json: bool = typer.Option(False, "--json", metavar="", help="Print the registry as JSON.")) -> None:
     """List the registered models and their metadata."""
     from mrcnn_batch.models.registry import list_models
 

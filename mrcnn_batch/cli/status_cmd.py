@@ -22,7 +22,7 @@ out = Console()
 def status(
     output: str = typer.Argument(..., help="Run directory (any fsspec URL)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for OUTPUT."),
-    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the status as JSON."),
 ) -> None:
     """Show a run's progress: shards done / pending / failed, images by status.
 
