@@ -47,7 +47,7 @@ from pycocotools import mask as mask_utils
 
 import mrcnn_batch as mb
 import mrcnn_batch.run.processor as processor_module
-from mrcnn_batch.demo.synthetic import write_dataset
+from mrcnn_batch.datasets.shapes import write_dataset
 from mrcnn_batch.encode.masks import paste_and_encode
 from mrcnn_batch.models.loaded import build_model
 from mrcnn_batch.plan import shard_ids, shard_rows

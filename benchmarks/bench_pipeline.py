@@ -51,7 +51,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.transforms.functional import pil_to_tensor
 
 import mrcnn_batch as mb
-from mrcnn_batch.demo.synthetic import generate_sample
+from mrcnn_batch.datasets.shapes import generate_sample
 from mrcnn_batch.encode.masks import paste_and_encode
 from mrcnn_batch.encode.rows import Columns, encode_detections
 from mrcnn_batch.models.loaded import build_model, resolve_weights
@@ -61,7 +61,12 @@ from mrcnn_batch.plan import shard_ids, shard_rows
 from mrcnn_batch.predict.predictor import Detections, Predictor
 from mrcnn_batch.read import decode_image, fetch_all
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
-from mrcnn_batch.run.processor import TABLES, ShardProcessor, encoder_threads, shard_images
+from mrcnn_batch.run.processor import (
+    TABLES,
+    ShardProcessor,
+    encoder_threads,
+    shard_images,
+)
 from mrcnn_batch.write.tables import build_table, table_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

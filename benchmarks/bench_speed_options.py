@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import mrcnn_batch as mb
-from mrcnn_batch.demo.synthetic import HELDOUT_SEED, write_dataset
+from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 from mrcnn_batch.evaluate.distributed import evaluate_run
 from mrcnn_batch.evaluate.groundtruth import load_ground_truth
 

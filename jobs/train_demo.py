@@ -37,7 +37,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mrcnn_batch.demo import synthetic
+from mrcnn_batch.datasets import shapes as synthetic
 from mrcnn_batch.models import demo as demo_model
 
 logger = logging.getLogger("train_demo")

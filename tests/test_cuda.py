@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from test_encode_masks import detections, inside, near_threshold, reference
 
 import mrcnn_batch as mb
-from mrcnn_batch.demo.synthetic import HELDOUT_SEED, write_dataset
+from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 from mrcnn_batch.encode.masks import paste_and_encode
 from mrcnn_batch.read import decode_image
 from mrcnn_batch.read.gpu_decode import decode_on_device

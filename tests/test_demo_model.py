@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.models.detection import MaskRCNN
 
-from mrcnn_batch.demo import synthetic
+from mrcnn_batch.datasets import shapes as synthetic
 from mrcnn_batch.models.registry import get_spec
 
 PACKAGE_PREFIX = "package://"

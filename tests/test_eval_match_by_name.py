@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import mrcnn_batch as mb
 from mrcnn_batch.cli import EXIT_OK, EXIT_USAGE, app
-from mrcnn_batch.demo.synthetic import HELDOUT_SEED, write_dataset
+from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,7 @@ def test_folder_run_matched_by_file_name_equals_the_json_planned_run(runs):
 
     # the same through Ray tasks, each holding only its part of the id map
     from eval_fixtures import ensure_ray
+
     from mrcnn_batch.evaluate.distributed import evaluate_run
     from mrcnn_batch.evaluate.groundtruth import load_ground_truth
 

@@ -14,14 +14,19 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from test_render import make_run
 from typer.testing import CliRunner
 
-from mrcnn_batch.demo.synthetic import HELDOUT_SEED, OKS_SIGMAS, TRIANGLE_ID, write_dataset
+from mrcnn_batch.datasets.shapes import (
+    HELDOUT_SEED,
+    OKS_SIGMAS,
+    TRIANGLE_ID,
+    write_dataset,
+)
 from mrcnn_batch.evaluate.distributed import evaluate_run
 from mrcnn_batch.evaluate.groundtruth import load_ground_truth
 from mrcnn_batch.export import coco_results, export_run
 from mrcnn_batch.run.layout import open_run
-from test_render import make_run
 
 TYPES = ("bbox", "segm", "keypoints")
 

@@ -350,7 +350,7 @@ def test_a_tar_shard_gives_the_same_rows_at_batch_sizes_1_2_8(tmp_path):
     """Through the shard processor with the demo model: hostile member names read as named,
     shards that never span tars, and rows independent of the batch size."""
     import mrcnn_batch as mb
-    from mrcnn_batch.demo.synthetic import HELDOUT_SEED, write_dataset
+    from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 
     write_dataset(str(tmp_path / "src"), seed=HELDOUT_SEED + 3, num_images=6)
     pngs = sorted((tmp_path / "src" / "images").glob("*.png"))

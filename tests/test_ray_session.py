@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from mrcnn_batch.cli import app
 from mrcnn_batch.config import IDENTITY_ADDED, local_url, same_identity
-from mrcnn_batch.demo.synthetic import write_dataset
+from mrcnn_batch.datasets.shapes import write_dataset
 
 CLI = [sys.executable, "-m", "mrcnn_batch.cli"]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")

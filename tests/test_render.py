@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mrcnn_batch.demo.synthetic import HELDOUT_SEED, TRIANGLE_ID, write_dataset
+from mrcnn_batch.datasets.shapes import HELDOUT_SEED, TRIANGLE_ID, write_dataset
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.render import (
     OverlayStyle,

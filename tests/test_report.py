@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_render import make_run
 from typer.testing import CliRunner
 
-from mrcnn_batch.demo.synthetic import CATEGORIES, HELDOUT_SEED, write_dataset
+from mrcnn_batch.datasets.shapes import CATEGORIES, HELDOUT_SEED, write_dataset
 from mrcnn_batch.evaluate import COCOEvaluator, load_ground_truth
 from mrcnn_batch.evaluate.outputs import write_outputs
 from mrcnn_batch.evaluate.predictions import detections_from_results
 from mrcnn_batch.export import coco_results
 from mrcnn_batch.report import build_report
 from mrcnn_batch.run.layout import open_run
-from test_render import make_run
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium)")
@@ -259,7 +259,11 @@ def test_categories_are_aggregated_through_dictionary_indices_as_by_name():
     import numpy as np
     import pyarrow as pa
 
-    from mrcnn_batch.report.facts import category_codes, counts_by_category, scores_by_category
+    from mrcnn_batch.report.facts import (
+        category_codes,
+        counts_by_category,
+        scores_by_category,
+    )
 
     rng = np.random.default_rng(0)
     names = ["person", "dog", "car", "N/A", "zebra"]

@@ -15,8 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from mrcnn_batch.cli import EXIT_OK, EXIT_REFUSED, EXIT_SHARDS_FAILED, EXIT_STORAGE, EXIT_USAGE, app
-from mrcnn_batch.demo.synthetic import HELDOUT_SEED, write_dataset
+from mrcnn_batch.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SHARDS_FAILED,
+    EXIT_STORAGE,
+    EXIT_USAGE,
+    app,
+)
+from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 from mrcnn_batch.run.layout import RunDir
 
 ARGS = ["--model", "demo", "--executor", "local", "--shard-size", "2", "--no-progress"]

@@ -9,7 +9,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 import mrcnn_batch as mb
-from mrcnn_batch.demo.synthetic import HELDOUT_SEED, write_dataset
+from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 from mrcnn_batch.evaluate.distributed import evaluate_run
 from mrcnn_batch.evaluate.groundtruth import load_ground_truth
 from mrcnn_batch.run.driver import RunRefused

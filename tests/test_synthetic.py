@@ -1,4 +1,4 @@
-"""Contracts of the synthetic shapes dataset (mrcnn_batch.demo.synthetic)."""
+"""Contracts of the synthetic shapes dataset (mrcnn_batch.datasets.shapes)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mrcnn_batch.demo import synthetic
-from mrcnn_batch.demo.synthetic import (
+from mrcnn_batch.datasets import shapes as synthetic
+from mrcnn_batch.datasets.shapes import (
     CATEGORIES,
     HELDOUT_SEED,
     KEYPOINT_NAMES,

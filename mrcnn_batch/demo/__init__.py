@@ -1,1 +1,1 @@
-"""The demo: a synthetic shapes dataset and the small model trained on it."""
+"""The demo: the whole pipeline on the synthetic shapes dataset (`mrcnn_batch.datasets.shapes`) with the packaged `demo` model."""

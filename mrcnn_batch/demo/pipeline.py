@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mrcnn_batch.demo.synthetic import (
+from mrcnn_batch.datasets.shapes import (
     ANNOTATIONS_FILE,
     HELDOUT_SEED,
     IMAGES_DIR,

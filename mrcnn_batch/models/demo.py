@@ -4,15 +4,15 @@ One network predicts all three outputs, as in the Mask R-CNN paper: keypoints ar
 masks of the same RoI heads (torchvision's ``RoIHeads`` runs its mask and keypoint branches
 together when both are set). The backbone is a light ResNet-style network trained from scratch
 (BatchNorm, four stages at strides 4..32) under a 64-channel FPN, sized for 160-240 px images
-on CPU. Its weights were trained by ``jobs/train_demo.py`` on ``mrcnn_batch.demo.synthetic`` and
+on CPU. Its weights were trained by ``jobs/train_demo.py`` on ``mrcnn_batch.datasets.shapes`` and
 ship in the package (``weights/demo.pt``, facts and held-out metrics in ``weights/demo.json``).
 """
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from collections import OrderedDict
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -21,12 +21,18 @@ import torch.nn as nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.keypoint_rcnn import (
+    KeypointRCNNHeads,
+    KeypointRCNNPredictor,
+)
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import (
+    FeaturePyramidNetwork,
+    LastLevelMaxPool,
+)
 
-from mrcnn_batch.demo.synthetic import (
+from mrcnn_batch.datasets.shapes import (
     CATEGORIES,
     KEYPOINT_NAMES,
     OKS_SIGMAS,
@@ -149,7 +155,7 @@ DEMO = register(
         name="demo",
         description=(
             "Small Mask R-CNN (ResNet-style trunk + 64-channel FPN) with mask and keypoint heads,"
-            " trained from scratch on the synthetic shapes dataset (mrcnn_batch.demo.synthetic)"
+            " trained from scratch on the synthetic shapes dataset (mrcnn_batch.datasets.shapes)"
         ),
         build=build,
         categories=CATEGORIES,
