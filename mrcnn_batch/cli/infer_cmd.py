@@ -99,7 +99,7 @@ def infer(
     from mrcnn_batch.plan import InputError
     from mrcnn_batch.run.driver import execute
     from mrcnn_batch.run.preflight import check_storage
-    from mrcnn_batch.run.progress import RunProgress
+    from mrcnn_batch.cli.progress import RunProgress
     from mrcnn_batch.run.ray_executor import WorkerStartError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -177,10 +177,9 @@ def print_plan(config) -> None:
 
     from mrcnn_batch.models.registry import get_spec
     from mrcnn_batch.plan import build_plan, input_kind
-    from mrcnn_batch.predict.predictor import label_filter
     from mrcnn_batch.run.layout import RunDir
 
-    label_filter(get_spec(config.predict.model).categories, config.predict.classes)
+    get_spec(config.predict.model).keep_labels(config.predict.classes)  # an unknown name fails here
     plan = build_plan(config.input, shard_size=config.shard_size)
     shards = pc.max(plan["shard"]).as_py() + 1
     out.print(f"dry run: {plan.num_rows} images in {shards} shards of up to {config.shard_size} "
@@ -231,7 +230,7 @@ def models(as_json: bool = typer.Option(False, "--json", metavar="", help="Print
     if out.width < 110:  # a narrow terminal: one block per model rather than a squeezed table
         for s in specs:
             outputs = "+".join(x for x, on in (("boxes", True), ("masks", s.has_masks), ("keypoints", s.has_keypoints)) if on)
-            cats = len([c for c in s.categories if c not in ("__background__", "N/A")])
+            cats = len(s.category_ids())
             out.print(f"[bold]{s.name}[/]: {outputs}; {cats} categories; {len(s.keypoint_names) or 'no'} keypoints",
                       highlight=False)
             for line in reference_metrics_text(s.reference_metrics).splitlines():
@@ -246,7 +245,7 @@ def models(as_json: bool = typer.Option(False, "--json", metavar="", help="Print
     table.add_column("reference metrics (AP)", min_width=30)
     for s in specs:
         outputs = "+".join(x for x, on in (("boxes", True), ("masks", s.has_masks), ("keypoints", s.has_keypoints)) if on)
-        cats = len([c for c in s.categories if c not in ("__background__", "N/A")])
+        cats = len(s.category_ids())
         table.add_row(s.name, outputs, str(cats), str(len(s.keypoint_names) or "-"), reference_metrics_text(s.reference_metrics))
     out.print(table)
     for s in specs:

@@ -9,7 +9,7 @@ the package hard-codes a label map.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 
@@ -56,15 +56,29 @@ class ModelSpec:
         """This spec with a user checkpoint's own categories (and keypoint metadata)."""
         return replace(self, categories=tuple(categories), **meta)
 
+    def category_ids(self) -> dict[str, int]:
+        """The real categories by name: label 0 (background, whatever its name: torchvision's
+        keypoint model calls it "no person") and the ``N/A`` placeholders left out."""
+        return {n: i for i, n in enumerate(self.categories) if i > 0 and n not in PLACEHOLDER_NAMES}
+
+    def keep_labels(self, classes: Sequence[str]) -> tuple[int, ...] | None:
+        """The labels ``--classes`` keeps (None: all); an unknown name raises, naming the model's."""
+        if not classes:
+            return None
+        lookup = self.category_ids()
+        unknown = [c for c in classes if c not in lookup]
+        if unknown:
+            raise ValueError(
+                f"unknown class name(s) {', '.join(map(repr, unknown))}; the model's categories:"
+                f" {', '.join(sorted(lookup))}"
+            )
+        return tuple(sorted(lookup[c] for c in classes))
+
     def metadata(self) -> dict[str, Any]:
         """The JSON-able metadata recorded in a run's ``_run.json``."""
         return {
             "name": self.name,
-            "categories": [
-                {"id": i, "name": n}
-                for i, n in enumerate(self.categories)
-                if n not in ("__background__", "N/A")
-            ],
+            "categories": [{"id": i, "name": n} for n, i in sorted(self.category_ids().items(), key=lambda kv: kv[1])],
             "has_masks": self.has_masks,
             "has_keypoints": self.has_keypoints,
             "keypoint_names": list(self.keypoint_names),
@@ -75,6 +89,7 @@ class ModelSpec:
         }
 
 
+PLACEHOLDER_NAMES = ("__background__", "N/A")  # labels that are not categories
 _REGISTRY: dict[str, ModelSpec] = {}
 
 

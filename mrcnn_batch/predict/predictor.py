@@ -104,7 +104,8 @@ class Predictor:
         self.device = device
         self.speed = speed
         self.spec = model.spec
-        self.keep_labels = label_filter(self.spec.categories, classes)
+        keep = self.spec.keep_labels(classes)
+        self.keep_labels = None if keep is None else torch.tensor(keep, dtype=torch.int64)
 
     def batch_key(self, height: int, width: int) -> tuple:
         """Images of equal keys may share a batch without changing their detections."""
@@ -186,16 +187,3 @@ def join_by_iou(kp_boxes: torch.Tensor, inst_boxes: torch.Tensor, inst_index: to
             out[i] = index[j]
             taken[j] = True
     return out
-
-
-def label_filter(categories: tuple[str, ...], classes: tuple[str, ...]) -> torch.Tensor | None:
-    if not classes:
-        return None
-    lookup = {name: i for i, name in enumerate(categories) if name not in ("__background__", "N/A")}
-    unknown = [c for c in classes if c not in lookup]
-    if unknown:
-        raise ValueError(
-            f"unknown class name(s) {', '.join(map(repr, unknown))}; the model's categories:"
-            f" {', '.join(sorted(lookup))}"
-        )
-    return torch.tensor(sorted(lookup[c] for c in classes), dtype=torch.int64)

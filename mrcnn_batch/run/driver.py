@@ -25,15 +25,14 @@ from mrcnn_batch import __version__
 from mrcnn_batch.config import RunConfig, same_identity
 from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
 from mrcnn_batch.models.loaded import check_fit, effective_spec, resolve_weights
-from mrcnn_batch.predict.predictor import label_filter
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
 from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir, RunMeta
 from mrcnn_batch.run.lease import DEFAULT_TTL_S, Fence, Lease, LeaseHeld
 from mrcnn_batch.run.status import commit_totals
-from mrcnn_batch.write.tables import table_bytes
 from mrcnn_batch.schemas import SCHEMA_VERSION
+from mrcnn_batch.write.tables import table_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, RunM
     weights = resolve_weights(spec, config.predict.weights, storage_options=config.input.storage_options)
     check_fit(config.predict.model, weights)  # before any plan is written or worker started
     # Fail here, before any worker starts, on class names the weights do not know.
-    label_filter(effective_spec(spec, weights).categories, config.predict.classes)
+    effective_spec(spec, weights).keep_labels(config.predict.classes)  # an unknown name fails here
     identity = config.identity(weights_sha256=weights.sha256)
     run = RunDir(config.output, config.output_storage_options)
     if run.exists(RUN_JSON):
