@@ -80,3 +80,16 @@ def test_weights_that_do_not_fit_are_refused(tmp_path, keypoint_weights, mask_we
     w = Weights(source="x", sha256="0", state_dict={"a": torch.zeros(1)})
     with pytest.raises(WeightsUnavailable, match="mask\\."):
         build_model("maskrcnn+keypointrcnn_resnet50_fpn", w)
+
+
+def test_an_entry_knows_its_categories_and_which_labels_classes_keeps():
+    from mrcnn_batch.models.registry import get_spec
+
+    mask, kp = get_spec("maskrcnn_resnet50_fpn"), get_spec("keypointrcnn_resnet50_fpn")
+    assert kp.category_ids() == {"person": 1}  # label 0 ("no person") is background, not a category
+    assert len(mask.category_ids()) == 80 and "N/A" not in mask.category_ids()
+    assert mask.keep_labels(("dog", "person")) == (1, 18)
+    assert mask.keep_labels(()) is None
+    with pytest.raises(ValueError, match="unknown class name.*'N/A'"):
+        mask.keep_labels(("N/A",))
+    assert [c["id"] for c in kp.metadata()["categories"]] == [1]
