@@ -39,6 +39,13 @@ def mask_weights(weights_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mask_v2_weights(weights_dir) -> Path:
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    return _random_weights(weights_dir / "mask_v2.pth", maskrcnn_resnet50_fpn_v2, num_classes=91, boost=[1, 3, 18], seed=2)
+
+
+@pytest.fixture(scope="session")
 def keypoint_weights(weights_dir) -> Path:
     from torchvision.models.detection import keypointrcnn_resnet50_fpn
 

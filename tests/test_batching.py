@@ -21,6 +21,7 @@ from test_reference import (  # noqa: F401 - batch_invariant_kernels: an autouse
 from torchvision.models.detection import (
     keypointrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -107,10 +108,11 @@ def mixed_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def references(mixed_dir, mask_weights, keypoint_weights):
+def references(mixed_dir, mask_weights, mask_v2_weights, keypoint_weights):
     nets = {}
     for name, builder, classes, weights in [
         ("maskrcnn_resnet50_fpn", maskrcnn_resnet50_fpn, 91, mask_weights),
+        ("maskrcnn_resnet50_fpn_v2", maskrcnn_resnet50_fpn_v2, 91, mask_v2_weights),
         ("keypointrcnn_resnet50_fpn", keypointrcnn_resnet50_fpn, 2, keypoint_weights),
     ]:
         net = builder(weights=None, weights_backbone=None, num_classes=classes,
@@ -120,7 +122,7 @@ def references(mixed_dir, mask_weights, keypoint_weights):
     return nets
 
 
-@pytest.mark.parametrize("model", ["maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn"])
+@pytest.mark.parametrize("model", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn"])
 def test_rows_equal_the_model_on_each_image_alone_at_every_batch_size(tmp_path, mixed_dir, references, model):
     net, weights = references[model]
     tables, ref = {}, None
