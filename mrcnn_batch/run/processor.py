@@ -14,7 +14,8 @@ Batches never change results (see ``predict.batching``): decoded images wait in 
 (``batch_size``) or when the window must move on. Each image's rows are encoded apart and the
 shard's tables are concatenated in plan order, so the files are the same at any batch size or
 number of encoder threads (up to the float noise ``predict.batching`` describes). Every planned
-image leaves exactly one ``images`` row, whatever happened to it. The commit marker is written last (see ``run.layout``).
+image leaves exactly one ``images`` row, whatever happened to it. The commit marker is written
+last (see ``run.layout``).
 
 No idle model at shard boundaries: executors give a processor ``SHARDS_IN_FLIGHT`` shards at
 once (a thread each; a Ray actor runs that many calls concurrently). The model runs one batch
