@@ -9,6 +9,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+# Every default of a run, once: the dataclasses below, the API (make_config, infer) and the CLI
+# take them from here.
+DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
+DEFAULT_SCORE_THRESHOLD = 0.05
+DEFAULT_MASK_THRESHOLD = 0.5
+DEFAULT_MAX_DETECTIONS = 100
+DEFAULT_BATCH_SIZE = 2
+DEFAULT_IO_THREADS = 16
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold (0.25 GiB of RGBA)
 DEFAULT_MAX_BYTES = 256 * 2**20  # per image file, checked from its size before it is read
@@ -27,15 +35,15 @@ class InputSpec:
 class PredictConfig:
     """Model and prediction settings; the run's identity depends on every field here."""
 
-    model: str = "maskrcnn_resnet50_fpn"
+    model: str = DEFAULT_MODEL
     weights: str | None = None  # fsspec URI of a state dict; None: the registry's default
-    score_threshold: float = 0.05
-    mask_threshold: float = 0.5
-    max_detections: int = 100
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD
+    max_detections: int = DEFAULT_MAX_DETECTIONS
     min_size: int = 800
     max_size: int = 1333
     classes: tuple[str, ...] = ()  # keep only these category names; empty: all
-    batch_size: int = 2
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # autocast (float16 on CUDA, bfloat16 on CPU): faster on GPUs, other numbers
     channels_last: bool = False  # NHWC activations in the backbone: float noise only
@@ -46,7 +54,7 @@ class ReadConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES  # larger files get status too_large, unread
     exif_transpose: bool = True
-    io_threads: int = 16
+    io_threads: int = DEFAULT_IO_THREADS
     gpu_decode: bool = False  # JPEGs decoded by nvJPEG on the CUDA device: other pixels than the CPU's
 
 

@@ -14,7 +14,16 @@ from rich.table import Table
 from rich.text import Text
 
 from mrcnn_batch.cli import EXIT_SHARDS_FAILED, EXIT_USAGE, app
-from mrcnn_batch.config import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_SHARD_SIZE
+from mrcnn_batch.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MASK_THRESHOLD,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL,
+    DEFAULT_SCORE_THRESHOLD,
+    DEFAULT_SHARD_SIZE,
+)
 from mrcnn_batch.errors import MrcnnBatchError
 
 err = Console(stderr=True)
@@ -43,18 +52,18 @@ def fail(message: str, code: int) -> None:
 def infer(
     input: str = typer.Argument(..., help="Images: a prefix or glob, a manifest (.txt/.csv/.parquet), a COCO annotations .json, or tar shard(s). Any fsspec URL."),
     output: str = typer.Argument(..., help="Run directory (any fsspec URL). Resumed if it holds this run."),
-    model: str = typer.Option("maskrcnn_resnet50_fpn", "--model", "-m", help="Registry name (see `mrcnn-batch models`)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Registry name (see `mrcnn-batch models`)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="State dict or checkpoint at any fsspec URL. Default: the model's registry weights."),
     image_root: Optional[str] = typer.Option(None, "--image-root", help="With a COCO .json input: where its file_names live (default: the JSON's folder)."),
     storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec storage options (JSON) for input and weights, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'. Never stored in the run.'),
     output_storage_options: Optional[str] = typer.Option(None, "--output-storage-options", help="Storage options (JSON) for the output; default: those of the input."),
-    score_threshold: float = typer.Option(0.05, help="Keep detections scoring at least this."),
-    mask_threshold: float = typer.Option(0.5, help="Mask probability threshold."),
-    max_detections: int = typer.Option(100, help="Detections kept per image."),
+    score_threshold: float = typer.Option(DEFAULT_SCORE_THRESHOLD, help="Keep detections scoring at least this."),
+    mask_threshold: float = typer.Option(DEFAULT_MASK_THRESHOLD, help="Mask probability threshold."),
+    max_detections: int = typer.Option(DEFAULT_MAX_DETECTIONS, help="Detections kept per image."),
     min_size: Optional[int] = typer.Option(None, help="Resize so the short side is this (default: the model's)."),
     max_size: Optional[int] = typer.Option(None, help="...and the long side at most this (default: the model's)."),
     classes: Optional[str] = typer.Option(None, help="Comma-separated category names to keep, e.g. 'person,dog'."),
-    batch_size: int = typer.Option(2, help="Images per forward pass."),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, cuda:N."),
     amp: bool = typer.Option(False, "--amp", metavar="", help="Mixed precision (autocast: float16 on CUDA, bfloat16 on CPU). Other numbers than float32; off until measured on your GPU."),
     channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="NHWC memory format in the backbone (may be faster on GPUs; float noise only)."),
@@ -95,11 +104,11 @@ def infer(
         fail(str(e), e.exit_code)
 
     from mrcnn_batch.api import make_config, make_executor
+    from mrcnn_batch.cli.progress import RunProgress
     from mrcnn_batch.models.weights import WeightsUnavailable
     from mrcnn_batch.plan import InputError
     from mrcnn_batch.run.driver import execute
     from mrcnn_batch.run.preflight import check_storage
-    from mrcnn_batch.cli.progress import RunProgress
     from mrcnn_batch.run.ray_executor import WorkerStartError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mrcnn_batch.config import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 from mrcnn_batch.models.registry import ModelSpec, get_spec
 from mrcnn_batch.models.weights import Weights, WeightsUnavailable, load_weights
 
@@ -58,8 +59,8 @@ def build_model(
     *,
     min_size: int | None = None,
     max_size: int | None = None,
-    score_threshold: float = 0.05,
-    max_detections: int = 100,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
 ) -> LoadedModel:
     spec = get_spec(name)
     kwargs = dict(
