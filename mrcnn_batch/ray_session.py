@@ -41,8 +41,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
     target = ray_address(address)
     if target is None:
         ray.init(address="local", num_cpus=num_cpus, **quiet)
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
         return f"Ray: a private local Ray for this command ({cpus} CPUs, {gpus} GPUs; --address or RAY_ADDRESS joins a cluster)"
     _reachable(target)
     try:

@@ -238,10 +238,8 @@ def models(as_json: bool = typer.Option(False, "--json", metavar="", help="Print
         return
     if out.width < 110:  # a narrow terminal: one block per model rather than a squeezed table
         for s in specs:
-            outputs = "+".join(x for x, on in (("boxes", True), ("masks", s.has_masks), ("keypoints", s.has_keypoints)) if on)
-            cats = len(s.category_ids())
-            out.print(f"[bold]{s.name}[/]: {outputs}; {cats} categories; {len(s.keypoint_names) or 'no'} keypoints",
-                      highlight=False)
+            outputs, cats, kps = _model_facts(s)
+            out.print(f"[bold]{s.name}[/]: {outputs}; {cats} categories; {kps or 'no'} keypoints", highlight=False)
             for line in reference_metrics_text(s.reference_metrics).splitlines():
                 out.print(f"  reference AP, {line}", highlight=False, soft_wrap=True)
             out.print(f"  default weights: {s.default_weights or 'those of its components'}", highlight=False, soft_wrap=True)
@@ -253,11 +251,14 @@ def models(as_json: bool = typer.Option(False, "--json", metavar="", help="Print
     table.add_column("keypoints", justify="right", min_width=9, no_wrap=True)
     table.add_column("reference metrics (AP)", min_width=30)
     for s in specs:
-        outputs = "+".join(x for x, on in (("boxes", True), ("masks", s.has_masks), ("keypoints", s.has_keypoints)) if on)
-        cats = len(s.category_ids())
-        table.add_row(s.name, outputs, str(cats), str(len(s.keypoint_names) or "-"), reference_metrics_text(s.reference_metrics))
+        outputs, cats, kps = _model_facts(s)
+        table.add_row(s.name, outputs, str(cats), str(kps or "-"), reference_metrics_text(s.reference_metrics))
     out.print(table)
     for s in specs:
         out.print(f"{s.name}: default weights {s.default_weights or 'those of its components'}", highlight=False, soft_wrap=True)
-    return
-    out.print(table)
+
+
+def _model_facts(spec) -> tuple[str, int, int]:
+    """A registry entry's outputs ("boxes+masks"), number of categories and of keypoints."""
+    outputs = "+".join(x for x, on in (("boxes", True), ("masks", spec.has_masks), ("keypoints", spec.has_keypoints)) if on)
+    return outputs, len(spec.category_ids()), len(spec.keypoint_names)
