@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # A CPU-only machine: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs
 # PyTorch's CPU wheels first (about 1 GB instead of 6 with the CUDA libraries).
 TORCH_INDEX ?=
+# datumaro (the COCO export's importer test) pins older pandas/pyarrow/pillow: its own environment.
+DATUMARO_VENV ?= .venv-datumaro
+DATUMARO_STAMP := $(DATUMARO_VENV)/.installed
 
 .PHONY: setup demo test bench clean
 
@@ -21,11 +24,17 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/mrcnn-batch demo
 
-test: setup
-	$(PY) -m pytest -q
+$(DATUMARO_STAMP):
+	$(PYTHON) -m venv $(DATUMARO_VENV)
+	$(DATUMARO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DATUMARO_VENV)/bin/python -m pip install --quiet datumaro==1.13.12
+	touch $(DATUMARO_STAMP)
+
+test: setup $(DATUMARO_STAMP)
+	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DATUMARO_VENV) build *.egg-info .pytest_cache

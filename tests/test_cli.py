@@ -124,3 +124,24 @@ def test_every_option_and_argument_says_what_it_is_for():
                 tagged.append(f"{name} {param.name}")
     assert not missing, f"no help: {missing}"
     assert not tagged, f"flags that would show <bool>: {tagged}"
+
+
+def test_help_pages_show_no_type_tags():
+    """Every command's help names its arguments plainly (``infer [OPTIONS] INPUT OUTPUT``) and its
+    values by what they are (NAME, URL, JSON, N), never typer's ``{input}``, ``<str>`` or ``<bool>``."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from mrcnn_batch.cli import app
+
+    runner = CliRunner()
+    pages = {"": runner.invoke(app, ["--help"], terminal_width=200)}
+    for name in ("infer", "eval", "status", "models", "demo", "render", "report", "export"):
+        pages[name] = runner.invoke(app, [name, "--help"], terminal_width=200)
+    for name, res in pages.items():
+        assert res.exit_code == 0, (name, res.output)
+        tags = re.findall(r"<(?:str|int|float|bool|text|integer)[^>]*>|\{[A-Za-z_]+\}", res.output)
+        assert not tags, (name, tags)
+    assert "infer [OPTIONS] INPUT OUTPUT" in " ".join(pages["infer"].output.split())
+    assert "eval [OPTIONS] [RUN]" in " ".join(pages["eval"].output.split())

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import time
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from mrcnn_batch.cli import EXIT_INCOMPLETE, EXIT_USAGE, app
+from mrcnn_batch.cli.common import (
+    Address,
+    Command,
+    StorageOptions,
+    Verbose,
+    err,
+    fail,
+    out,
+    parse_storage_options,
+    say,
+    setup_logging,
+)
 from mrcnn_batch.errors import MrcnnBatchError
-from mrcnn_batch.cli.infer_cmd import err, fail, out, parse_storage_options
 
 
 def _iou_types(text: Optional[str]) -> Optional[tuple[str, ...]]:
@@ -38,27 +47,27 @@ def _sigmas(text: Optional[str]) -> Optional[list[float]]:
     return values
 
 
-@app.command("eval")
+@app.command("eval", cls=Command)
 def eval_command(
-    run: Optional[str] = typer.Argument(None, help="Run directory (any fsspec URL). Omit with --predictions."),
-    annotations: str = typer.Option(..., "--annotations", "-a", help="COCO ground-truth JSON (any fsspec URL, .gz ok)."),
-    iou_types: Optional[str] = typer.Option(None, "--iou-types", help="Comma-separated: bbox,segm,keypoints. Default: what the model (or the results file) provides."),
-    predictions: Optional[str] = typer.Option(None, "--predictions", "-p", help="A COCO results JSON to evaluate instead of a run (needs --out)."),
-    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write metrics and plots (default: RUN/eval)."),
-    allow_partial: bool = typer.Option(False, "--allow-partial", metavar="", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere)."),
-    kpt_sigmas: Optional[str] = typer.Option(None, "--kpt-sigmas", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17)."),
-    drop_unknown_categories: bool = typer.Option(False, "--drop-unknown-categories", metavar="", help="Ignore detections of categories absent from the ground truth instead of failing."),
-    match_by: str = typer.Option("image_id", "--match-by", help="Pair the run's images with the ground truth's by image_id (a run planned from the COCO JSON) or by file_name (a run planned from a folder or manifest)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks in parallel on a private local Ray (default: in this process, no Ray; with --address: the cluster's CPUs)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the matching on (default: RAY_ADDRESS; without either, no Ray unless --workers)."),
-    storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for every URL."),
-    no_plots: bool = typer.Option(False, "--no-plots", metavar="", help="Skip the precision-recall PNGs."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log progress."),
+    run: Annotated[Optional[str], typer.Argument(metavar="RUN", show_default=False, help="Run directory (any fsspec URL). Omit with --predictions.")] = None,
+    annotations: Annotated[str, typer.Option("--annotations", "-a", metavar="URL", show_default=False, help="COCO ground-truth JSON (any fsspec URL, .gz ok).")] = ...,
+    iou_types: Annotated[Optional[str], typer.Option("--iou-types", metavar="TYPES", help="Comma-separated: bbox,segm,keypoints. Default: what the model (or the results file) provides.")] = None,
+    predictions: Annotated[Optional[str], typer.Option("--predictions", "-p", metavar="URL", help="A COCO results JSON to evaluate instead of a run (needs --out).")] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", "-o", metavar="DIR", help="Where to write metrics and plots (default: RUN/eval).")] = None,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", metavar="", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere).")] = False,
+    kpt_sigmas: Annotated[Optional[str], typer.Option("--kpt-sigmas", metavar="SIGMAS", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17).")] = None,
+    drop_unknown_categories: Annotated[bool, typer.Option("--drop-unknown-categories", metavar="", help="Ignore detections of categories absent from the ground truth instead of failing.")] = False,
+    match_by: Annotated[str, typer.Option("--match-by", metavar="image_id|file_name", help="Pair the run's images with the ground truth's by image_id (a run planned from the COCO JSON) or by file_name (a run planned from a folder or manifest).")] = "image_id",
+    workers: Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Ray tasks in parallel on a private local Ray (default: in this process, no Ray; with --address: the cluster's CPUs).")] = None,
+    address: Address = None,
+    storage_options: StorageOptions = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", metavar="", help="Skip the precision-recall PNGs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Evaluate a run's detections (or a results JSON) against COCO ground truth."""
     from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
     if (run is None) == (predictions is None):
         fail("give either a RUN directory or --predictions FILE (not both)", EXIT_USAGE)
     from mrcnn_batch.evaluate.distributed import MATCH_BY
@@ -74,8 +83,6 @@ def eval_command(
 
     # absolute before any Ray task (working in another folder) reads them
     run, annotations, predictions, out_dir = (local_url(u) if u else u for u in (run, annotations, predictions, out_dir))
-    if address:
-        os.environ["RAY_ADDRESS"] = address
     try:
         from mrcnn_batch.run.preflight import check_reachable
 
@@ -85,11 +92,11 @@ def eval_command(
         from mrcnn_batch.evaluate.distributed import ensure_ray
         from mrcnn_batch.ray_session import ray_address
 
-        if workers == 0 or (workers is None and ray_address() is None):
-            err.print("Ray: not used: matching in this process (--workers N or --address runs it on Ray)", highlight=False)
+        if workers == 0 or (workers is None and ray_address(address) is None):
+            say("Ray: not used: matching in this process (--workers N or --address runs it on Ray)")
             workers = 0
         else:
-            err.print(ensure_ray(workers), highlight=False, soft_wrap=True)
+            say(ensure_ray(workers, address=address))
         results, context, target = _evaluate(
             run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,
             out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=_sigmas(kpt_sigmas),

@@ -1,19 +1,28 @@
-"""``mrcnn-batch infer`` and ``mrcnn-batch models``."""
+"""``mrcnn-batch infer``: a detector over a collection, to a run directory of Parquet tables."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from mrcnn_batch.cli import EXIT_SHARDS_FAILED, EXIT_USAGE, app
+from mrcnn_batch.cli.common import (
+    Address,
+    Command,
+    OutputStorageOptions,
+    StorageOptions,
+    Verbose,
+    err,
+    fail,
+    out,
+    parse_storage_options,
+    say,
+    setup_logging,
+)
 from mrcnn_batch.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MASK_THRESHOLD,
@@ -26,62 +35,41 @@ from mrcnn_batch.config import (
 )
 from mrcnn_batch.errors import MrcnnBatchError
 
-err = Console(stderr=True)
-out = Console()
 
-
-def parse_storage_options(text: Optional[str], what: str) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as e:  # malformed, or nested too deeply for the parser
-        raise typer.BadParameter(f"{what} must be a JSON object: {e}") from None
-    if not isinstance(value, dict):
-        raise typer.BadParameter(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def fail(message: str, code: int) -> None:
-    """Print ``message`` (never read as markup: paths may hold brackets) unwrapped, and exit."""
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@app.command()
+@app.command(cls=Command)
 def infer(
-    input: str = typer.Argument(..., help="Images: a prefix or glob, a manifest (.txt/.csv/.parquet), a COCO annotations .json, or tar shard(s). Any fsspec URL."),
-    output: str = typer.Argument(..., help="Run directory (any fsspec URL). Resumed if it holds this run."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Registry name (see `mrcnn-batch models`)."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="State dict or checkpoint at any fsspec URL. Default: the model's registry weights."),
-    image_root: Optional[str] = typer.Option(None, "--image-root", help="With a COCO .json input: where its file_names live (default: the JSON's folder)."),
-    storage_options: Optional[str] = typer.Option(None, "--storage-options", help='fsspec storage options (JSON) for input and weights, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'. Never stored in the run.'),
-    output_storage_options: Optional[str] = typer.Option(None, "--output-storage-options", help="Storage options (JSON) for the output; default: those of the input."),
-    score_threshold: float = typer.Option(DEFAULT_SCORE_THRESHOLD, help="Keep detections scoring at least this."),
-    mask_threshold: float = typer.Option(DEFAULT_MASK_THRESHOLD, help="Mask probability threshold."),
-    max_detections: int = typer.Option(DEFAULT_MAX_DETECTIONS, help="Detections kept per image."),
-    min_size: Optional[int] = typer.Option(None, help="Resize so the short side is this (default: the model's)."),
-    max_size: Optional[int] = typer.Option(None, help="...and the long side at most this (default: the model's)."),
-    classes: Optional[str] = typer.Option(None, help="Comma-separated category names to keep, e.g. 'person,dog'."),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, help="Images per forward pass."),
-    device: str = typer.Option("auto", help="auto (cuda when present), cpu, cuda, cuda:N."),
-    amp: bool = typer.Option(False, "--amp", metavar="", help="Mixed precision (autocast: float16 on CUDA, bfloat16 on CPU). Other numbers than float32; off until measured on your GPU."),
-    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="NHWC memory format in the backbone (may be faster on GPUs; float noise only)."),
-    shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, help="Images per shard (the unit of commit and retry)."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Images with more pixels get status too_large."),
-    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", min=1, help="Image files larger than this many bytes get status too_large, unread (checked from the file's or tar member's size)."),
-    no_exif_transpose: bool = typer.Option(False, "--no-exif-transpose", metavar="", help="Ignore EXIF orientation."),
-    gpu_decode: bool = typer.Option(False, "--gpu-decode", metavar="", help="Decode JPEGs on the CUDA device (nvJPEG); other formats on the CPU. Pixels differ slightly from the CPU decode: part of the run's identity. Needs a CUDA device."),
-    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace a run with other settings in OUTPUT."),
-    executor: str = typer.Option("ray", "--executor", help="ray: a pool of Ray actors; local: shards one after another in this process."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs)."),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="GPUs per actor, may be fractional (default: 1 when the cluster has GPUs, else 0)."),
-    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers)."),
-    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a private local Ray for this command)."),
-    max_attempts: int = typer.Option(3, "--max-attempts", help="Tries per shard (worker deaths included) before it is reported failed."),
-    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="List the input and print the plan (images, shards, ids) and what OUTPUT holds; load no model, write nothing."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", metavar="", help="Show a progress bar on stderr."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Log per-image problems as they happen, and show Ray's worker logs."),
+    input: Annotated[str, typer.Argument(metavar="INPUT", show_default=False, help="Images: a prefix or glob, a manifest (.txt/.csv/.parquet), a COCO annotations .json, or tar shard(s). Any fsspec URL.")],
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", show_default=False, help="Run directory (any fsspec URL). Resumed if it holds this run.")],
+    model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registry name (see `mrcnn-batch models`).")] = DEFAULT_MODEL,
+    weights: Annotated[Optional[str], typer.Option("--weights", "-w", metavar="URL", help="State dict or checkpoint at any fsspec URL. Default: the model's registry weights.")] = None,
+    image_root: Annotated[Optional[str], typer.Option("--image-root", metavar="URL", help="With a COCO .json input: where its file_names live (default: the JSON's folder).")] = None,
+    storage_options: StorageOptions = None,
+    output_storage_options: OutputStorageOptions = None,
+    score_threshold: Annotated[float, typer.Option(metavar="SCORE", help="Keep detections scoring at least this.")] = DEFAULT_SCORE_THRESHOLD,
+    mask_threshold: Annotated[float, typer.Option(metavar="P", help="Mask probability threshold.")] = DEFAULT_MASK_THRESHOLD,
+    max_detections: Annotated[int, typer.Option(metavar="N", help="Detections kept per image.")] = DEFAULT_MAX_DETECTIONS,
+    min_size: Annotated[Optional[int], typer.Option(metavar="PX", help="Resize so the short side is this (default: the model's).")] = None,
+    max_size: Annotated[Optional[int], typer.Option(metavar="PX", help="...and the long side at most this (default: the model's).")] = None,
+    classes: Annotated[Optional[str], typer.Option(metavar="NAMES", help="Comma-separated category names to keep, e.g. 'person,dog'.")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Most images per forward pass (only images of one input shape share a pass, so rows never depend on the batch).")] = DEFAULT_BATCH_SIZE,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto (cuda when present), cpu, cuda, cuda:N.")] = "auto",
+    amp: Annotated[bool, typer.Option("--amp", metavar="", help="Mixed precision (autocast: float16 on CUDA, bfloat16 on CPU). Other numbers than float32; off until measured on your GPU.")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", metavar="", help="NHWC memory format in the backbone (may be faster on GPUs; float noise only).")] = False,
+    shard_size: Annotated[int, typer.Option(metavar="N", help="Images per shard (the unit of commit and retry).")] = DEFAULT_SHARD_SIZE,
+    max_pixels: Annotated[int, typer.Option(metavar="N", help="Images with more pixels get status too_large.")] = DEFAULT_MAX_PIXELS,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, metavar="N", help="Image files larger than this many bytes get status too_large, unread (checked from the file's or tar member's size).")] = DEFAULT_MAX_BYTES,
+    no_exif_transpose: Annotated[bool, typer.Option("--no-exif-transpose", metavar="", help="Ignore EXIF orientation.")] = False,
+    gpu_decode: Annotated[bool, typer.Option("--gpu-decode", metavar="", help="Decode JPEGs on the CUDA device (nvJPEG); other formats on the CPU. Pixels differ slightly from the CPU decode: part of the run's identity. Needs a CUDA device.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace a run with other settings in OUTPUT (only files the run wrote are removed).")] = False,
+    executor: Annotated[str, typer.Option("--executor", metavar="ray|local", help="ray: a pool of Ray actors; local: shards one after another in this process.")] = "ray",
+    workers: Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs).")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", metavar="X", help="GPUs per actor, may be fractional (default: 1 when the cluster has GPUs, else 0).")] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option("--cpus-per-worker", metavar="X", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers).")] = None,
+    address: Address = None,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", metavar="N", help="Tries per shard (worker deaths included) before it is reported failed.")] = 3,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List the input and print the plan (images, shards, ids) and what OUTPUT holds; load no model, write nothing.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", metavar="", help="Show a progress bar on stderr.")] = True,
+    verbose: Verbose = False,
 ) -> None:
     """Run a detector over INPUT and write Parquet tables into OUTPUT (resumable)."""
     # what needs no model, first: a mistyped option fails in a second, not after torch loads
@@ -111,7 +99,7 @@ def infer(
     from mrcnn_batch.run.preflight import check_storage
     from mrcnn_batch.run.ray_executor import WorkerStartError
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose, quiet_level=logging.ERROR)
     try:
         config = make_config(
             input,
@@ -146,9 +134,9 @@ def infer(
         with RunProgress(console=err, enabled=progress) as bar:
             if hasattr(run_executor, "on_retry"):
                 run_executor.on_retry = bar.on_retry
-                run_executor.on_session = lambda said: err.print(said, highlight=False, soft_wrap=True)
+                run_executor.on_session = say
             else:
-                err.print("Ray: not used (--executor local runs in this process)", highlight=False)
+                say("Ray: not used (--executor local runs in this process)")
             summary = execute(config, run_executor, overwrite=overwrite, on_plan=bar.on_plan, on_commit=bar.on_commit)
     except MrcnnBatchError as e:  # refusals (3), usage (2), storage (6): each carries its code
         fail(str(e), e.exit_code)
@@ -160,24 +148,6 @@ def infer(
             err.print(Text.assemble((f"shard {shard} failed:", "red"), " ", reason), highlight=False, soft_wrap=True)
         err.print(f"{len(summary.failed_shards)} shard(s) failed; run the same command again to retry them.")
         raise typer.Exit(EXIT_SHARDS_FAILED)
-
-
-def reference_metrics_text(metrics: dict) -> str:
-    """The published (torchvision: COCO val2017) or measured (demo: its held-out set) APs of a
-    registry entry, one line per source: ``COCO-val2017: box 37.9, mask 34.6``."""
-    names = {"box_map": "box", "mask_map": "mask", "kp_map": "keypoints"}
-    lines = []
-    for key, value in metrics.items():
-        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):  # a composite's parts
-            lines += [f"{key}: {line}" for line in reference_metrics_text(value).splitlines()]
-        elif isinstance(value, dict):
-            lines.append(f"{key}: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in value.items()))
-    flat = {k: v for k, v in metrics.items() if k.endswith("_AP")}
-    if flat:
-        n = metrics.get("num_images")
-        lines.append((f"held-out set of {n} images: " if n else "") +
-                     ", ".join(f"{k.removesuffix('_AP')} {100 * v:.1f}" for k, v in flat.items()))
-    return "\n".join(lines) or "-"
 
 
 def print_plan(config) -> None:
@@ -224,41 +194,3 @@ def print_summary(summary) -> None:
         f" {summary.seconds:.1f}s",
         highlight=False,
     )
-
-
-@app.command()
-def models(as_json: bool = typer.Option(False, "--json", metavar="", help="Print the registry as JSON.")) -> None:
-    """List the registered models and their metadata."""
-    from mrcnn_batch.models.registry import list_models
-
-    specs = list_models()
-    if as_json:
-        json.dump([s.metadata() | {"description": s.description, "default_weights": s.default_weights} for s in specs], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
-    if out.width < 110:  # a narrow terminal: one block per model rather than a squeezed table
-        for s in specs:
-            outputs, cats, kps = _model_facts(s)
-            out.print(f"[bold]{s.name}[/]: {outputs}; {cats} categories; {kps or 'no'} keypoints", highlight=False)
-            for line in reference_metrics_text(s.reference_metrics).splitlines():
-                out.print(f"  reference AP, {line}", highlight=False, soft_wrap=True)
-            out.print(f"  default weights: {s.default_weights or 'those of its components'}", highlight=False, soft_wrap=True)
-        return
-    table = Table(show_lines=True, expand=False)
-    table.add_column("name", no_wrap=True)
-    table.add_column("outputs", no_wrap=True)
-    table.add_column("categories", justify="right", min_width=10, no_wrap=True)
-    table.add_column("keypoints", justify="right", min_width=9, no_wrap=True)
-    table.add_column("reference metrics (AP)", min_width=30)
-    for s in specs:
-        outputs, cats, kps = _model_facts(s)
-        table.add_row(s.name, outputs, str(cats), str(kps or "-"), reference_metrics_text(s.reference_metrics))
-    out.print(table)
-    for s in specs:
-        out.print(f"{s.name}: default weights {s.default_weights or 'those of its components'}", highlight=False, soft_wrap=True)
-
-
-def _model_facts(spec) -> tuple[str, int, int]:
-    """A registry entry's outputs ("boxes+masks"), number of categories and of keypoints."""
-    outputs = "+".join(x for x, on in (("boxes", True), ("masks", spec.has_masks), ("keypoints", spec.has_keypoints)) if on)
-    return outputs, len(spec.category_ids()), len(spec.keypoint_names)

@@ -14,7 +14,13 @@ from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from mrcnn_batch.run.layout import RunMeta
 from mrcnn_batch.run.status import images_in

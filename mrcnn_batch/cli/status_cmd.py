@@ -5,24 +5,27 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from mrcnn_batch.cli import EXIT_USAGE, app
+from mrcnn_batch.cli.common import (
+    Command,
+    StorageOptions,
+    fail,
+    out,
+    parse_storage_options,
+)
 from mrcnn_batch.errors import MrcnnBatchError
-from mrcnn_batch.cli.infer_cmd import fail, parse_storage_options
-
-out = Console()
 
 
-@app.command()
+@app.command(cls=Command)
 def status(
-    output: str = typer.Argument(..., help="Run directory (any fsspec URL)."),
-    storage_options: Optional[str] = typer.Option(None, "--storage-options", help="fsspec storage options (JSON) for OUTPUT."),
-    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the status as JSON."),
+    output: Annotated[str, typer.Argument(metavar="RUN", show_default=False, help="Run directory (any fsspec URL).")],
+    storage_options: StorageOptions = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the status as JSON.")] = False,
 ) -> None:
     """Show a run's progress: shards done / pending / failed, images by status.
 

@@ -283,10 +283,11 @@ def _add(ev: COCOEvaluator, results: dict[str, MatchResult]) -> None:
         ev.add(t, results[t])
 
 
-def ensure_ray(workers: int | None = None) -> str:
+def ensure_ray(workers: int | None = None, *, address: str | None = None) -> str:
     """A Ray for the matching tasks, by the one rule of ``mrcnn_batch.ray_session`` (a private
-    local Ray sized ``workers`` unless RAY_ADDRESS names a cluster); what was done, in words."""
-    return ray_session(num_cpus=workers)
+    local Ray sized ``workers`` unless ``address`` or RAY_ADDRESS names a cluster); what was
+    done, in words."""
+    return ray_session(address, num_cpus=workers)
 
 
 def _workers(workers: int | None) -> int:

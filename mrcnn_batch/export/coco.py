@@ -19,6 +19,14 @@ Two formats, both read from the run's committed tables:
   not a declared category (torchvision's ``N/A`` placeholders) are left out, counted in
   ``info.dropped_detections`` and named in a warning.
 
+* **coco-dir**: the COCO *directory* layout that datumaro, CVAT's "COCO 1.0" and detectron2 read:
+  ``annotations/instances_<subset>.json`` (the coco dataset above, ``file_name`` relative to
+  ``images/<subset>/``), ``annotations/person_keypoints_<subset>.json`` where the model has
+  keypoints (the keypoint category and its annotations only, as COCO ships them), and the
+  images themselves copied, byte for byte, into ``images/<subset>/`` (``file_name``: the path
+  below ``image_root`` when given, else the file's name, prefixed with its image id where two
+  images share a name).
+
 Coordinates are the tables' own: ``[x, y, w, h]`` in original-image pixels, keypoint triplets
 ``[x, y, v]`` with ``v = 2``. Rows are written in (image id, instance id) order.
 """
@@ -40,7 +48,7 @@ from mrcnn_batch.run.layout import RunDir, RunMeta, open_run
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("coco-results", "coco")
+FORMATS = ("coco-results", "coco", "coco-dir")
 IOU_TYPES = ("bbox", "segm", "keypoints")
 PLACEHOLDERS = ("labels that are not among the model's categories (torchvision's COCO models keep 'N/A' placeholders "
                 "for COCO's unused ids, e.g. 12, 26, 29, 30, 45, 66, 68, 69, 71, 83): a dataset names only categories "
@@ -163,6 +171,31 @@ def coco_dataset(run: RunDir, *, image_root: str | None = None) -> dict[str, Any
     return {"info": info, "images": coco_images, "annotations": annotations, "categories": categories}
 
 
+def person_keypoints(dataset: dict[str, Any]) -> dict[str, Any] | None:
+    """The keypoint part of a COCO dataset, as COCO ships ``person_keypoints_*.json``: the
+    category that has keypoints and its annotations (None when no category has keypoints)."""
+    cats = [c for c in dataset["categories"] if "keypoints" in c]
+    if not cats:
+        return None
+    ids = {c["id"] for c in cats}
+    anns = [a for a in dataset["annotations"] if a["category_id"] in ids]
+    for a in anns:
+        a.setdefault("keypoints", [0.0] * (3 * len(cats[0]["keypoints"])))
+        a.setdefault("num_keypoints", 0)
+    return {**dataset, "annotations": anns, "categories": cats}
+
+
+def _dataset_file_names(images: list[dict[str, Any]], image_root: str | None) -> dict[int, str]:
+    """Each image's ``file_name`` under ``images/<subset>/``: its path below ``image_root`` when
+    given, else its file name; the image id goes in front where two would share a name."""
+    names = {}
+    for im in images:
+        name = im["file_name"] if image_root and "://" not in im["file_name"] else posixpath.basename(im["coco_url"])
+        names[im["id"]] = name.lstrip("/").replace("::", "-") or f"{im['id']}"
+    counts = Counter(names.values())
+    return {i: (n if counts[n] == 1 else f"{i}-{posixpath.basename(n)}") for i, n in names.items()}
+
+
 def export_run(
     url: str,
     out_dir: str | None = None,
@@ -170,10 +203,12 @@ def export_run(
     format: str = "coco-results",
     iou_types: Sequence[str] | None = None,
     image_root: str | None = None,
+    subset: str = "default",
     storage_options: dict[str, Any] | None = None,
     output_storage_options: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Write a run's export into ``out_dir`` (default ``RUN/export/``); returns the URLs written."""
+    """Write a run's export into ``out_dir`` (default ``RUN/export/``); returns the URLs written
+    (for ``coco-dir``, its JSON files; the images copied beside them are counted in the log)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
     run = open_run(url, storage_options=storage_options)
@@ -185,6 +220,24 @@ def export_run(
     docs: dict[str, Any] = {}
     if format == "coco":
         docs["coco.json"] = coco_dataset(run, image_root=image_root)
+    elif format == "coco-dir":
+        if not subset or "/" in subset or subset in (".", ".."):
+            raise ValueError(f"subset must be a plain name, got {subset!r}")
+        dataset = coco_dataset(run, image_root=image_root)
+        names = _dataset_file_names(dataset["images"], image_root)
+        images_dir = posixpath.join(root, "images", subset)
+        for im in dataset["images"]:
+            path = posixpath.join(images_dir, names[im["id"]])
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with fsspec.open(im["coco_url"], "rb", **(storage_options or {})) as src, fs.open(path, "wb") as dst:
+                dst.write(src.read())
+            im["file_name"] = names[im["id"]]
+        fs.makedirs(posixpath.join(root, "annotations"), exist_ok=True)
+        docs[f"annotations/instances_{subset}.json"] = dataset
+        keypoints = person_keypoints(dataset)
+        if keypoints is not None:
+            docs[f"annotations/person_keypoints_{subset}.json"] = keypoints
+        log.info("copied %d images into %s", len(dataset["images"]), fs.unstrip_protocol(images_dir))
     else:
         available = run_iou_types(run)
         types = tuple(iou_types) if iou_types else available

@@ -101,7 +101,6 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_entries()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -111,10 +110,5 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models() -> list[ModelSpec]:
-    _load_entries()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
-
-def _load_entries() -> None:
-    # Entries live beside their builders; importing registers them.
-    from mrcnn_batch.models import demo, torchvision_models  # noqa: F401
