@@ -133,6 +133,14 @@ def local_url(url: str) -> str:
     return os.path.abspath(os.path.expanduser(url))
 
 
+def is_relative_path(url: str | None) -> bool:
+    """A local path that is not absolute (``photos/``, ``~/x`` counts as absolute): where it
+    points depends on the working directory of whoever reads it."""
+    if not url or "://" in url or "::" in url or url.startswith("torchvision:"):
+        return False
+    return not os.path.isabs(os.path.expanduser(url))
+
+
 def local_weights(source: str | None) -> str | None:
     """``--weights`` made absolute where it is a local file (``torchvision:`` names and URLs
     stay as they are)."""

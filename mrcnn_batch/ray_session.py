@@ -13,6 +13,7 @@ A leaf: imports Ray only when called.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,6 +22,35 @@ from mrcnn_batch.errors import UsageError
 
 AUTH_HINT = ("if the cluster was started with `ray start` (Ray 2.60 turns token authentication on there), "
              "set RAY_AUTH_MODE=token and give its token (~/.ray/auth_token on the head, or RAY_AUTH_TOKEN)")
+
+
+def job_working_dir() -> str | None:
+    """Under ``ray job submit`` with a runtime_env ``working_dir``: where Ray uploaded it (the
+    driver then runs in a temporary copy of it, so a relative path points into that copy and is
+    gone with it). None elsewhere."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray Jobs for the entry point
+    if not raw:
+        return None
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return runtime_env.get("working_dir") or None
+
+
+def check_job_paths(paths: dict[str, str | None]) -> None:
+    """Refuse relative local paths in a Ray job with an uploaded working_dir (``paths``: what
+    each is, e.g. ``{"OUTPUT": "runs/r1"}``): its run would be written into Ray's temporary copy."""
+    from mrcnn_batch.config import is_relative_path
+
+    if job_working_dir() is None:
+        return
+    for what, url in paths.items():
+        if is_relative_path(url):
+            raise UsageError(
+                f"{what} {url!r} is a relative path, and this Ray job runs in Ray's temporary copy of its working_dir "
+                f"({os.getcwd()}), where it would point and be lost: give an absolute path that the cluster's nodes "
+                f"share, or a URL (s3://...)")
 
 
 def ray_address(address: str | None = None) -> str | None:

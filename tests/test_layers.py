@@ -12,13 +12,13 @@ import mrcnn_batch
 ROOT = Path(mrcnn_batch.__file__).parent
 
 LAYERS = [
-    {"config", "errors", "schemas", "datasets"},  # leaves
+    {"config", "errors", "schemas", "datasets", "webpage"},  # leaves
     {"read", "write", "ray_session"},
     {"plan", "models"},
     {"predict"},
     {"encode"},
     {"run"},
-    {"evaluate", "export", "render"},
+    {"evaluate", "export", "render", "inspect"},
     {"report"},
     {"api"},
     {"demo"},

@@ -28,6 +28,8 @@ from mrcnn_batch.datasets.shapes import write_dataset
 CLI = [sys.executable, "-m", "mrcnn_batch.cli"]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
 CURRENT = Path("/tmp/ray/ray_current_cluster")  # where Ray records the last cluster it started
+REPO = Path(__file__).resolve().parents[1]
+DASHBOARD: dict[str, str] = {}  # cluster address -> its dashboard (Jobs API) URL
 
 
 def cli(*args, cwd=None, env=None, timeout=300):
@@ -45,18 +47,23 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """``ray start --head`` as a user starts it; stopped (and Ray's record of it put back as it
-    was) at the end. Yields its address and a function that stops it early."""
+    """``ray start --head`` as a user starts it, with its dashboard (the Jobs API) and the
+    project's environment on its PATH (as after activating it); stopped (and Ray's record of it
+    put back as it was) at the end. Yields its address and a function that stops it early; the
+    dashboard's URL is ``cluster.dashboard``."""
     if RAY is None:
         pytest.skip("the ray command is not installed")
     before = CURRENT.read_bytes() if CURRENT.exists() else None
-    port = free_port()
+    port, dashboard, agent = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` in a job is this one
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's default for `ray start`; said, so that it stays on
     log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false",
-                             "--block"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=true",
+                             "--dashboard-port", str(dashboard),
+                             # the job agent's port, free: a Ray of this test process may hold the default 52365
+                             "--dashboard-agent-listen-port", str(agent), "--block"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"
 
     def stop():
@@ -68,16 +75,18 @@ def cluster(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection(("127.0.0.1", dashboard), timeout=1).close()
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 stop()
                 pytest.skip(f"ray start did not come up: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
+    DASHBOARD[address] = f"http://127.0.0.1:{dashboard}"
     try:
         yield address, stop
     finally:
@@ -118,6 +127,38 @@ def test_a_running_cluster_is_joined_only_when_named(cluster, photos):
     res = cli("eval", "runs/joined", "-a", "annotations.json", "--match-by", "file_name", "--workers", "1", cwd=photos)
     assert res.returncode == 0, res.stderr
     assert res.stderr.startswith("Ray: a private local Ray for this command"), res.stderr
+
+
+def submit(dashboard: str, *args, timeout=400):
+    """``ray job submit`` as the README says (from the checkout, with jobs/runtime_env.yaml),
+    with the cluster's token (RAY_AUTH_MODE=token, the token ``ray start`` wrote)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
+    deadline = time.monotonic() + 180
+    while True:
+        res = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--runtime-env", "jobs/runtime_env.yaml", "--",
+                              "python", "jobs/infer.py", *map(str, args)], check=False, capture_output=True, text=True,
+                             env=env, cwd=REPO, timeout=timeout)
+        # a cluster just started: its job agent registers a little after the dashboard answers
+        if "No available agent to submit job" not in res.stderr or time.monotonic() > deadline:
+            return res
+        time.sleep(2)
+
+
+def test_ray_job_submit_as_the_readme_says(cluster, photos):
+    """The README's ``ray job submit`` against a ``ray start`` cluster with token authentication:
+    the job joins that cluster and commits every shard where it was told; a relative OUTPUT is
+    refused (it would be written into Ray's temporary copy of the uploaded folder)."""
+    address, _ = cluster
+    out = photos / "runs" / "job"
+    res = submit(DASHBOARD[address], photos / "images", out, *DEMO, "--no-progress")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Ray: joined the cluster at" in res.stdout, res.stdout[-3000:]
+    assert sorted(p.name for p in (out / "_commits").glob("shard-*.json")) == ["shard-000000.json", "shard-000001.json"]
+    assert json.loads((out / "_run.json").read_text())["identity"]["input"] == str(photos / "images")
+    res = submit(DASHBOARD[address], photos / "images", "runs/relative", *DEMO, "--no-progress")
+    assert res.returncode != 0
+    assert "OUTPUT 'runs/relative' is a relative path" in res.stdout, res.stdout[-3000:]
 
 
 def test_a_stopped_cluster_neither_hangs_nor_is_joined(cluster, photos):

@@ -9,6 +9,7 @@ skip, saying so, only where it is not installed.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import queue
@@ -119,8 +120,11 @@ class DevTools:
         self._from_chrome, from_chrome_w = os.pipe()
 
         def fds() -> None:
-            os.dup2(to_chrome_r, 3)
-            os.dup2(from_chrome_w, 4)
+            # copies above 4 first: a pipe end may itself be fd 3 or 4 (dup2 onto itself would
+            # leave it non-inheritable; one dup2 could overwrite the other end)
+            r, w = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
+            os.dup2(r, 3)
+            os.dup2(w, 4)
 
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

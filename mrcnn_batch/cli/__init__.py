@@ -44,6 +44,7 @@ from mrcnn_batch.cli import models_cmd  # noqa: F401
 from mrcnn_batch.cli import demo_cmd  # noqa: F401
 from mrcnn_batch.cli import view_cmd  # noqa: F401
 from mrcnn_batch.cli import export_cmd  # noqa: F401
+from mrcnn_batch.cli import inspect_cmd  # noqa: F401
 # isort: on
 
 

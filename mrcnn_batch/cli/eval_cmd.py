@@ -80,6 +80,12 @@ def eval_command(
         fail("--predictions needs --out DIR for the metrics", EXIT_USAGE)
     options = parse_storage_options(storage_options, "--storage-options")
     from mrcnn_batch.config import local_url
+    from mrcnn_batch.ray_session import check_job_paths
+
+    try:
+        check_job_paths({"RUN": run, "--annotations": annotations, "--predictions": predictions, "--out": out_dir})
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
 
     # absolute before any Ray task (working in another folder) reads them
     run, annotations, predictions, out_dir = (local_url(u) if u else u for u in (run, annotations, predictions, out_dir))

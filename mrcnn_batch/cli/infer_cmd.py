@@ -80,8 +80,13 @@ def infer(
     if gpu_decode and device == "cpu":
         fail("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu", EXIT_USAGE)
     from mrcnn_batch.config import local_url
+    from mrcnn_batch.ray_session import check_job_paths
     from mrcnn_batch.run.preflight import check_output, check_reachable
 
+    try:  # under `ray job submit`, a relative path would land in Ray's temporary copy of the job's folder
+        check_job_paths({"INPUT": input, "OUTPUT": output, "--weights": weights, "--image-root": image_root})
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
     if "://" not in input.replace("file://", "") and "::" not in input and not any(c in input for c in "*?[") \
             and not os.path.exists(local_url(input)):
         fail(f"input {input!r} does not exist", EXIT_USAGE)

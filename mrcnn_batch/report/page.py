@@ -1,55 +1,26 @@
 """The report as one self-contained HTML page.
 
-Self-contained: no script, no external resource; images are ``data:`` URIs and the page's
-Content-Security-Policy (``default-src 'none'``) forbids loading anything else. Every string
-that comes from the inputs -- URIs, category names, error messages, model and run metadata --
-goes through ``html.escape`` (``esc``) before it reaches the markup; numbers are formatted here.
+Self-contained (``mrcnn_batch.webpage``: no script, no external resource, images as ``data:``
+URIs under a Content-Security-Policy that forbids anything else). Every string that comes from
+the inputs -- URIs, category names, error messages, model and run metadata -- goes through
+``esc`` before it reaches the markup; numbers are formatted here.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mrcnn_batch.report.facts import RunFacts
-
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+from mrcnn_batch.webpage import card, esc, figure, head, table
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-main{max-width:1100px;margin:0 auto;padding:24px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #d8dce3;padding-bottom:4px}
-.sub{color:#5b6475;word-break:break-all}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
-.card{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:10px 14px;min-width:120px}
-.card b{display:block;font-size:20px}.card span{color:#5b6475;font-size:12px}
-table{border-collapse:collapse;background:#fff;margin:6px 0 12px;font-size:13px}
-th,td{border:1px solid #d8dce3;padding:4px 8px;text-align:left;vertical-align:top}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .bad{color:#b42318}.warn{background:#fff4e5;border:1px solid #f5b95f;padding:8px 12px;border-radius:6px}
-.grid{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:8px}
-figure img{display:block;max-width:100%;height:auto}
-figcaption{font-size:12px;color:#5b6475;margin-top:4px;max-width:360px;word-break:break-all}
+figcaption{max-width:360px;word-break:break-all}
 td{max-width:520px;overflow-wrap:anywhere}
 """
-
-
-def esc(value: Any) -> str:
-    """Text from the inputs, safe in element content and quoted attributes."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def img(png: bytes, alt: str, *, width: int | None = None) -> str:
-    w = f' width="{int(width)}"' if width else ""
-    return f'<img src="{data_uri(png)}" alt="{esc(alt)}"{w}>'
 
 
 @dataclass(frozen=True)
@@ -75,22 +46,12 @@ def _rate(v: float | None) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[bool] | None = None) -> str:
-    numeric = numeric or [False] * len(header)
-    head = "".join(f'<th class="n">{esc(h)}</th>' if n else f"<th>{esc(h)}</th>" for h, n in zip(header, numeric))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="n">{esc(c)}</td>' if n else f"<td>{esc(c)}</td>" for c, n in zip(r, numeric)) + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _card(value: str, label: str) -> str:
-    return f'<div class="card"><b>{esc(value)}</b><span>{esc(label)}</span></div>'
+    return table(header, rows, ["n" if n else "" for n in numeric] if numeric else None)
 
 
 def _figures(figs: Sequence[Figure], *, width: int | None = None) -> str:
     return '<div class="grid">' + "".join(
-        f"<figure>{img(f.png, f.caption, width=f.width or width)}<figcaption>{esc(f.caption)}</figcaption></figure>" for f in figs
+        figure(f.png, f.caption, width=f.width or width) for f in figs
     ) + "</div>"
 
 
@@ -111,16 +72,11 @@ def render_page(
     created = meta.created_at
     when = datetime.datetime.fromtimestamp(float(created), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if created else "?"
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title or 'mrcnn-batch report: ' + meta.run_id)}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
+        head(title or "mrcnn-batch report: " + meta.run_id, _CSS),
         f"<h1>{esc(title or 'mrcnn-batch run report')}</h1>",
         f'<div class="sub">run <code>{esc(facts.url)}</code> · id {esc(meta.run_id)} · created {esc(when)}</div>',
-        f'<div class="sub">input <code>{esc((cfg.get("input") or {}).get("url"))}</code> · model <b>{esc(model.get("name"))}</b>'
-        f' · weights {esc(meta.weights.get("source"))}</div>',
+        (f'<div class="sub">input <code>{esc((cfg.get("input") or {}).get("url"))}</code> · model <b>{esc(model.get("name"))}</b>'
+         f' · weights {esc(meta.weights.get("source"))}</div>'),
     ]
     if not facts.complete:
         parts.append(f'<p class="warn">Incomplete run: {facts.committed_shards} of {facts.planned_shards} shards committed. '
@@ -128,10 +84,10 @@ def render_page(
     n_inst = sum(facts.instances_per_category.values())
     n_kp = sum(facts.keypoints_per_category.values())
     parts.append('<div class="cards">' + "".join([
-        _card(f"{total:,}", "images"), _card(f"{ok:,}", "ok"), _card(f"{total - ok:,}", "failed"),
-        _card(f"{n_inst:,}", "instances"), _card(f"{n_kp:,}", "keypoint detections"),
-        _card(_fmt(tp.wall_seconds, 1) + " s", "wall time (creation → last commit)"),
-        _card(_rate(tp.images_per_second), "images / s"),
+        card(f"{total:,}", "images"), card(f"{ok:,}", "ok"), card(f"{total - ok:,}", "failed"),
+        card(f"{n_inst:,}", "instances"), card(f"{n_kp:,}", "keypoint detections"),
+        card(_fmt(tp.wall_seconds, 1) + " s", "wall time (creation → last commit)"),
+        card(_rate(tp.images_per_second), "images / s"),
     ]) + "</div>")
 
     parts.append("<h2>Images by status</h2>")
