@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 DATUMARO_VENV ?= .venv-datumaro
 DATUMARO_STAMP := $(DATUMARO_VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ $(DATUMARO_STAMP):
 
 test: setup $(DATUMARO_STAMP)
 	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q
+
+# Everything but the end-to-end tests on Ray (marked slow): a few minutes.
+test-fast: setup $(DATUMARO_STAMP)
+	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

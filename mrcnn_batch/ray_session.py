@@ -74,7 +74,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
         return f"Ray: a private local Ray for this command ({cpus} CPUs, {gpus} GPUs; --address or RAY_ADDRESS joins a cluster)"
-    _reachable(target)
+    check_listening(target)
     try:
         ray.init(address=target, **quiet)
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError, ...
@@ -86,7 +86,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
     return f"Ray: joined the cluster at {target}"
 
 
-def _reachable(target: str, timeout: float = 5.0) -> None:
+def check_listening(target: str, timeout: float = 5.0) -> None:
     """Fail at once where nothing listens at a ``host:port`` address (Ray itself retries a stopped
     cluster for minutes). Other forms (``auto``) are left to Ray."""
     hostport = target.split("://", 1)[-1]

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
+from ray_fixtures import ray_session  # noqa: F401
 from typer.testing import CliRunner
 
 from mrcnn_batch.demo.pipeline import DEFAULT_IMAGES, DemoConfig, run_demo
-from ray_fixtures import ray_session  # noqa: F401
+
+pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 FLOOR_FEW = {"bbox": 0.5, "segm": 0.5, "keypoints": 0.4}  # a dozen images: a loose floor
 ACCEPTANCE = {"bbox": 0.80, "segm": 0.75, "keypoints": 0.60}
@@ -52,7 +54,6 @@ def test_demo_command_through_s3(tmp_path):
     assert (tmp_path / "run" / "_SUCCESS").exists() and (tmp_path / "run" / "eval" / "metrics.json").exists()
 
 
-@pytest.mark.slow
 def test_demo_meets_the_acceptance_floor(ray_session, tmp_path):
     result = run_demo(DemoConfig(out=str(tmp_path), num_images=DEFAULT_IMAGES, executor="ray", samples=2))
     _check(result, ACCEPTANCE, tmp_path)

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+from ray_fixtures import (  # noqa: F401
+    RAY,
+    RUN,
+    assert_exactly_once,
+    assert_same_tables,
+    clean_run,
+    ray_session,
+    tables,
+)
+
 import mrcnn_batch as mb
-from ray_fixtures import RAY, RUN, assert_exactly_once, assert_same_tables, clean_run, ray_session, tables  # noqa: F401
+
+pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 
 def test_three_workers_equal_in_process_run(ray_session, clean_run, tmp_path, image_dir, mask_weights):

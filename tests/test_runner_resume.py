@@ -9,8 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import SMALL
-from ray_fixtures import assert_exactly_once, assert_same_tables, clean_run, ray_session, tables  # noqa: F401
+from ray_fixtures import (  # noqa: F401
+    assert_exactly_once,
+    assert_same_tables,
+    clean_run,
+    ray_session,
+    tables,
+)
+
+pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 
 def cli(image_dir, out, weights, address):

@@ -14,11 +14,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import SMALL
+from ray_fixtures import (  # noqa: F401
+    RUN,
+    assert_exactly_once,
+    assert_same_tables,
+    clean_run,
+    ray_session,
+    tables,
+)
 from typer.testing import CliRunner
 
 import mrcnn_batch as mb
-from conftest import SMALL
-from ray_fixtures import RUN, assert_exactly_once, assert_same_tables, clean_run, ray_session, tables  # noqa: F401
+
+pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
 

@@ -80,7 +80,7 @@ def infer(
     if gpu_decode and device == "cpu":
         fail("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu", EXIT_USAGE)
     from mrcnn_batch.config import local_url
-    from mrcnn_batch.ray_session import check_job_paths
+    from mrcnn_batch.ray_session import check_job_paths, check_listening, ray_address
     from mrcnn_batch.run.preflight import check_output, check_reachable
 
     try:  # under `ray job submit`, a relative path would land in Ray's temporary copy of the job's folder
@@ -93,6 +93,8 @@ def infer(
     try:
         check_reachable(input, input_options, role="input")
         check_output(output, input_options if out_options is None else out_options)
+        if executor == "ray" and not dry_run and ray_address(address):
+            check_listening(ray_address(address))  # a stopped cluster: said now, not after torch loads
     except MrcnnBatchError as e:
         fail(str(e), e.exit_code)
 
