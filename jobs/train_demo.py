@@ -18,8 +18,6 @@ records the training facts and the metrics.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import math
@@ -34,10 +32,9 @@ import numpy as np
 import torch
 import torchvision
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from mrcnn_batch.datasets import shapes as synthetic
+from mrcnn_batch.evaluate.reference import coco_ground_truth, cocoeval
 from mrcnn_batch.models import demo as demo_model
 
 logger = logging.getLogger("train_demo")
@@ -117,26 +114,18 @@ def evaluate(model: torch.nn.Module, *, seed: int, num_images: int) -> dict[str,
             results.append(res)
     model.train()
     metrics: dict[str, float] = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = coco_dict
-        gt.createIndex()
-        for iou_type in ("bbox", "segm", "keypoints"):
-            subset = [r for r in results if iou_type != "keypoints" or "keypoints" in r]
-            if not subset:
-                metrics[f"{iou_type}_AP"] = 0.0
-                continue
-            dt = gt.loadRes(subset)
-            ev = COCOeval(gt, dt, iou_type)
-            if iou_type == "keypoints":
-                ev.params.catIds = [synthetic.TRIANGLE_ID]
-                ev.params.kpt_oks_sigmas = np.array(synthetic.OKS_SIGMAS)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            metrics[f"{iou_type}_AP"] = round(float(ev.stats[0]), 4)
-            metrics[f"{iou_type}_AP50"] = round(float(ev.stats[1]), 4)
-            metrics[f"{iou_type}_AP75"] = round(float(ev.stats[2]), 4)
+    gt = coco_ground_truth(coco_dict)
+    for iou_type in ("bbox", "segm", "keypoints"):
+        subset = [r for r in results if iou_type != "keypoints" or "keypoints" in r]
+        if not subset:
+            metrics[f"{iou_type}_AP"] = 0.0
+            continue
+        kp = iou_type == "keypoints"
+        ev = cocoeval(gt, subset, iou_type, sigmas=synthetic.OKS_SIGMAS if kp else None,
+                      cat_ids=[synthetic.TRIANGLE_ID] if kp else None)
+        metrics[f"{iou_type}_AP"] = round(float(ev.stats[0]), 4)
+        metrics[f"{iou_type}_AP50"] = round(float(ev.stats[1]), 4)
+        metrics[f"{iou_type}_AP75"] = round(float(ev.stats[2]), 4)
     return metrics
 
 

@@ -20,6 +20,7 @@ DEFAULT_IO_THREADS = 16
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold (0.25 GiB of RGBA)
 DEFAULT_MAX_BYTES = 256 * 2**20  # per image file, checked from its size before it is read
+IOU_TYPES = ("bbox", "segm", "keypoints")  # COCO's evaluation (and results-file) types, in this order
 
 
 @dataclass(frozen=True)

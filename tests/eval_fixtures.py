@@ -3,9 +3,6 @@ run directories written straight from COCO results (no model involved)."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -32,21 +29,9 @@ def ensure_ray() -> None:
 
 def pycoco(gt: dict, results: list, iou_type: str, *, sigmas: list[float] | None = None):
     """pycocotools' COCOeval after evaluate/accumulate/summarize (its printing swallowed)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from mrcnn_batch.evaluate.reference import cocoeval
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = COCO()
-        cg.dataset = copy.deepcopy(gt)
-        cg.createIndex()
-        cd = cg.loadRes(copy.deepcopy(results))
-        e = COCOeval(cg, cd, iou_type)
-        if sigmas is not None:
-            e.params.kpt_oks_sigmas = np.array(sigmas)
-        e.evaluate()
-        e.accumulate()
-        e.summarize()
-    return e
+    return cocoeval(gt, results, iou_type, sigmas=sigmas)
 
 
 def assert_same_as_pycoco(result, e, *, atol: float = 1e-12) -> None:

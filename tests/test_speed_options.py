@@ -9,12 +9,11 @@ import pytest
 from pycocotools import mask as mask_utils
 
 import mrcnn_batch as mb
+from mrcnn_batch.config import IOU_TYPES
 from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 from mrcnn_batch.evaluate.distributed import evaluate_run
 from mrcnn_batch.evaluate.groundtruth import load_ground_truth
 from mrcnn_batch.run.driver import RunRefused
-
-IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
 @pytest.fixture(scope="module")

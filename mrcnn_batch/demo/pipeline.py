@@ -12,7 +12,6 @@ stops with the process.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import posixpath
@@ -210,27 +209,18 @@ def pycocotools_check(annotations: str, result_files: dict[str, str], results: d
     import json
 
     import fsspec
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+
+    from mrcnn_batch.evaluate.reference import coco_ground_truth, cocoeval
 
     with fsspec.open(annotations, "rb", **storage_options) as f:
-        gt_doc = json.loads(f.read())
+        gt = coco_ground_truth(json.loads(f.read()))
     diffs = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints
-        gt = COCO()
-        gt.dataset = gt_doc
-        gt.createIndex()
-        for t, path in result_files.items():
-            with fsspec.open(path, "rb") as f:
-                dets = json.loads(f.read())
-            if not dets:  # loadRes cannot load an empty list; nothing to compare
-                diffs[t] = float("nan")
-                continue
-            ev = COCOeval(gt, gt.loadRes(dets), t)
-            if t == "keypoints":
-                ev.params.kpt_oks_sigmas = np.array(OKS_SIGMAS)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            diffs[t] = float(np.max(np.abs(np.asarray(ev.stats) - np.asarray(results[t].stats))))
+    for t, path in result_files.items():
+        with fsspec.open(path, "rb") as f:
+            dets = json.loads(f.read())
+        if not dets:  # loadRes cannot load an empty list; nothing to compare
+            diffs[t] = float("nan")
+            continue
+        ev = cocoeval(gt, dets, t, sigmas=OKS_SIGMAS if t == "keypoints" else None)
+        diffs[t] = float(np.max(np.abs(np.asarray(ev.stats) - np.asarray(results[t].stats))))
     return diffs

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IOU_TYPES = ("bbox", "segm", "keypoints")
+from mrcnn_batch.config import IOU_TYPES  # noqa: F401 - evaluate's name for it
 
 _IOU_THRS = tuple(np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True).tolist())
 _REC_THRS = tuple(np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True).tolist())

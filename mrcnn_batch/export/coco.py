@@ -44,12 +44,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mrcnn_batch.config import IOU_TYPES
 from mrcnn_batch.run.layout import RunDir, RunMeta, open_run
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("coco-results", "coco", "coco-dir")
-IOU_TYPES = ("bbox", "segm", "keypoints")
 PLACEHOLDERS = ("labels that are not among the model's categories (torchvision's COCO models keep 'N/A' placeholders "
                 "for COCO's unused ids, e.g. 12, 26, 29, 30, 45, 66, 68, 69, 71, 83): a dataset names only categories "
                 "it declares")
@@ -92,7 +92,9 @@ def coco_results(run: RunDir, *, iou_type: str) -> list[dict[str, Any]]:
     ]
 
 
-def coco_categories(meta: RunMeta) -> list[dict[str, Any]]:
+def run_categories(meta: RunMeta) -> list[dict[str, Any]]:
+    """The COCO ``categories`` of a run: its model's declared categories, with ``keypoints`` and
+    ``skeleton`` on the keypoint category."""
     model = meta.model
     kp_cat = model.get("keypoint_category_id")
     cats = []
@@ -128,7 +130,7 @@ def coco_dataset(run: RunDir, *, image_root: str | None = None) -> dict[str, Any
         coco_images.append({"id": r["image_id"], "file_name": name, "coco_url": r["uri"],
                             "width": r["width"], "height": r["height"]})
     ok = {im["id"] for im in coco_images}
-    categories = coco_categories(meta)
+    categories = run_categories(meta)
     declared = {c["id"] for c in categories}
     dropped: Counter[int] = Counter()
     annotations: list[dict[str, Any]] = []
