@@ -58,7 +58,7 @@ from mrcnn_batch.models.loaded import build_model, resolve_weights
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import load_weights
 from mrcnn_batch.plan import shard_ids, shard_rows
-from mrcnn_batch.predict.predictor import Detections, Predictor
+from mrcnn_batch.predict.predictor import ImageDetections, Predictor
 from mrcnn_batch.read import decode_image, fetch_all
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
 from mrcnn_batch.run.processor import (
@@ -180,26 +180,26 @@ def record_demo(samples: int) -> Recorded:
     return Recorded(boxes.float(), scores.float(), labels, masks.float().contiguous())
 
 
-def synthesise(rec: Recorded, *, width: int, height: int, n: int, image_index: int) -> Detections:
+def synthesise(rec: Recorded, *, width: int, height: int, n: int, image_index: int) -> ImageDetections:
     """Exactly ``n`` detections for one image: recorded ones in turn, boxes scaled to the image."""
     pick = (torch.arange(n) + image_index * n) % len(rec.scores)
     order = rec.scores[pick].argsort(descending=True)  # score order, as the model gives them
     pick = pick[order]
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-    return Detections(rec.boxes[pick] * scale, rec.scores[pick], rec.labels[pick], rec.masks[pick].clone())
+    return ImageDetections(rec.boxes[pick] * scale, rec.scores[pick], rec.labels[pick], rec.masks[pick].clone())
 
 
 class ReplayPredictor:
     """Stands in for ``Predictor``: hands out prepared detections per image size, in turn."""
 
-    def __init__(self, detections: dict[tuple[int, int], list[Detections]]):
+    def __init__(self, detections: dict[tuple[int, int], list[ImageDetections]]):
         self._detections = detections  # (height, width) -> the detections to replay, in turn
         self._next = {k: 0 for k in detections}
 
     def batch_key(self, height: int, width: int) -> tuple:
         return (height, width)
 
-    def __call__(self, arrays: list[np.ndarray]) -> list[Detections]:
+    def __call__(self, arrays: list[np.ndarray]) -> list[ImageDetections]:
         out = []
         for a in arrays:
             key = a.shape[:2]
@@ -224,7 +224,7 @@ def cpu_ms(fn) -> tuple[float, Any]:
     return (time.process_time() - t0) * 1e3, out
 
 
-def stage_costs(processor: ShardProcessor, plan: pa.Table, dets: list[Detections]) -> dict[str, float]:
+def stage_costs(processor: ShardProcessor, plan: pa.Table, dets: list[ImageDetections]) -> dict[str, float]:
     """CPU ms per image of each stage, calling the library's own stage functions in turn."""
     cfg, read = processor.config, processor.config.read
     total = dict.fromkeys(STAGES, 0.0)
@@ -248,7 +248,7 @@ def stage_costs(processor: ShardProcessor, plan: pa.Table, dets: list[Detections
                 det.masks, det.boxes, height=dec.height, width=dec.width, threshold=cfg.predict.mask_threshold))[0]
             # rows alone: the same call without masks (box areas instead of pasting); then the
             # real rows, untimed, for the Parquet stage
-            boxes_only = Detections(det.boxes, det.scores, det.labels, None)
+            boxes_only = ImageDetections(det.boxes, det.scores, det.labels, None)
             total["rows"] += cpu_ms(lambda: encode_detections(
                 boxes_only, image_id=ref.image_id, height=dec.height, width=dec.width, categories=processor.categories,
                 mask_threshold=cfg.predict.mask_threshold, instances=Columns(), keypoints=Columns()))[0]

@@ -20,6 +20,7 @@ from mrcnn_batch.config import (
     DEFAULT_MAX_DETECTIONS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL,
+    DEFAULT_REFINE_MASKS,
     DEFAULT_SCORE_THRESHOLD,
     DEFAULT_SHARD_SIZE,
     InputSpec,
@@ -29,6 +30,7 @@ from mrcnn_batch.config import (
     local_url,
     local_weights,
 )
+from mrcnn_batch.encode.refine import check_method
 from mrcnn_batch.models.registry import ModelSpec
 from mrcnn_batch.models.registry import list_models as _list_models
 from mrcnn_batch.run.driver import Executor, RunSummary, execute
@@ -62,6 +64,7 @@ def make_config(
     device: str = "auto",
     amp: bool = False,
     channels_last: bool = False,
+    refine_masks: str | None = DEFAULT_REFINE_MASKS,
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -74,6 +77,7 @@ def make_config(
     spec = get_spec(model)
     if gpu_decode and device == "cpu":
         raise ValueError("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu")
+    check_method(refine_masks)  # None, or "grabcut" with OpenCV installed (a UsageError)
     storage_options = dict(storage_options or {})
     return RunConfig(
         input=InputSpec(url=local_url(input), image_root=local_url(image_root) if image_root else image_root,
@@ -92,6 +96,7 @@ def make_config(
             device=device,
             amp=amp,
             channels_last=channels_last,
+            refine_masks=refine_masks,
         ),
         read=ReadConfig(max_pixels=max_pixels, max_bytes=max_bytes, exif_transpose=exif_transpose, io_threads=io_threads,
                         gpu_decode=gpu_decode),
@@ -144,8 +149,11 @@ def make_executor(
     address: str | None = None,
     max_attempts: int = 3,
     verbose: bool = False,
+    on_retry: Callable[[int, str], None] | None = None,
+    on_session: Callable[[str], None] | None = None,
 ) -> Executor:
-    """The executor named ``kind``: ``"local"`` (in-process) or ``"ray"`` (an actor pool)."""
+    """The executor named ``kind``: ``"local"`` (in-process) or ``"ray"`` (an actor pool).
+    ``on_retry(shard, reason)``: each retry of a shard (Ray); ``on_session(words)``: which Ray."""
     if kind == "local":
         if workers not in (None, 1) or gpus_per_worker or cpus_per_worker or address:
             raise ValueError("workers, gpus_per_worker, cpus_per_worker and address need executor='ray'")
@@ -154,5 +162,6 @@ def make_executor(
         from mrcnn_batch.run.ray_executor import RayExecutor, RayOptions
 
         return RayExecutor(RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
-                                      cpus_per_worker=cpus_per_worker, max_attempts=max_attempts, verbose=verbose))
+                                      cpus_per_worker=cpus_per_worker, max_attempts=max_attempts, verbose=verbose),
+                           on_retry=on_retry, on_session=on_session)
     raise ValueError(f"unknown executor {kind!r}; expected 'local' or 'ray'")

@@ -21,6 +21,7 @@ DEFAULT_SHARD_SIZE = 256
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold (0.25 GiB of RGBA)
 DEFAULT_MAX_BYTES = 256 * 2**20  # per image file, checked from its size before it is read
 IOU_TYPES = ("bbox", "segm", "keypoints")  # COCO's evaluation (and results-file) types, in this order
+DEFAULT_REFINE_MASKS: str | None = None  # or "grabcut": mask edges re-cut on the image (encode.refine)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class PredictConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # autocast (float16 on CUDA, bfloat16 on CPU): faster on GPUs, other numbers
     channels_last: bool = False  # NHWC activations in the backbone: float noise only
+    refine_masks: str | None = DEFAULT_REFINE_MASKS  # None | "grabcut" (needs the `refine` extra)
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,12 @@ class RunConfig:
 
         Everything that changes which images are planned or what rows they produce; not the
         batch size, device, memory format or I/O threads, which change only how fast (and
-        scores in float noise). Mixed precision changes the numbers: it is part of it.
+        scores in float noise). Mixed precision changes the numbers: it is part of it. Mask
+        refinement too, but only when set: runs made before it existed, and every run without
+        it, keep the identity they had (see ``IDENTITY_ADDED``).
         """
         p = self.predict
+        refine = {} if p.refine_masks is None else {"refine_masks": p.refine_masks}
         return {
             "input": self.input.url,
             "image_root": self.input.image_root,
@@ -101,11 +106,14 @@ class RunConfig:
             "max_bytes": self.read.max_bytes,
             "exif_transpose": self.read.exif_transpose,
             "gpu_decode": self.read.gpu_decode,
+            **refine,
         }
 
 
 # Identity keys added after runs were first written, with the value those runs had in effect:
 # a run made before a key existed resumes when the key now has that value.
+# (A key present only when its option is set, like "refine_masks", needs no entry: a run that
+# lacks it was made with the option off, and resumes only with it off.)
 IDENTITY_ADDED = {"max_bytes": DEFAULT_MAX_BYTES, "gpu_decode": False}
 
 

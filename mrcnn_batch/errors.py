@@ -31,3 +31,14 @@ class StorageError(MrcnnBatchError, OSError):
     """A file of the run directory could not be read or written; the system's error verbatim."""
 
     exit_code = 6
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop by SIGTERM: a ``KeyboardInterrupt``, as for SIGINT, so
+    that no ``except Exception`` swallows it and Ray's blocking calls let it through (Ray re-raises
+    a plain ``KeyboardInterrupt`` from inside them: ``ray_session.stop_signal()`` remembers
+    which signal it was). The CLI exits ``128 + signum`` (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

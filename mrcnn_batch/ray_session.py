@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 
-from mrcnn_batch.errors import UsageError
+from mrcnn_batch.errors import Interrupted, UsageError
 
 AUTH_HINT = ("if the cluster was started with `ray start` (Ray 2.60 turns token authentication on there), "
              "set RAY_AUTH_MODE=token and give its token (~/.ray/auth_token on the head, or RAY_AUTH_TOKEN)")
@@ -66,11 +66,15 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
 
     if ray.is_initialized():
         return "Ray: the Ray already initialised in this process"
+    # Ray's C++ failure-signal handler prints a stack dump for a plain SIGTERM and aborts
+    # (exit 134); a driver asked to stop should stop in one line (the caller's choice to keep it)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     quiet = {"include_dashboard": False, "log_to_driver": verbose,
              "logging_level": logging.INFO if verbose else logging.ERROR, "configure_logging": True}
     target = ray_address(address)
     if target is None:
         ray.init(address="local", num_cpus=num_cpus, **quiet)
+        _stop_on_sigterm()
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
         return f"Ray: a private local Ray for this command ({cpus} CPUs, {gpus} GPUs; --address or RAY_ADDRESS joins a cluster)"
@@ -83,7 +87,34 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
             first = first[:300] + "..."
         raise UsageError(f"could not join the Ray cluster at {target}: {type(e).__name__}: {first}. Check that it runs "
                          f"(`ray status --address {target}`); {AUTH_HINT}") from None
+    _stop_on_sigterm()
     return f"Ray: joined the cluster at {target}"
+
+
+_STOP_SIGNAL: list[int] = []  # the signal that asked this process to stop, once one did
+
+
+def stop_signal() -> int | None:
+    """The signal number that interrupted this process (SIGTERM), if :func:`ray_session`'s
+    handler saw one; None for a plain Ctrl-C."""
+    return _STOP_SIGNAL[-1] if _STOP_SIGNAL else None
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises :class:`Interrupted` in the main thread (``ray.init`` installed a handler
+    that exits mid-call with ``sys.exit``, which Ray's blocking calls turn into a SystemError), so
+    the caller's ``finally`` blocks run and the CLI says what is kept in one line."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        _STOP_SIGNAL.append(signum)
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def check_listening(target: str, timeout: float = 5.0) -> None:

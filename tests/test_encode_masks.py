@@ -117,9 +117,9 @@ def test_box_outside_image_is_an_empty_mask():
 
 def test_an_image_without_detections_encodes_to_no_rows():
     from mrcnn_batch.encode.rows import Columns, encode_detections
-    from mrcnn_batch.predict.predictor import Detections
+    from mrcnn_batch.predict.predictor import ImageDetections
 
-    empty = Detections(
+    empty = ImageDetections(
         boxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.int64),
         masks=torch.zeros(0, 1, 28, 28), kp_boxes=torch.zeros(0, 4), kp_scores=torch.zeros(0),
         kp_labels=torch.zeros(0, dtype=torch.int64), keypoints=torch.zeros(0, 17, 3),

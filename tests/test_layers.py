@@ -69,3 +69,14 @@ def test_the_known_exceptions_still_exist():
     """When one is removed, remove it from KNOWN too, so it cannot come back unnoticed."""
     found = {(mod, target) for mod, _, target in imports()}
     assert KNOWN <= found, f"no longer imported, drop from KNOWN: {KNOWN - found}"
+
+
+def test_every_package_is_installed():
+    """Each package of the source tree is listed in pyproject.toml's packages (a wheel or a
+    non-editable install would leave out one that is not)."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    found = {".".join(("mrcnn_batch", *f.parent.relative_to(ROOT).parts)) for f in ROOT.rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"

@@ -38,9 +38,9 @@ def test_actor_killed_mid_shard_is_retried_elsewhere(ray_session, clean_run, tmp
     from mrcnn_batch.run.ray_executor import RayExecutor, RayOptions
 
     out = tmp_path / "killed"
-    executor = RayExecutor(RayOptions(workers=2, cpus_per_worker=0.5, retry_delay_s=0.1))
     killed, retries = [], []
-    executor.on_retry = lambda shard, reason: retries.append((shard, reason))
+    executor = RayExecutor(RayOptions(workers=2, cpus_per_worker=0.5, retry_delay_s=0.1),
+                           on_retry=lambda shard, reason: retries.append((shard, reason)))
 
     def on_commit(record):
         if not killed:

@@ -58,3 +58,27 @@ def test_driver_killed_then_rerun_does_only_the_uncommitted_shards(ray_session, 
     assert (out / "_SUCCESS").exists()
     assert_exactly_once(str(out))
     assert_same_tables(tables(str(out)), tables(str(clean_run)))
+
+
+def test_a_driver_asked_to_stop_says_so_in_one_line_and_the_rerun_resumes(ray_session, tmp_path, image_dir, mask_weights):
+    """SIGTERM (``kill``, a job scheduler) to a driver on Ray: exit 143 with one line saying
+    what is kept, no stack dump from Ray's signal handler; the lease is released, so the same
+    command resumes at once and runs only what was not committed."""
+    address = ray_session.get_runtime_context().gcs_address
+    out = tmp_path / "run"
+    cmd = cli(image_dir, out, mask_weights, address)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not markers(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    before = markers(out)
+    assert proc.returncode == 143, stdout + stderr
+    assert "interrupted (SIGTERM): the shards committed so far are kept" in " ".join(stderr.split())
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert not (out / "_driver.json").exists()  # the lease released: nothing to wait out
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    after = markers(out)
+    assert {k for k in after if before.get(k) != after[k]} == set(after) - set(before)

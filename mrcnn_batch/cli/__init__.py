@@ -9,6 +9,8 @@ Exit codes (stable, for scripts):
   5  evaluation refused: the run is incomplete (pass --allow-partial)
   6  storage error: a file of the run could not be read or written (the message names it and
      quotes the system's error, e.g. a full disk); fix the cause and run the same command again
+  130, 143  infer interrupted by SIGINT (Ctrl-C) or SIGTERM: committed shards are kept; run the
+     same command again to do the rest
 """
 
 from __future__ import annotations

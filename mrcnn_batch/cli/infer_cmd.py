@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -30,10 +31,11 @@ from mrcnn_batch.config import (
     DEFAULT_MAX_DETECTIONS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL,
+    DEFAULT_REFINE_MASKS,
     DEFAULT_SCORE_THRESHOLD,
     DEFAULT_SHARD_SIZE,
 )
-from mrcnn_batch.errors import MrcnnBatchError
+from mrcnn_batch.errors import Interrupted, MrcnnBatchError
 
 
 @app.command(cls=Command)
@@ -55,6 +57,7 @@ def infer(
     device: Annotated[str, typer.Option(metavar="DEVICE", help="auto (cuda when present), cpu, cuda, cuda:N.")] = "auto",
     amp: Annotated[bool, typer.Option("--amp", metavar="", help="Mixed precision (autocast: float16 on CUDA, bfloat16 on CPU). Other numbers than float32; off until measured on your GPU.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", metavar="", help="NHWC memory format in the backbone (may be faster on GPUs; float noise only).")] = False,
+    refine_masks: Annotated[str, typer.Option("--refine-masks", metavar="none|grabcut", help="grabcut: re-cut each mask's edge on the image's pixels with OpenCV's GrabCut, in a crop around its box (needs pip install 'mrcnn-batch\\[refine]'; boxes, scores and keypoints unchanged; part of the run's identity). Measured on the demo's held-out set in the README.")] = DEFAULT_REFINE_MASKS or "none",
     shard_size: Annotated[int, typer.Option(metavar="N", help="Images per shard (the unit of commit and retry).")] = DEFAULT_SHARD_SIZE,
     max_pixels: Annotated[int, typer.Option(metavar="N", help="Images with more pixels get status too_large.")] = DEFAULT_MAX_PIXELS,
     max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, metavar="N", help="Image files larger than this many bytes get status too_large, unread (checked from the file's or tar member's size).")] = DEFAULT_MAX_BYTES,
@@ -79,6 +82,14 @@ def infer(
         fail(f"unknown executor {executor!r}; expected 'local' or 'ray'", EXIT_USAGE)
     if gpu_decode and device == "cpu":
         fail("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu", EXIT_USAGE)
+    # numpy and pycocotools; OpenCV only when asked for
+    from mrcnn_batch.encode.refine import check_method
+
+    refine = None if refine_masks == "none" else refine_masks
+    try:
+        check_method(refine)
+    except MrcnnBatchError as e:
+        fail(str(e), e.exit_code)
     from mrcnn_batch.config import local_url
     from mrcnn_batch.ray_session import check_job_paths, check_listening, ray_address
     from mrcnn_batch.run.preflight import check_output, check_reachable
@@ -126,6 +137,7 @@ def infer(
             device=device,
             amp=amp,
             channels_last=channels_last,
+            refine_masks=refine,
             shard_size=shard_size,
             max_pixels=max_pixels,
             max_bytes=max_bytes,
@@ -136,19 +148,24 @@ def infer(
         if dry_run:
             print_plan(config)
             return
-        run_executor = make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                                     address=address if executor == "ray" else None, max_attempts=max_attempts, verbose=verbose)
         with RunProgress(console=err, enabled=progress) as bar:
-            if hasattr(run_executor, "on_retry"):
-                run_executor.on_retry = bar.on_retry
-                run_executor.on_session = say
-            else:
+            on_ray = {"on_retry": bar.on_retry, "on_session": say} if executor == "ray" else {}
+            run_executor = make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker,
+                                         cpus_per_worker=cpus_per_worker, address=address if executor == "ray" else None,
+                                         max_attempts=max_attempts, verbose=verbose, **on_ray)
+            if executor != "ray":
                 say("Ray: not used (--executor local runs in this process)")
             summary = execute(config, run_executor, overwrite=overwrite, on_plan=bar.on_plan, on_commit=bar.on_commit)
     except MrcnnBatchError as e:  # refusals (3), usage (2), storage (6): each carries its code
         fail(str(e), e.exit_code)
     except (InputError, WeightsUnavailable, WorkerStartError, KeyError, ValueError, FileNotFoundError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), EXIT_USAGE)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`kill`, a scheduler): see ray_session
+        from mrcnn_batch.ray_session import stop_signal
+
+        signum = e.signum if isinstance(e, Interrupted) else stop_signal() or signal.SIGINT
+        fail(f"interrupted ({signal.Signals(signum).name}): the shards committed so far are kept and the run's lease "
+             f"is released; run the same command again to do the rest", 128 + signum)
     print_summary(summary)
     if summary.failed_shards:
         for shard, reason in sorted(summary.failed_shards.items()):

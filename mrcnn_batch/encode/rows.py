@@ -3,18 +3,22 @@
 Conventions (see ``schemas``): ``bbox`` is COCO ``[x, y, w, h]`` from torchvision's
 ``(x1, y1, x2, y2)``; ``instance_id`` is the detection's rank in the image (score order);
 ``area`` is the mask's pixel count for mask models and the box area otherwise; keypoints are
-COCO triplets with ``v = 2``.
+COCO triplets with ``v = 2``. With ``--refine-masks`` the masks are refined on the image's pixels
+(``encode.refine``) and ``area`` is the refined mask's; the box stays the model's.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mrcnn_batch.encode.masks import paste_and_encode
-from mrcnn_batch.predict.predictor import Detections
+from mrcnn_batch.encode.refine import refine_rles  # imports OpenCV only when called
+from mrcnn_batch.predict.predictor import ImageDetections
 
+log = logging.getLogger(__name__)
 KEYPOINT_VISIBLE = 2.0
 
 
@@ -40,7 +44,7 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
 
 
 def encode_detections(
-    det: Detections,
+    det: ImageDetections,
     *,
     image_id: int,
     height: int,
@@ -49,8 +53,11 @@ def encode_detections(
     mask_threshold: float,
     instances: Columns,
     keypoints: Columns,
+    refine_masks: str | None = None,
+    image: np.ndarray | None = None,
 ) -> tuple[int, int]:
-    """Append the image's rows; return (number of instances, number of keypoint detections)."""
+    """Append the image's rows; return (number of instances, number of keypoint detections).
+    ``refine_masks`` (``encode.refine.METHODS``) refines the masks on ``image`` (H x W x 3 uint8)."""
     boxes = det.boxes.float().cpu().numpy()
     n = len(boxes)
     xywh = xyxy_to_xywh(boxes)
@@ -59,6 +66,8 @@ def encode_detections(
         masks, areas = paste_and_encode(
             det.masks, det.boxes, height=height, width=width, threshold=mask_threshold
         )
+        if refine_masks is not None and n:
+            masks, areas = _refined(image, masks, areas, boxes, image_id=image_id)
         areas = areas.astype(np.float64)
     else:
         areas = (xywh[:, 2].astype(np.float64) * xywh[:, 3])
@@ -93,3 +102,12 @@ def encode_detections(
         mask_instance_id=[int(i) if i >= 0 else None for i in kp_instance],
     )
     return n, k
+
+
+def _refined(image, masks, areas, boxes, *, image_id):
+    if image is None:
+        raise ValueError(f"image {image_id}: mask refinement needs the image's pixels, none were given")
+    masks, areas, stats = refine_rles(image, masks, areas, boxes)
+    log.debug("image %d: masks refined %d, on a downscaled crop %d, kept (GrabCut found no foreground) %d, "
+              "kept (nothing to refine) %d", image_id, stats.refined, stats.downscaled, stats.empty_fallback, stats.kept)
+    return masks, areas

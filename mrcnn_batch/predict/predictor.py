@@ -23,7 +23,7 @@ from mrcnn_batch.predict.batching import batch_key
 
 
 @dataclass
-class Detections:
+class ImageDetections:
     """One image's kept detections, on the model's device, in score order."""
 
     boxes: torch.Tensor  # N x 4, (x1, y1, x2, y2), original-image pixels
@@ -111,8 +111,8 @@ class Predictor:
         """Images of equal keys may share a batch without changing their detections."""
         return batch_key(height, width, [net.transform for net in self.model.networks.values()])
 
-    def __call__(self, arrays: list[np.ndarray | torch.Tensor]) -> list[Detections]:
-        """Detections of each image: H x W x 3 uint8 arrays, or 3 x H x W uint8 tensors already
+    def __call__(self, arrays: list[np.ndarray | torch.Tensor]) -> list[ImageDetections]:
+        """The detections of each image: H x W x 3 uint8 arrays, or 3 x H x W uint8 tensors already
         on the model's device (``read.gpu_decode``)."""
         return self._detect([self._as_input(a) for a in arrays])
 
@@ -124,7 +124,7 @@ class Predictor:
             a.record_stream(torch.cuda.current_stream(a.device))
         return a.to(self.device).float().div_(255)
 
-    def _detect(self, images: list[torch.Tensor]) -> list[Detections]:
+    def _detect(self, images: list[torch.Tensor]) -> list[ImageDetections]:
         nets = self.model.networks
         if "main" in nets:
             return [self._single(d) for d in forward_raw(nets["main"], images, self.speed)]
@@ -139,9 +139,9 @@ class Predictor:
         keep = torch.isin(d["labels"], self.keep_labels.to(d["labels"].device))
         return {k: v[keep] for k, v in d.items()}
 
-    def _single(self, d: dict[str, torch.Tensor]) -> Detections:
+    def _single(self, d: dict[str, torch.Tensor]) -> ImageDetections:
         d = self._filtered(d)
-        out = Detections(d["boxes"], d["scores"], d["labels"], d.get("masks"))
+        out = ImageDetections(d["boxes"], d["scores"], d["labels"], d.get("masks"))
         if "keypoints" in d:
             kp = self._keypoint_rows(d["labels"])
             out.kp_boxes, out.kp_scores, out.kp_labels = d["boxes"][kp], d["scores"][kp], d["labels"][kp]
@@ -155,9 +155,9 @@ class Predictor:
         cat = self.spec.keypoint_category_id
         return torch.ones_like(labels, dtype=torch.bool) if cat is None else labels == cat
 
-    def _joined(self, m: dict[str, torch.Tensor], k: dict[str, torch.Tensor]) -> Detections:
+    def _joined(self, m: dict[str, torch.Tensor], k: dict[str, torch.Tensor]) -> ImageDetections:
         m, k = self._filtered(m), self._filtered(k)
-        out = Detections(m["boxes"], m["scores"], m["labels"], m.get("masks"))
+        out = ImageDetections(m["boxes"], m["scores"], m["labels"], m.get("masks"))
         out.kp_boxes, out.kp_scores, out.kp_labels = k["boxes"], k["scores"], k["labels"]
         out.keypoints, out.keypoint_scores = k["keypoints"], k["keypoints_scores"]
         people = (m["labels"] == self.spec.keypoint_category_id).nonzero().squeeze(1)

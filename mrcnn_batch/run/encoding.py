@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mrcnn_batch.encode.rows import Columns, encode_detections
-from mrcnn_batch.predict.predictor import Detections
+from mrcnn_batch.predict.predictor import ImageDetections
 from mrcnn_batch.schemas import TABLES  # the tables a shard writes, by name
 
 
@@ -53,20 +53,22 @@ class PredictError:
 
 def encode_batch(
     shard: int, images: list[ImageFacts], detections: list[Any], *, categories: tuple[str, ...],
-    mask_threshold: float,
+    mask_threshold: float, refine_masks: str | None = None, pixels: list[np.ndarray | None] | None = None,
 ) -> dict[int, dict[str, Columns]]:
     """Each image's rows, apart (plan position -> table -> columns); ``detections[i]`` is a
-    ``Detections`` (tensors or, from another process, numpy arrays), or a ``PredictError`` or
-    None (nothing to encode; the facts carry the status)."""
+    ``ImageDetections`` (tensors or, from another process, numpy arrays), or a ``PredictError`` or
+    None (nothing to encode; the facts carry the status). With ``refine_masks``, ``pixels[i]``
+    is image i's H x W x 3 uint8 array where it has masks to refine (else None)."""
     out = {}
-    for facts, det in zip(images, detections):
+    for i, (facts, det) in enumerate(zip(images, detections)):
         cols = {name: Columns() for name in TABLES}
         n_inst, n_kp = 0, 0
-        if isinstance(det, Detections):
+        if isinstance(det, ImageDetections):
+            refine = {} if refine_masks is None else {"refine_masks": refine_masks, "image": pixels[i]}
             n_inst, n_kp = encode_detections(
                 _as_tensors(det), image_id=facts.image_id, height=facts.height, width=facts.width,
                 categories=categories, mask_threshold=mask_threshold,
-                instances=cols["instances"], keypoints=cols["keypoints"],
+                instances=cols["instances"], keypoints=cols["keypoints"], **refine,
             )
         cols["images"].extend(
             image_id=[facts.image_id], uri=[facts.uri], shard=[shard], status=[facts.status], error=[facts.error],
@@ -128,21 +130,21 @@ def _one_thread() -> None:
 def _to_numpy(detections: list[Any]) -> list[Any]:
     """Detections as host numpy arrays (pickled as plain bytes), copied from the device with one
     wait for the model's stream."""
-    tensors = [(i, f.name, getattr(d, f.name)) for i, d in enumerate(detections) if isinstance(d, Detections)
+    tensors = [(i, f.name, getattr(d, f.name)) for i, d in enumerate(detections) if isinstance(d, ImageDetections)
                for f in dataclasses.fields(d) if isinstance(getattr(d, f.name), torch.Tensor)]
     host = [(i, name, t.to("cpu", non_blocking=True)) for i, name, t in tensors]
     if any(t.is_cuda for _, _, t in tensors):
         torch.cuda.current_stream(tensors[0][2].device).synchronize()
-    out = [dataclasses.replace(d) if isinstance(d, Detections) else d for d in detections]
+    out = [dataclasses.replace(d) if isinstance(d, ImageDetections) else d for d in detections]
     for i, name, t in host:
         setattr(out[i], name, t.numpy())
     return out
 
 
-def _as_tensors(det: Detections) -> Detections:
+def _as_tensors(det: ImageDetections) -> ImageDetections:
     """``det`` with torch tensors where another process sent numpy arrays."""
     if not isinstance(det.boxes, np.ndarray):
         return det
     values = {f.name: getattr(det, f.name) for f in dataclasses.fields(det)}
-    return Detections(**{k: torch.from_numpy(v) if isinstance(v, np.ndarray) and k != "kp_instance" else v
+    return ImageDetections(**{k: torch.from_numpy(v) if isinstance(v, np.ndarray) and k != "kp_instance" else v
                          for k, v in values.items()})

@@ -42,12 +42,13 @@ import numpy as np
 import torch
 
 from mrcnn_batch.config import RunConfig
+from mrcnn_batch.encode.refine import check_method
 from mrcnn_batch.encode.rows import Columns
 from mrcnn_batch.errors import StorageError, UsageError
 from mrcnn_batch.models.loaded import LoadedModel, build_model
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.predict.batching import Bucketer
-from mrcnn_batch.predict.predictor import Predictor, Speed, pick_device
+from mrcnn_batch.predict.predictor import ImageDetections, Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, TooLarge, decode_image, fetch_all
 from mrcnn_batch.read.gpu_decode import decode_on_device
 from mrcnn_batch.run.encoding import TABLES, Encoder, ImageFacts, PredictError
@@ -116,6 +117,7 @@ class ShardProcessor:
         self.run = RunDir(config.output, config.output_storage_options)
         if config.read.gpu_decode and self.device.type != "cuda":
             raise UsageError(f"--gpu-decode decodes JPEGs on a CUDA device; this worker's device is {self.device}")
+        check_method(p.refine_masks)  # OpenCV on this worker, before its first shard
         self._readers = ThreadPoolExecutor(PREFETCH_BATCHES * SHARDS_IN_FLIGHT, thread_name_prefix="read")
         self._model_lock = threading.Lock()  # one batch on the model at a time, whichever shard
         workers = encoder_threads()
@@ -146,8 +148,13 @@ class ShardProcessor:
             while len(encoding) >= self._max_encode_jobs:  # a bounded queue: the model waits
                 rows.update(encoding.popleft().result())
             facts = [self._facts(shard, item, det) for item, det in zip(batch, detections)]
+            refine = {}
+            if self.config.predict.refine_masks is not None:  # the pixels go along, for images with masks
+                refine = {"refine_masks": self.config.predict.refine_masks,
+                          "pixels": [_host_pixels(item.decoded) if _has_masks(det) else None
+                                     for item, det in zip(batch, detections)]}
             encoding.append(self._encoder.submit(shard, facts, detections, categories=self.categories,
-                                                 mask_threshold=self.config.predict.mask_threshold))
+                                                 mask_threshold=self.config.predict.mask_threshold, **refine))
 
         position = 0
         for i in range(len(chunks)):
@@ -196,7 +203,7 @@ class ShardProcessor:
         return out
 
     def _predict(self, batch: list[_Item]) -> list[Any]:
-        """Detections per image of one batch (or the error an image raised)."""
+        """The detections of each image of one batch (or the error an image raised)."""
         try:
             return list(self.predictor([item.decoded.array for item in batch]))
         except Exception:  # noqa: BLE001 - retry one by one to isolate the failing image
@@ -263,6 +270,17 @@ class ShardProcessor:
     def close(self) -> None:
         self._readers.shutdown(wait=True)
         self._encoder.close()
+
+
+def _has_masks(det: Any) -> bool:
+    return isinstance(det, ImageDetections) and det.masks is not None and len(det.masks) > 0
+
+
+def _host_pixels(decoded: Decoded) -> np.ndarray:
+    """The decoded image as H x W x 3 uint8 on the host (``--gpu-decode`` leaves 3 x H x W on the device)."""
+    if isinstance(decoded.array, torch.Tensor):
+        return decoded.array.permute(1, 2, 0).contiguous().cpu().numpy()
+    return decoded.array
 
 
 def _describe(e: BaseException) -> str:

@@ -1,5 +1,8 @@
 """The Ray executor: a pool of actors, each a :class:`ShardProcessor`, fed shards by the driver.
 
+What runs where and when is decided by :class:`~mrcnn_batch.run.scheduler.Scheduler` (pure,
+unit-tested); this module is its Ray side: actors, object refs, ``ray.wait``.
+
 Resources: one GPU per actor by default (``gpus_per_worker`` may be fractional); on a cluster
 without GPUs, CPU actors (``cpus_per_worker`` each, the worker's torch threads). The weights
 are resolved once on the driver, put once in the object store, and loaded once per actor. The
@@ -22,14 +25,16 @@ overwrites its own files and only its marker makes it exist):
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import os
 import socket
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -40,6 +45,7 @@ from mrcnn_batch.ray_session import ray_session
 from mrcnn_batch.run.layout import RunDir
 from mrcnn_batch.run.lease import Fence, FencedOut
 from mrcnn_batch.run.processor import SHARDS_IN_FLIGHT, ShardProcessor, shard_images
+from mrcnn_batch.run.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -103,26 +109,19 @@ class _ShardActor(ShardProcessor):
         return self(shard, shard_images(plan.slice(offset, length)))
 
 
-@dataclass
-class _Slot:
-    actor: Any
-    ready: bool = False
-    running: int = 0  # shards in flight on it, up to SHARDS_IN_FLIGHT
-
-    @property
-    def free(self) -> bool:
-        return self.ready and self.running < SHARDS_IN_FLIGHT
-
-
 class RayExecutor:
-    """An :class:`~mrcnn_batch.run.driver.Executor` running shards on a pool of Ray actors."""
+    """An :class:`~mrcnn_batch.run.driver.Executor` running shards on a pool of Ray actors.
 
-    def __init__(self, options: RayOptions = RayOptions()):
+    ``on_retry(shard, reason)`` is called each time a shard is queued again; ``on_session(words)``
+    once, saying which Ray is used (see ``mrcnn_batch.ray_session``)."""
+
+    def __init__(self, options: RayOptions = RayOptions(), *, on_retry: Callable[[int, str], None] | None = None,
+                 on_session: Callable[[str], None] | None = None):
         self.options = options
+        self.on_retry = on_retry
+        self.on_session = on_session
         self.workers_seen: list[dict[str, Any]] = []  # where each started actor ran
         self.workers_lost = 0  # actors that died (killed, node lost) during the last run
-        self.on_retry: Callable[[int, str], None] | None = None  # (shard, reason) per retry
-        self.on_session: Callable[[str], None] | None = None  # which Ray, in words (see ray_session)
 
     def __call__(
         self,
@@ -149,177 +148,141 @@ class RayExecutor:
             num_gpus=gpw, num_cpus=cpw, max_restarts=0, max_task_retries=0, max_concurrency=SHARDS_IN_FLIGHT
         )
         weights_ref = ray.put(weights)  # once; each actor loads it once
-        threads = max(1, int(cpw))
-
-        def start() -> _Slot:
-            actor = actor_cls.remote(config, run_id=run_id, weights=weights_ref, threads=threads, fence=fence)
-            return _Slot(actor)
-
         ranges = shard_ranges(plan)
         plan_ref = ray.put(plan.select(["image_id", "uri"]))  # once; each call sends its range
-        work = {s: (plan_ref, *ranges[s]) for s in pending}
-        check = (lambda run=RunDir(config.output, config.output_storage_options): fence.check(run)) if fence else None
-        pool = _Pool(self, start, work, on_commit, replacements=o.max_replacements if o.max_replacements is not None else 2 * workers,
-                     check_fence=check)
+        fenced_run = RunDir(config.output, config.output_storage_options) if fence else None
+        scheduler = Scheduler(
+            pending, now=time.monotonic(), per_worker=SHARDS_IN_FLIGHT, max_attempts=o.max_attempts,
+            retry_delay_s=o.retry_delay_s, replacements=o.max_replacements if o.max_replacements is not None else 2 * workers,
+            start_timeout_s=o.start_timeout_s, on_retry=self.on_retry,
+        )
+        pool = _ActorPool(
+            scheduler,
+            start=lambda: actor_cls.remote(config, run_id=run_id, weights=weights_ref, threads=max(1, int(cpw)), fence=fence),
+            work={s: (plan_ref, *ranges[s]) for s in pending},
+            on_commit=on_commit,
+            on_worker=self.workers_seen.append,
+            check_fence=(lambda: fence.check(fenced_run)) if fence else None,
+        )
         try:
             for _ in range(workers):
-                pool.add(start())
-            return pool.run(deque(pending))
+                pool.start_worker()
+            return pool.run()
         finally:
+            self.workers_lost = scheduler.workers_lost
             pool.shutdown()
 
 
-class _Pool:
-    """The scheduling loop: idle actors take the next due shard; results and deaths come back."""
+class _ActorPool:
+    """The Ray side of a :class:`Scheduler`: starts actors and sends shards as it decides, and
+    tells it what came back (a record, an exception, a dead actor)."""
 
-    def __init__(self, executor: RayExecutor, start, work, on_commit, *, replacements: int, check_fence=None):
-        self.o = executor.options
-        self.check_fence = check_fence  # before each dispatch: a driver that lost its run stops
-        self.executor = executor
-        self.start = start
+    def __init__(self, scheduler: Scheduler, *, start, work, on_commit, on_worker, check_fence=None):
+        self.scheduler = scheduler
+        self.start = start  # () -> a new actor handle
         self.work = work  # shard -> (plan ref, offset, length)
         self.on_commit = on_commit
-        self.replacements_left = replacements
-        self.slots: list[_Slot] = []
-        self.starting: dict[Any, _Slot] = {}  # ready() ref -> slot
-        self.inflight: dict[Any, tuple[_Slot, int]] = {}  # process() ref -> (slot, shard)
-        self.attempts: dict[int, int] = {}
-        self.due: dict[int, float] = {}  # shard -> not before (monotonic)
-        self.failed: dict[int, str] = {}
+        self.on_worker = on_worker  # where a started actor runs
+        self.check_fence = check_fence  # before each shard is sent: a driver that lost its run stops
+        self.actors: dict[int, Any] = {}  # worker key -> actor handle
+        self.starting: dict[Any, int] = {}  # where() ref -> worker key
+        self.inflight: dict[Any, tuple[int, int]] = {}  # process() ref -> (worker key, shard)
+        self._keys = itertools.count()
 
-    def add(self, slot: _Slot) -> None:
-        self.slots.append(slot)
-        self.starting[slot.actor.where.remote()] = slot
+    def start_worker(self) -> None:
+        key = next(self._keys)
+        self.actors[key] = actor = self.start()
+        self.scheduler.worker_started(key)
+        self.starting[actor.where.remote()] = key
 
-    def run(self, queue: deque[int]) -> dict[int, str]:
+    def run(self) -> dict[int, str]:
         import ray
 
-        idle_since = time.monotonic()
-        while queue or self.inflight:
-            self._dispatch(queue)
-            if self.inflight or any(s.ready for s in self.slots):
-                idle_since = time.monotonic()
-            elif not self.starting:
-                self._fail_all(queue, "no worker left: every actor died and the replacements are used up")
-                break
-            elif time.monotonic() - idle_since > self.o.start_timeout_s:
-                self._fail_all(queue, f"no worker started within {self.o.start_timeout_s:.0f}s (cluster out of resources?)")
+        s = self.scheduler
+        while not s.done:
+            now = time.monotonic()
+            for key, shard in s.assign(now):
+                if self.check_fence is not None:
+                    self.check_fence()
+                self.inflight[self.actors[key].process.remote(shard, *self.work[shard])] = (key, shard)
+            stalled = s.stalled(now)
+            if stalled:
+                log.error("%s; the shards left fail", stalled)
                 break
             refs = list(self.inflight) + list(self.starting)
             if not refs:  # only shards waiting for their retry delay
-                time.sleep(self._wait_timeout(queue))
+                time.sleep(s.wait_timeout(now))
                 continue
-            done, _ = ray.wait(refs, num_returns=1, timeout=self._wait_timeout(queue))
+            done, _ = ray.wait(refs, num_returns=1, timeout=s.wait_timeout(now))
             for ref in done:
                 if ref in self.starting:
                     self._started(ref)
                 else:
-                    self._finished(ref, queue)
-        return self.failed
-
-    def _wait_timeout(self, queue: deque[int]) -> float:
-        now = time.monotonic()
-        due = [self.due.get(s, now) - now for s in queue]
-        return max(0.05, min(due)) if due and any(s.free for s in self.slots) else 1.0
-
-    def _dispatch(self, queue: deque[int]) -> None:
-        now = time.monotonic()
-        for _ in range(SHARDS_IN_FLIGHT):  # one shard per free actor, then a second each
-            for slot in self.slots:
-                if not slot.free or not queue:
-                    continue
-                shard = next((s for s in queue if self.due.get(s, 0) <= now), None)
-                if shard is None:
-                    return
-                if self.check_fence is not None:
-                    self.check_fence()
-                queue.remove(shard)
-                self.attempts[shard] = self.attempts.get(shard, 0) + 1
-                slot.running += 1
-                self.inflight[slot.actor.process.remote(shard, *self.work[shard])] = (slot, shard)
+                    self._finished(ref)
+        return s.failed
 
     def _started(self, ref) -> None:
         import ray
 
-        slot = self.starting.pop(ref)
+        key = self.starting.pop(ref)
         try:
             where = ray.get(ref)
         except ray.exceptions.RayActorError as e:
             if getattr(e, "actor_init_failed", False):
                 raise WorkerStartError(f"a worker could not load the model: {_reason(e)}") from None
             log.warning("a worker died while starting: %s", _reason(e))
-            self.executor.workers_lost += 1
-            self._replace(slot)
+            self._lost(key, _reason(e))
             return
-        slot.ready = True
-        self.executor.workers_seen.append(where)
+        self.scheduler.worker_ready(key)
+        self.on_worker(where)
         log.info("worker ready on %s pid %s (%s)", where["host"], where["pid"], where["device"])
 
-    def _finished(self, ref, queue: deque[int]) -> None:
+    def _finished(self, ref) -> None:
         import ray
 
-        slot, shard = self.inflight.pop(ref)
-        slot.running -= 1
+        key, shard = self.inflight.pop(ref)
+        if key not in self.actors:  # its actor was lost and its shards already queued again
+            return
         try:
             record = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.ObjectLostError) as e:
-            reason = f"worker lost: {_reason(e)}"
-            log.warning("shard %d: %s; retrying elsewhere", shard, reason)
-            self.executor.workers_lost += 1
-            self._replace(slot)
-            self._retry(shard, reason, queue, delay=0.0)
+            log.warning("shard %d: worker lost (%s); retrying elsewhere", shard, _reason(e))
+            self._lost(key, _reason(e))
+            self._log_if_failed(shard)
             return
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, FencedOut):
                 raise e.cause from None
-            reason = _reason(e)
             log.debug("shard %d raised:\n%s", shard, e)  # with the worker's traceback
-            log.warning("shard %d attempt %d/%d failed: %s", shard, self.attempts[shard], self.o.max_attempts, reason)
-            self._retry(shard, reason, queue, delay=self.o.retry_delay_s * 2 ** (self.attempts[shard] - 1))
+            log.warning("shard %d attempt %d/%d failed: %s", shard, self.scheduler.attempts[shard],
+                        self.scheduler.max_attempts, _reason(e))
+            self.scheduler.shard_raised(key, shard, _reason(e), time.monotonic())
+            self._log_if_failed(shard)
             return
-        self.failed.pop(shard, None)
+        self.scheduler.shard_done(key, shard)
         self.on_commit(record)
 
-    def _retry(self, shard: int, reason: str, queue: deque[int], *, delay: float) -> None:
-        if self.attempts[shard] >= self.o.max_attempts:
-            self.failed[shard] = f"{reason} (after {self.attempts[shard]} attempts)"
-            log.error("shard %d failed: %s", shard, self.failed[shard])
-            return
-        self.due[shard] = time.monotonic() + delay
-        queue.append(shard)
-        if self.executor.on_retry is not None:
-            self.executor.on_retry(shard, reason)
-
-    def _replace(self, slot: _Slot) -> None:
+    def _lost(self, key: int, reason: str) -> None:
         import ray
 
-        if slot not in self.slots:  # its other shard in flight came back first: replaced already
-            return
-        self.slots.remove(slot)
-        try:
-            ray.kill(slot.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        if self.replacements_left > 0:
-            self.replacements_left -= 1
-            self.add(self.start())
+        actor = self.actors.pop(key)
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(actor, no_restart=True)
+        if self.scheduler.worker_lost(key, reason, time.monotonic()):
+            self.start_worker()
 
-    def _fail_all(self, queue: deque[int], reason: str) -> None:
-        log.error("%s; %d shard(s) left", reason, len(queue))
-        for shard in queue:
-            self.failed[shard] = self.failed.get(shard, reason)
-        queue.clear()
+    def _log_if_failed(self, shard: int) -> None:
+        if shard in self.scheduler.failed:
+            log.error("shard %d failed: %s", shard, self.scheduler.failed[shard])
 
     def shutdown(self) -> None:
         import ray
 
-        for slot in self.slots:
-            try:
-                ray.kill(slot.actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
-        self.slots.clear()
+        for actor in self.actors.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        self.actors.clear()
 
 
 def _reason(e: BaseException) -> str:
