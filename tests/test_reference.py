@@ -135,7 +135,7 @@ def test_keypoint_model_rows_equal_torchvision(tmp_path, image_dir, keypoint_wei
     assert n > 10 and summary.keypoints == n
 
 
-def test_mask_and_keypoint_model_joins_people(tmp_path, image_dir, mask_weights, keypoint_weights):
+def test_mask_and_keypoint_model_rows_equal_torchvision_and_join_people(tmp_path, image_dir, mask_weights, keypoint_weights):
     both = tmp_path / "both.pth"
     mask = torch.load(mask_weights, weights_only=True)
     keypoint = torch.load(keypoint_weights, weights_only=True)
@@ -175,6 +175,25 @@ def test_mask_and_keypoint_model_joins_people(tmp_path, image_dir, mask_weights,
     assert joined > 0, ("no keypoint detection was joined: the test would not check the join", people_n, unjoined)
     assert sum(len(v) for v in kps.values()) > 0 and sum(len(v) for v in inst.values()) > 0
     assert run.run_meta().model["keypoint_names"][0] == "nose"
+
+    # and the rows equal each torchvision network called alone on each image: instances the
+    # mask network's, keypoint detections the keypoint network's (the join adds only the link)
+    mask_net = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
+                                     box_detections_per_img=MAX_DETECTIONS, **SMALL)
+    mask_net.load_state_dict(mask)
+    kp_net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2,
+                                       box_detections_per_img=MAX_DETECTIONS, **SMALL)
+    kp_net.load_state_dict(keypoint)
+    plan = run.read_plan()
+    for image_id, res in reference_outputs(mask_net.eval(), plan).items():
+        assert_boxes_equal(inst.get(image_id, []), res)
+        assert_masks_equal(inst.get(image_id, []), res)
+    for image_id, res in reference_outputs(kp_net.eval(), plan).items():
+        got = kps.get(image_id, [])
+        assert_boxes_equal(got, res)
+        for r, k in zip(got, res["keypoints"].numpy()):
+            np.testing.assert_allclose(np.array(r["keypoints"], dtype=np.float32).reshape(17, 3)[:, :2], k[:, :2],
+                                       atol=1e-4, rtol=0)
 
 
 def _iou(a, b):
