@@ -36,7 +36,7 @@ def test_random_sets_equal_pycocotools(iou_type, seed):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), n_batches=st.integers(1, 6), iou_type=st.sampled_from(["bbox", "keypoints"]),
+@given(seed=st.integers(0, 10_000), n_batches=st.integers(1, 6), iou_type=st.sampled_from(["bbox", "segm", "keypoints"]),
        split_seed=st.integers(0, 1_000))
 def test_any_split_gives_the_single_batch_result(seed, n_batches, iou_type, split_seed):
     gt_doc, results = random_case(seed, iou_type=iou_type, n_images=10)
