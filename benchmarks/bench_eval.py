@@ -8,6 +8,8 @@ the summary: loading ground truth and predictions, matching, accumulating, summa
 mrcnn-batch is measured from the results JSON (``--predictions``) and from a run directory
 (Parquet shards, as ``infer`` writes them), with Ray started beforehand (its start-up is
 reported apart) and with ``workers=0`` (in-process). Every tool's ``stats`` are checked equal.
+``--iou-types ...,boundary`` adds Boundary IoU on the segm results (faster-coco-eval and
+mrcnn-batch only: pycocotools has none); ``cpu_s`` counts every thread's CPU time.
 
     python benchmarks/bench_eval.py                      # full size; writes benchmarks/results/eval.json
     python benchmarks/bench_eval.py --images 500 --quick # a smoke run
@@ -93,7 +95,7 @@ def _f32(v: float) -> float:
 
 def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
     """One measurement, in this (fresh) process."""
-    gt_file, dt_file = str(data / "gt.json"), str(data / f"{iou_type}.json")
+    gt_file, dt_file = str(data / "gt.json"), str(data / f"{'segm' if iou_type == 'boundary' else iou_type}.json")
     extra: dict = {}
     if tool in ("pycocotools", "faster-coco-eval"):
         if tool == "pycocotools":
@@ -102,7 +104,7 @@ def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
         else:
             from faster_coco_eval import COCO
             from faster_coco_eval import COCOeval_faster as Eval
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         with contextlib.redirect_stdout(io.StringIO()):
             gt = COCO(gt_file)
             dt = gt.loadRes(dt_file)
@@ -110,8 +112,8 @@ def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
             e.evaluate()
             e.accumulate()
             e.summarize()
-        wall = time.perf_counter() - t0
-        stats = [float(x) for x in e.stats]
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+        stats = [float(x) for x in e.stats][:12]
     else:
         from mrcnn_batch.evaluate.distributed import ensure_ray, evaluate_detections, evaluate_run
 
@@ -127,22 +129,28 @@ def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
             _warm = ray.remote(num_cpus=1)(_warm_impl)
             ray.get([_warm.remote() for _ in range(2 * workers)])  # workers up, modules imported
             extra["ray_start_s"] = round(time.perf_counter() - t0, 2)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         gt = load_ground_truth(gt_file, iou_types=(iou_type,))
         if tool == "mrcnn-batch-json":
             dets = load_results_json(dt_file, gt=gt, iou_type=iou_type)
             out = evaluate_detections({iou_type: dets}, gt, workers=workers)
         else:
             out, _ = evaluate_run(str(data / "run"), gt, iou_types=(iou_type,), workers=workers)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
         stats = [float(x) for x in out[iou_type].stats]
         if workers:
             import ray
 
             extra["worker_peak_rss_mib"] = _ray_worker_rss()
     peak = _vm_hwm_mib()
-    return {"tool": tool, "iou_type": iou_type, "workers": workers, "wall_s": round(wall, 2),
+    return {"tool": tool, "iou_type": iou_type, "workers": workers, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "peak_rss_mib": round(peak), "stats": stats, **extra}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all its threads (not Ray's workers)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _vm_hwm_mib() -> float:
@@ -205,12 +213,14 @@ def main() -> None:
     tools = [t for t in args.tools.split(",") if not (args.quick and t == "pycocotools")]
     for t in args.iou_types.split(","):
         for tool in tools:
+            if t == "boundary" and tool == "pycocotools":
+                continue  # pycocotools has no boundary IoU
             for w in ([int(x) for x in args.workers.split(",")] if tool.startswith("mrcnn") else [0]):
                 cmd = [sys.executable, __file__, "--images", str(args.images), "--dets", str(args.dets),
                        "--data", str(data), "--measure", tool, t, str(w)]
                 r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
                 rows.append(r)
-                print(f"{t:5s} {tool:18s} workers={w}  wall {r['wall_s']:8.2f}s  peak RSS {r['peak_rss_mib']:6d} MiB"
+                print(f"{t:5s} {tool:18s} workers={w}  wall {r['wall_s']:8.2f}s  CPU {r['cpu_s']:8.2f}s  peak RSS {r['peak_rss_mib']:6d} MiB"
                       + (f"  (Ray start {r['ray_start_s']}s, workers' RSS {r.get('worker_peak_rss_mib')} MiB)" if "ray_start_s" in r else ""),
                       flush=True)
         ref = {r["tool"] + str(r["workers"]): r["stats"] for r in rows if r["iou_type"] == t}

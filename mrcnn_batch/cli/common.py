@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -52,16 +52,16 @@ class Command(TyperCommand):
 
 
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run directory (any fsspec URL).", show_default=False)]
-StorageOptions = Annotated[Optional[str], typer.Option(
+StorageOptions = Annotated[str | None, typer.Option(
     "--storage-options", metavar="JSON",
     help='fsspec storage options (a JSON object) for every URL the command reads, e.g. '
          '\'{"endpoint_url": "http://127.0.0.1:9000"}\'. Never stored in the run.')]
-OutputStorageOptions = Annotated[Optional[str], typer.Option(
+OutputStorageOptions = Annotated[str | None, typer.Option(
     "--output-storage-options", metavar="JSON",
     help="Storage options (JSON) for what the command writes; default: --storage-options.")]
 Verbose = Annotated[bool, typer.Option(
     "--verbose", "-v", metavar="", help="Log progress, and problems as they happen (infer: per image, with Ray's worker logs).")]
-Address = Annotated[Optional[str], typer.Option(
+Address = Annotated[str | None, typer.Option(
     "--address", metavar="HOST:PORT",
     help="Ray cluster to join (default: RAY_ADDRESS). Without either, infer starts a private local Ray "
          "and eval runs in this process unless --workers is given.")]
@@ -69,7 +69,7 @@ OverlayScore = Annotated[float, typer.Option(
     "--score-threshold", metavar="SCORE", help="Draw instances and keypoints scoring at least this.")]
 
 
-def parse_storage_options(text: Optional[str], what: str = "--storage-options") -> dict:
+def parse_storage_options(text: str | None, what: str = "--storage-options") -> dict:
     """``--storage-options`` as a dict; a clear usage error for anything but a JSON object."""
     if not text:
         return {}
@@ -82,7 +82,7 @@ def parse_storage_options(text: Optional[str], what: str = "--storage-options") 
     return value
 
 
-def output_options(storage_options: dict, output_storage_options: Optional[str]) -> dict:
+def output_options(storage_options: dict, output_storage_options: str | None) -> dict:
     """``--output-storage-options`` when given, else the options of what is read."""
     if output_storage_options:
         return parse_storage_options(output_storage_options, "--output-storage-options")

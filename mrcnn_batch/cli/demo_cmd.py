@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,8 +16,8 @@ from mrcnn_batch.cli.common import Command, Verbose, err, fail, out, setup_loggi
 def demo(
     out_dir: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Local directory for the dataset, run, report, overlays and export.")] = "mrcnn-demo",
     s3: Annotated[bool, typer.Option("--s3", metavar="", help="Keep the dataset and the run in an embedded S3 endpoint (moto's server) instead of local files.")] = False,
-    images: Annotated[Optional[int], typer.Option("--images", "-n", min=1, metavar="N", help="Held-out images to generate (default: 300, about a minute on 2 CPU cores).")] = None,
-    executor: Annotated[Optional[str], typer.Option("--executor", metavar="ray|local", help="ray (default: actors on a private local Ray) or local (in-process).")] = None,
+    images: Annotated[int | None, typer.Option("--images", "-n", min=1, metavar="N", help="Held-out images to generate (default: 300, about a minute on 2 CPU cores).")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", metavar="ray|local", help="ray (default: actors on a private local Ray) or local (in-process).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Generate a held-out dataset, infer with the demo model, evaluate, render and report."""

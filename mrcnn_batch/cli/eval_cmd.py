@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,19 +23,27 @@ from mrcnn_batch.cli.common import (
 from mrcnn_batch.errors import MrcnnBatchError
 
 
-def _iou_types(text: Optional[str]) -> Optional[tuple[str, ...]]:
-    from mrcnn_batch.evaluate.params import IOU_TYPES
+def _iou_types(text: str | None) -> tuple[str, ...] | None:
+    from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES
 
     if not text:
         return None
     types = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in types if t not in IOU_TYPES]
+    bad = [t for t in types if t not in EVAL_IOU_TYPES]
     if bad or not types:
-        raise typer.BadParameter(f"--iou-types: {', '.join(bad) or text!r} not in {', '.join(IOU_TYPES)}")
+        raise typer.BadParameter(f"--iou-types: {', '.join(bad) or text!r} not in {', '.join(EVAL_IOU_TYPES)}")
     return tuple(dict.fromkeys(types))
 
 
-def _sigmas(text: Optional[str]) -> Optional[list[float]]:
+def _boundary_ratio(value: float | None) -> float | None:
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"--boundary-dilation-ratio must be a positive number, not {value}")
+    return value
+
+
+def _sigmas(text: str | None) -> list[float] | None:
     if not text:
         return None
     try:
@@ -49,16 +57,17 @@ def _sigmas(text: Optional[str]) -> Optional[list[float]]:
 
 @app.command("eval", cls=Command)
 def eval_command(
-    run: Annotated[Optional[str], typer.Argument(metavar="RUN", show_default=False, help="Run directory (any fsspec URL). Omit with --predictions.")] = None,
+    run: Annotated[str | None, typer.Argument(metavar="RUN", show_default=False, help="Run directory (any fsspec URL). Omit with --predictions.")] = None,
     annotations: Annotated[str, typer.Option("--annotations", "-a", metavar="URL", show_default=False, help="COCO ground-truth JSON (any fsspec URL, .gz ok).")] = ...,
-    iou_types: Annotated[Optional[str], typer.Option("--iou-types", metavar="TYPES", help="Comma-separated: bbox,segm,keypoints. Default: what the model (or the results file) provides.")] = None,
-    predictions: Annotated[Optional[str], typer.Option("--predictions", "-p", metavar="URL", help="A COCO results JSON to evaluate instead of a run (needs --out).")] = None,
-    out_dir: Annotated[Optional[str], typer.Option("--out", "-o", metavar="DIR", help="Where to write metrics and plots (default: RUN/eval).")] = None,
+    iou_types: Annotated[str | None, typer.Option("--iou-types", metavar="TYPES", help="Comma-separated: bbox,segm,keypoints,boundary (boundary: segm scored by Boundary IoU). Default: what the model (or the results file) provides.")] = None,
+    predictions: Annotated[str | None, typer.Option("--predictions", "-p", metavar="URL", help="A COCO results JSON to evaluate instead of a run (needs --out).")] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", metavar="DIR", help="Where to write metrics and plots (default: RUN/eval).")] = None,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", metavar="", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere).")] = False,
-    kpt_sigmas: Annotated[Optional[str], typer.Option("--kpt-sigmas", metavar="SIGMAS", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17).")] = None,
+    boundary_dilation_ratio: Annotated[float | None, typer.Option("--boundary-dilation-ratio", metavar="RATIO", help="Boundary IoU's boundary width as a fraction of the image diagonal (default 0.02).")] = None,
+    kpt_sigmas: Annotated[str | None, typer.Option("--kpt-sigmas", metavar="SIGMAS", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17).")] = None,
     drop_unknown_categories: Annotated[bool, typer.Option("--drop-unknown-categories", metavar="", help="Ignore detections of categories absent from the ground truth instead of failing.")] = False,
     match_by: Annotated[str, typer.Option("--match-by", metavar="image_id|file_name", help="Pair the run's images with the ground truth's by image_id (a run planned from the COCO JSON) or by file_name (a run planned from a folder or manifest).")] = "image_id",
-    workers: Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Ray tasks in parallel on a private local Ray (default: in this process, no Ray; with --address: the cluster's CPUs).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", metavar="N", help="Ray tasks in parallel on a private local Ray (default: in this process, no Ray; with --address: the cluster's CPUs).")] = None,
     address: Address = None,
     storage_options: StorageOptions = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", metavar="", help="Skip the precision-recall PNGs.")] = False,
@@ -107,7 +116,7 @@ def eval_command(
             run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,
             out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=_sigmas(kpt_sigmas),
             unknown="drop" if drop_unknown_categories else "error", workers=workers, options=options,
-            plots=not no_plots, match_by=match_by,
+            plots=not no_plots, match_by=match_by, boundary_ratio=_boundary_ratio(boundary_dilation_ratio),
         )
     except IncompleteRunError as e:
         fail(str(e), EXIT_INCOMPLETE)
@@ -125,7 +134,7 @@ def eval_command(
 
 
 def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partial, kpt_sigmas, unknown, workers, options, plots,
-              match_by="image_id"):
+              match_by="image_id", boundary_ratio=None):
     import posixpath
 
     from mrcnn_batch.evaluate.distributed import evaluate_detections, evaluate_run
@@ -133,6 +142,7 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
     from mrcnn_batch.evaluate.groundtruth import load_ground_truth
     from mrcnn_batch.evaluate.jsonio import read_json
     from mrcnn_batch.evaluate.outputs import metrics_document, write_outputs
+    from mrcnn_batch.evaluate.params import BOUNDARY_DILATION_RATIO
     from mrcnn_batch.evaluate.predictions import detections_from_results
     from mrcnn_batch.run.layout import EVAL_DIR, open_run
 
@@ -142,9 +152,11 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
         if iou_types is None:
             iou_types = _types_of_results(doc)
         gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
+        params = _params(iou_types, boundary_ratio)
         dets = {t: detections_from_results(doc, gt=gt, iou_type=t, source=predictions, unknown_categories=unknown) for t in iou_types}
         del doc
-        results = evaluate_detections(dets, gt, kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers)
+        results = evaluate_detections(dets, gt, kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers,
+                                      params=params)
         context = {"ground_truth": annotations, "predictions": predictions, "run": None}
         target = out_dir
     else:
@@ -154,9 +166,10 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
 
             iou_types = run_iou_types(rd)
         gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
+        params = _params(iou_types, boundary_ratio)
         results, scope = evaluate_run(
             run, gt, iou_types=iou_types, storage_options=options, allow_partial=allow_partial,
-            kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers, match_by=match_by,
+            kpt_sigmas=kpt_sigmas, unknown_categories=unknown, workers=workers, match_by=match_by, params=params,
         )
         context = {"ground_truth": annotations, "predictions": None, "run": run, "match_by": match_by,
                    "run_id": rd.run_meta().run_id, "missing_images": scope.missing_images,
@@ -164,9 +177,20 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
         target = out_dir or posixpath.join(run.rstrip("/"), EVAL_DIR)
     if not results:
         raise EvalInputError("nothing was evaluated")
+    if "boundary" in results:
+        context["boundary_dilation_ratio"] = boundary_ratio or BOUNDARY_DILATION_RATIO
     context["seconds"] = round(time.perf_counter() - t0, 3)
     write_outputs(results, target, context=context, storage_options=options, plots=plots)
     return results, metrics_document(results, context=context), target
+
+
+def _params(iou_types, boundary_ratio):
+    """Non-default evaluation parameters: the boundary width, when given."""
+    from mrcnn_batch.evaluate.params import EvalParams
+
+    if boundary_ratio is None or "boundary" not in iou_types:
+        return None
+    return {"boundary": EvalParams(iou_type="boundary", boundary_dilation_ratio=boundary_ratio)}
 
 
 def _types_of_results(doc) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,9 +27,9 @@ from mrcnn_batch.run.preflight import check_reachable
 def export(
     run: RunArg,
     format: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="coco-results: results_<type>.json for COCO.loadRes/COCOeval; coco: a COCO dataset (coco.json) for Label Studio, FiftyOne, pycocotools; coco-dir: the COCO directory layout (annotations/instances_<subset>.json, person_keypoints_<subset>.json, images/<subset>/ with the images copied) for datumaro, CVAT, detectron2.")] = "coco-results",
-    out_dir: Annotated[Optional[str], typer.Option("--out", "-o", metavar="DIR", help="Directory to write into (default: RUN/export).")] = None,
-    iou_types: Annotated[Optional[str], typer.Option("--iou-types", metavar="TYPES", help="coco-results only: comma-separated bbox,segm,keypoints (default: what the model produced).")] = None,
-    image_root: Annotated[Optional[str], typer.Option("--image-root", metavar="URL", help="coco, coco-dir: file_name is the image URI relative to this prefix (default: coco the full URI, coco-dir the file's name).")] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", metavar="DIR", help="Directory to write into (default: RUN/export).")] = None,
+    iou_types: Annotated[str | None, typer.Option("--iou-types", metavar="TYPES", help="coco-results only: comma-separated bbox,segm,keypoints (default: what the model produced).")] = None,
+    image_root: Annotated[str | None, typer.Option("--image-root", metavar="URL", help="coco, coco-dir: file_name is the image URI relative to this prefix (default: coco the full URI, coco-dir the file's name).")] = None,
     subset: Annotated[str, typer.Option("--subset", metavar="NAME", help="coco-dir only: the subset's name in its file and folder names.")] = "default",
     storage_options: StorageOptions = None,
     output_storage_options: OutputStorageOptions = None,

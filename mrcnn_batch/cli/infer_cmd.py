@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.text import Text
@@ -43,16 +43,16 @@ def infer(
     input: Annotated[str, typer.Argument(metavar="INPUT", show_default=False, help="Images: a prefix or glob, a manifest (.txt/.csv/.parquet), a COCO annotations .json, or tar shard(s). Any fsspec URL.")],
     output: Annotated[str, typer.Argument(metavar="OUTPUT", show_default=False, help="Run directory (any fsspec URL). Resumed if it holds this run.")],
     model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registry name (see `mrcnn-batch models`).")] = DEFAULT_MODEL,
-    weights: Annotated[Optional[str], typer.Option("--weights", "-w", metavar="URL", help="State dict or checkpoint at any fsspec URL. Default: the model's registry weights.")] = None,
-    image_root: Annotated[Optional[str], typer.Option("--image-root", metavar="URL", help="With a COCO .json input: where its file_names live (default: the JSON's folder).")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", "-w", metavar="URL", help="State dict or checkpoint at any fsspec URL. Default: the model's registry weights.")] = None,
+    image_root: Annotated[str | None, typer.Option("--image-root", metavar="URL", help="With a COCO .json input: where its file_names live (default: the JSON's folder).")] = None,
     storage_options: StorageOptions = None,
     output_storage_options: OutputStorageOptions = None,
     score_threshold: Annotated[float, typer.Option(metavar="SCORE", help="Keep detections scoring at least this.")] = DEFAULT_SCORE_THRESHOLD,
     mask_threshold: Annotated[float, typer.Option(metavar="P", help="Mask probability threshold.")] = DEFAULT_MASK_THRESHOLD,
     max_detections: Annotated[int, typer.Option(metavar="N", help="Detections kept per image.")] = DEFAULT_MAX_DETECTIONS,
-    min_size: Annotated[Optional[int], typer.Option(metavar="PX", help="Resize so the short side is this (default: the model's).")] = None,
-    max_size: Annotated[Optional[int], typer.Option(metavar="PX", help="...and the long side at most this (default: the model's).")] = None,
-    classes: Annotated[Optional[str], typer.Option(metavar="NAMES", help="Comma-separated category names to keep, e.g. 'person,dog'.")] = None,
+    min_size: Annotated[int | None, typer.Option(metavar="PX", help="Resize so the short side is this (default: the model's).")] = None,
+    max_size: Annotated[int | None, typer.Option(metavar="PX", help="...and the long side at most this (default: the model's).")] = None,
+    classes: Annotated[str | None, typer.Option(metavar="NAMES", help="Comma-separated category names to keep, e.g. 'person,dog'.")] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Most images per forward pass (only images of one input shape share a pass, so rows never depend on the batch).")] = DEFAULT_BATCH_SIZE,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="auto (cuda when present), cpu, cuda, cuda:N.")] = "auto",
     amp: Annotated[bool, typer.Option("--amp", metavar="", help="Mixed precision (autocast: float16 on CUDA, bfloat16 on CPU). Other numbers than float32; off until measured on your GPU.")] = False,
@@ -65,9 +65,9 @@ def infer(
     gpu_decode: Annotated[bool, typer.Option("--gpu-decode", metavar="", help="Decode JPEGs on the CUDA device (nvJPEG); other formats on the CPU. Pixels differ slightly from the CPU decode: part of the run's identity. Needs a CUDA device.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace a run with other settings in OUTPUT (only files the run wrote are removed).")] = False,
     executor: Annotated[str, typer.Option("--executor", metavar="ray|local", help="ray: a pool of Ray actors; local: shards one after another in this process.")] = "ray",
-    workers: Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs).")] = None,
-    gpus_per_worker: Annotated[Optional[float], typer.Option("--gpus-per-worker", metavar="X", help="GPUs per actor, may be fractional (default: 1 when the cluster has GPUs, else 0).")] = None,
-    cpus_per_worker: Annotated[Optional[float], typer.Option("--cpus-per-worker", metavar="X", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", metavar="N", help="Ray actors (default: the GPUs of the cluster, or 1 CPU worker without GPUs).")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", metavar="X", help="GPUs per actor, may be fractional (default: 1 when the cluster has GPUs, else 0).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option("--cpus-per-worker", metavar="X", help="CPUs per actor (default: 1 with GPUs; without, the CPUs shared among the workers).")] = None,
     address: Address = None,
     max_attempts: Annotated[int, typer.Option("--max-attempts", metavar="N", help="Tries per shard (worker deaths included) before it is reported failed.")] = 3,
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List the input and print the plan (images, shards, ids) and what OUTPUT holds; load no model, write nothing.")] = False,

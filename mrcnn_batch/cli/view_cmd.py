@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,8 +28,8 @@ from mrcnn_batch.run.preflight import check_reachable
 @app.command(cls=Command)
 def render(
     run: RunArg,
-    out_dir: Annotated[Optional[str], typer.Option("--out", "-o", metavar="DIR", help="Where to write <stem>-<image_id>.png and gallery.png (default: RUN/render).")] = None,
-    image_id: Annotated[Optional[List[int]], typer.Option("--image-id", metavar="ID", help="Render this image (repeatable). Default: the first --limit ok images by id.")] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", metavar="DIR", help="Where to write <stem>-<image_id>.png and gallery.png (default: RUN/render).")] = None,
+    image_id: Annotated[list[int] | None, typer.Option("--image-id", metavar="ID", help="Render this image (repeatable). Default: the first --limit ok images by id.")] = None,
     limit: Annotated[int, typer.Option("--limit", metavar="N", help="Images rendered when no --image-id is given.")] = 32,
     score_threshold: OverlayScore = 0.5,
     no_masks: Annotated[bool, typer.Option("--no-masks", metavar="", help="Do not draw the masks.")] = False,
@@ -82,10 +82,10 @@ def render(
 @app.command(cls=Command)
 def report(
     run: RunArg,
-    out_file: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE", help="The HTML file (default: RUN/report.html).")] = None,
+    out_file: Annotated[str | None, typer.Option("--out", "-o", metavar="FILE", help="The HTML file (default: RUN/report.html).")] = None,
     samples: Annotated[int, typer.Option("--samples", metavar="N", help="Sample overlays shown.")] = 6,
     score_threshold: OverlayScore = 0.5,
-    title: Annotated[Optional[str], typer.Option("--title", metavar="TEXT", help="The page's heading (default: 'mrcnn-batch run report').")] = None,
+    title: Annotated[str | None, typer.Option("--title", metavar="TEXT", help="The page's heading (default: 'mrcnn-batch run report').")] = None,
     storage_options: StorageOptions = None,
     output_storage_options: OutputStorageOptions = None,
     verbose: Verbose = False,

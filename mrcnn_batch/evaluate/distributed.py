@@ -16,7 +16,7 @@ import logging
 import math
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,6 +26,7 @@ from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.match import MatchResult, match_images
+from mrcnn_batch.evaluate.params import EvalParams
 from mrcnn_batch.evaluate.predictions import (
     Detections,
     check_ids,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 _TABLE_COLUMNS = {
     "bbox": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox"]),
     "segm": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask"]),
+    "boundary": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask"]),
     "keypoints": ("keypoints", ["image_id", "instance_id", "category_id", "score", "bbox", "keypoints"]),
 }
 _IMAGES_PER_TASK = 50_000  # bound on one task's images (its memory)
@@ -208,6 +210,7 @@ def evaluate_run(
     workers: int | None = None,
     shards_per_task: int | None = None,
     match_by: str = "image_id",
+    params: Mapping[str, EvalParams] | None = None,
 ) -> tuple[dict[str, EvalResult], RunScope]:
     """Evaluate a run directory's committed tables against ``gt``.
 
@@ -220,7 +223,7 @@ def evaluate_run(
     workers = _workers(workers)
     scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=shards_per_task, workers=workers,
                       match_by=match_by)
-    ev = COCOEvaluator(gt, iou_types=iou_types, kpt_sigmas=kpt_sigmas, model_metadata=model_meta,
+    ev = COCOEvaluator(gt, iou_types=iou_types, params=params, kpt_sigmas=kpt_sigmas, model_metadata=model_meta,
                        unknown_categories=unknown_categories)
     jobs = [
         (gt.subset(img_ids), ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids)), img_ids)
@@ -242,10 +245,12 @@ def evaluate_detections(
     unknown_categories: str = "error",
     workers: int | None = None,
     images_per_task: int | None = None,
+    params: Mapping[str, EvalParams] | None = None,
 ) -> dict[str, EvalResult]:
     """Evaluate in-memory detections (e.g. a results file) on every ground-truth image."""
     workers = _workers(workers)
-    ev = COCOEvaluator(gt, iou_types=tuple(dets), kpt_sigmas=kpt_sigmas, unknown_categories=unknown_categories)
+    ev = COCOEvaluator(gt, iou_types=tuple(dets), params=params, kpt_sigmas=kpt_sigmas,
+                       unknown_categories=unknown_categories)
     n = len(gt.image_ids)
     per_task = images_per_task or max(1, min(_IMAGES_PER_TASK, math.ceil(n / max(1, 4 * workers))))
     jobs = []

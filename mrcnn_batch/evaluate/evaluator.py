@@ -22,7 +22,7 @@ from mrcnn_batch.evaluate.accumulate import Accumulated, accumulate, merge
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.groundtruth import Category, GroundTruth
 from mrcnn_batch.evaluate.match import MatchResult, match_images
-from mrcnn_batch.evaluate.params import IOU_TYPES, EvalParams
+from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections, check_ids, detections_from_results
 from mrcnn_batch.evaluate.sigmas import resolve_sigmas
 from mrcnn_batch.evaluate.summary import per_category, stats, summary_items, summary_lines
@@ -71,8 +71,8 @@ class EvalSetup:
     ) -> "EvalSetup":
         iou_types = tuple(iou_types)
         for t in iou_types:
-            if t not in IOU_TYPES:
-                raise EvalInputError(f"unknown IoU type {t!r}; expected one of {', '.join(IOU_TYPES)}")
+            if t not in EVAL_IOU_TYPES:
+                raise EvalInputError(f"unknown IoU type {t!r}; expected one of {', '.join(EVAL_IOU_TYPES)}")
         p = {t: (params or {}).get(t) or EvalParams.default(t) for t in iou_types}
         cats = {t: gt.category_ids for t in iou_types}
         sigmas: dict[int, np.ndarray] = {}

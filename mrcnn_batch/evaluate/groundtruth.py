@@ -4,7 +4,7 @@ What pycocotools reads from each annotation, and so what is required here for ea
 ``id``, ``image_id``, ``category_id``, ``area`` (the area ranges use the annotation's own
 ``area``, never a computed one) for all; ``iscrowd`` and ``bbox`` for ``bbox``; ``iscrowd``,
 ``segmentation`` (polygons, uncompressed or compressed RLE) and the image's ``height``/``width``
-for ``segm``; ``bbox``, ``keypoints`` and ``num_keypoints`` for ``keypoints``.
+for ``segm`` and ``boundary``; ``bbox``, ``keypoints`` and ``num_keypoints`` for ``keypoints``.
 
 pycocotools' handling, kept: an annotation's ``ignore`` field is overridden by ``iscrowd``
 (``COCOeval._prepare``); for keypoints an annotation with ``num_keypoints == 0`` is ignored.
@@ -28,7 +28,7 @@ import numpy as np
 
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_int64, is_number, is_number_list, read_json
-from mrcnn_batch.evaluate.params import IOU_TYPES
+from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES, MASK_IOU_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,16 @@ def ground_truth_from_dict(
 ) -> GroundTruth:
     """Build :class:`GroundTruth` from a parsed COCO annotations document."""
     for t in iou_types:
-        if t not in IOU_TYPES:
-            raise EvalInputError(f"unknown IoU type {t!r}; expected one of {', '.join(IOU_TYPES)}")
+        if t not in EVAL_IOU_TYPES:
+            raise EvalInputError(f"unknown IoU type {t!r}; expected one of {', '.join(EVAL_IOU_TYPES)}")
     if not isinstance(doc, dict):
         raise EvalInputError(f"ground truth {source}: expected a JSON object, found {type(doc).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(doc.get(key), list):
             raise EvalInputError(f"ground truth {source}: missing or non-list {key!r}")
 
-    image_ids, sizes, file_names = _images(doc["images"], source, need_size="segm" in iou_types)
+    masks = any(t in MASK_IOU_TYPES for t in iou_types)
+    image_ids, sizes, file_names = _images(doc["images"], source, need_size=masks)
     categories = _categories(doc["categories"], source)
     cat_by_id = {c.id: c for c in categories}
     kp_cats = {c.id for c in categories if c.keypoints}
@@ -135,10 +136,10 @@ def ground_truth_from_dict(
     num_kp = np.full(n, -1, np.int64)
     kp_lens = np.zeros(n, np.int64)
     kp_lists: list[list[float]] = []
-    segm: list[Any] | None = [] if "segm" in iou_types else None
+    segm: list[Any] | None = [] if masks else None
     known_images = set(image_ids.tolist())
     need_bbox = "bbox" in iou_types or "keypoints" in iou_types
-    need_crowd = "bbox" in iou_types or "segm" in iou_types
+    need_crowd = "bbox" in iou_types or masks
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
             raise EvalInputError(f"ground truth {source}: annotations[{i}] is not an object")

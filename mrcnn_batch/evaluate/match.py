@@ -16,6 +16,8 @@ pycocotools' rules, reproduced exactly:
 The sequential greedy loop runs over detection ranks only, vectorised over every (image,
 category) group, area range and threshold; detections and objects that reach no threshold are
 left out of it, as they can neither match nor change another match.
+
+``boundary`` is ``segm`` with each pair's similarity from ``boundary.boundary_similarity``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrcnn_batch.evaluate.boundary import boundary_similarity
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
-from mrcnn_batch.evaluate.params import EvalParams
+from mrcnn_batch.evaluate.params import MASK_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections
 from mrcnn_batch.evaluate.similarity import mask_iou, oks, pair_box_iou
 
@@ -171,8 +174,11 @@ def _similar_pairs(
     for b in range(len(both)):
         dl = np.arange(ds[b], ds[b] + dc[b])
         gl = np.arange(gs[b], gs[b] + gc[b])
-        if params.iou_type == "segm":
-            sim = mask_iou(dets.rles(d_rows[dl]), _gt_rles(gt, g_rows[gl]), crowd[gl])
+        if params.iou_type in MASK_IOU_TYPES:
+            d_rles, g_rles = dets.rles(d_rows[dl]), _gt_rles(gt, g_rows[gl])
+            sim = mask_iou(d_rles, g_rles, crowd[gl])
+            if params.iou_type == "boundary":
+                sim = boundary_similarity(sim, d_rles, g_rles, crowd[gl], ratio=params.boundary_dilation_ratio, floor=tmin)
         else:
             cat = int(category_ids[both[b] % len(category_ids)])
             sim = oks(

@@ -10,6 +10,7 @@ one pycocotools' ``COCO.loadRes`` derives, which depends on the *first* result's
 ``(x1 - x0) * (y1 - y0)``. A bbox-only result evaluated as segm is the box's polygon, as in
 loadRes. A run is evaluated as the results file of its own IoU type alone would be (torchvision's
 reference export): bbox -> box area; segm -> mask area; keypoints -> keypoint extent.
+``boundary`` reads exactly what ``segm`` reads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pycocotools import mask as mask_utils
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_json
+from mrcnn_batch.evaluate.params import MASK_IOU_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +133,8 @@ def detections_from_results(
         mode = "keypoints"
     else:
         raise EvalInputError(f"predictions {source}: results[0] has no 'bbox', 'segmentation' or 'keypoints'")
-    if iou_type == "segm" and mode == "keypoints":
-        raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for segm")
+    if iou_type in MASK_IOU_TYPES and mode == "keypoints":
+        raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for {iou_type}")
 
     n = len(anns)
     fast = _fast_columns(anns, mode=mode, iou_type=iou_type)
@@ -190,7 +192,7 @@ def _fast_columns(anns: list[Any], *, mode: str, iou_type: str) -> tuple | None:
         else:
             boxes = np.full((n, 4), np.nan)
         segms: list[Any] = []
-        if iou_type == "segm" or mode == "segm":
+        if iou_type in MASK_IOU_TYPES or mode == "segm":
             segms = [a["segmentation"] for a in anns]
     except (KeyError, TypeError, ValueError, IndexError):
         return None
@@ -223,7 +225,7 @@ def _checked_columns(anns: list[Any], *, mode: str, iou_type: str, source: str) 
             if not is_box(a.get("bbox")):
                 raise EvalInputError(f"{where}: 'bbox' missing or not [x, y, w, h]")
             boxes[i] = a["bbox"]
-        if iou_type == "segm" or mode == "segm":
+        if iou_type in MASK_IOU_TYPES or mode == "segm":
             seg = a.get("segmentation")
             if seg is None and mode == "bbox":
                 seg = _box_polygon(a["bbox"])
@@ -368,10 +370,10 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
     segm_counts = segm_size = kp_offsets = kp_values = None
     if iou_type == "bbox":
         area = bbox[:, 2] * bbox[:, 3]
-    elif iou_type == "segm":
+    elif iou_type in MASK_IOU_TYPES:
         mask = table["mask"].combine_chunks()
         if mask.null_count:
-            raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; segm needs a mask model")
+            raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; {iou_type} needs a mask model")
         segm_counts = pc.struct_field(mask, "counts")
         segm_size = _fixed_list(pc.struct_field(mask, "size"), 2).astype(np.int64)
         area = rle_area(_rle_objects(segm_counts, segm_size)) if n else np.zeros(0)
