@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 
+from mrcnn_batch.config import is_relative_path
 from mrcnn_batch.errors import Interrupted, UsageError
 
 AUTH_HINT = ("if the cluster was started with `ray start` (Ray 2.60 turns token authentication on there), "
@@ -41,8 +42,6 @@ def job_working_dir() -> str | None:
 def check_job_paths(paths: dict[str, str | None]) -> None:
     """Refuse relative local paths in a Ray job with an uploaded working_dir (``paths``: what
     each is, e.g. ``{"OUTPUT": "runs/r1"}``): its run would be written into Ray's temporary copy."""
-    from mrcnn_batch.config import is_relative_path
-
     if job_working_dir() is None:
         return
     for what, url in paths.items():

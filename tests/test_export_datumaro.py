@@ -128,3 +128,20 @@ def test_coco_dir_names_collide_never(tmp_path):
     assert _dataset_file_names(images, None) == {7: "7-x.jpg", 9: "9-x.jpg", 3: "y.jpg"}
     rooted = [{"id": 1, "file_name": "sub/x.jpg", "coco_url": "file:///r/sub/x.jpg"}]
     assert _dataset_file_names(rooted, "/r") == {1: "sub/x.jpg"}
+
+
+def test_the_keypoint_file_leaves_the_instances_file_as_it_was():
+    """person_keypoints_*.json gives every annotation of the keypoint category its keypoints
+    (zeros where none was found) in its own copies: the instances file keeps its annotations."""
+    from mrcnn_batch.export.coco import person_keypoints
+
+    dataset = {"images": [], "categories": [{"id": 1, "name": "a"}, {"id": 3, "name": "t", "keypoints": ["p", "q"]}],
+               "annotations": [{"id": 1, "category_id": 3, "keypoints": [1.0, 2.0, 2.0, 3.0, 4.0, 2.0], "num_keypoints": 2},
+                               {"id": 2, "category_id": 3}, {"id": 3, "category_id": 1}]}
+    before = json.dumps(dataset)
+    kp = person_keypoints(dataset)
+    assert json.dumps(dataset) == before
+    assert [c["id"] for c in kp["categories"]] == [3]
+    assert [(a["id"], a["keypoints"], a["num_keypoints"]) for a in kp["annotations"]] == [
+        (1, [1.0, 2.0, 2.0, 3.0, 4.0, 2.0], 2), (2, [0.0] * 6, 0)]
+    assert person_keypoints({**dataset, "categories": dataset["categories"][:1]}) is None

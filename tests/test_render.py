@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mrcnn_batch.datasets.shapes import HELDOUT_SEED, TRIANGLE_ID, write_dataset
+from mrcnn_batch.encode.masks import decode_rle
 from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.render import (
     OverlayStyle,
@@ -25,7 +26,7 @@ from mrcnn_batch.render import (
     load_run_images,
     render_run,
 )
-from mrcnn_batch.render.overlays import category_color, decode_mask, overlay_name
+from mrcnn_batch.render.overlays import category_color, overlay_name
 from mrcnn_batch.run.layout import RUN_JSON, SUCCESS, RunDir, commit_path, table_path
 from mrcnn_batch.write.tables import build_table, table_bytes
 
@@ -125,7 +126,7 @@ def test_masks_get_their_category_colour_exactly_where_they_are(gt_run):
     src = image.astype(float)
     covered = np.zeros(image.shape[:2], bool)
     for inst in rec.instances:
-        m = decode_mask(inst["mask"])
+        m = decode_rle(inst["mask"])
         assert m.sum() == pytest.approx(inst["area"])
         expected = 0.4 * src[m] + 0.6 * np.array(category_color(inst["category_id"]), float)
         assert np.abs(out[m] - expected).max() <= 1.0, inst["category"]

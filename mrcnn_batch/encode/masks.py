@@ -310,3 +310,10 @@ def _threshold(grid, t, cols: Columns, rows: Rows, r, column, sides, thr, delta)
         v = _fma(torch.where(four, p11, u), torch.where(four, a1 * b1, a0), torch.where(four, w, w * a1))
         on[close] = v > thr
     return on.view(r.shape)
+
+
+def decode_rle(mask: dict) -> np.ndarray:
+    """A row's mask, COCO compressed RLE (``{"size": [h, w], "counts": str}``), as an
+    ``(h, w)`` bool array."""
+    rle = {"size": [int(v) for v in mask["size"]], "counts": mask["counts"].encode("ascii")}
+    return mask_utils.decode(rle).astype(bool)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from mrcnn_batch.encode.masks import decode_rle
 from mrcnn_batch.errors import UsageError
 
 METHODS = ("grabcut",)
@@ -106,7 +107,7 @@ def refine_rles(
         if out_areas[i] == 0:
             stats.add("kept")
             continue
-        mask = mask_utils.decode({"size": [h, w], "counts": rle["counts"].encode("ascii")})
+        mask = decode_rle(rle)
         refined, outcome = refine_mask(image, mask, box, max_pixels=max_pixels)
         stats.add(outcome)
         if refined is not mask:

@@ -180,10 +180,9 @@ def person_keypoints(dataset: dict[str, Any]) -> dict[str, Any] | None:
     if not cats:
         return None
     ids = {c["id"] for c in cats}
-    anns = [a for a in dataset["annotations"] if a["category_id"] in ids]
-    for a in anns:
-        a.setdefault("keypoints", [0.0] * (3 * len(cats[0]["keypoints"])))
-        a.setdefault("num_keypoints", 0)
+    none = {"keypoints": [0.0] * (3 * len(cats[0]["keypoints"])), "num_keypoints": 0}
+    # copies: the instances file keeps its annotations as they are (no keypoints where none were found)
+    anns = [{**none, **a} for a in dataset["annotations"] if a["category_id"] in ids]
     return {**dataset, "annotations": anns, "categories": cats}
 
 

@@ -9,11 +9,9 @@ reaches the markup; numbers are formatted here.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from mrcnn_batch.encode.masks import decode_rle
 from mrcnn_batch.inspect import pictures
 from mrcnn_batch.inspect.inspection import Inspection
 from mrcnn_batch.webpage import card, esc, figure, head, table
@@ -34,11 +32,6 @@ def _num(v: float | None) -> str:
     if v == 0 or 1e-3 <= abs(v) < 1e5:
         return f"{v:.4g}" if abs(v) < 1 else f"{v:.4f}".rstrip("0").rstrip(".")
     return f"{v:.3e}"
-
-
-def pasted_mask(rle: dict[str, Any]) -> np.ndarray:
-    """A row's COCO compressed RLE as an H x W bool array."""
-    return mask_utils.decode({"size": [int(s) for s in rle["size"]], "counts": rle["counts"].encode("ascii")}).astype(bool)
 
 
 def render_page(ins: Inspection, *, top: int = 20) -> str:
@@ -120,7 +113,7 @@ def _detections(ins: Inspection) -> list[str]:
         out.append(f"<p>Left: the {m} × {m} mask probabilities of the detection's own label; right: the mask pasted into "
                    f"the image (threshold {esc(ins.settings['mask_threshold'])}) around its box.</p>")
         out.append('<div class="grid">' + "".join(
-            figure(pictures.mask_pair(ins.image, ins.boxes[i], ins.mask_probabilities[i], pasted_mask(rows["mask"][i])),
+            figure(pictures.mask_pair(ins.image, ins.boxes[i], ins.mask_probabilities[i], decode_rle(rows["mask"][i])),
                     f"#{i} {rows['category'][i]}: {rows['area'][i]:,.0f} pixels")
             for i in range(shown)) + "</div>")
     heatmaps = ins.trace.heatmaps

@@ -24,13 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from pycocotools import mask as mask_utils
 from torchvision.utils import (
     draw_bounding_boxes,
     draw_keypoints,
     draw_segmentation_masks,
 )
 
+from mrcnn_batch.encode.masks import decode_rle
 from mrcnn_batch.read.decode import decode_image
 from mrcnn_batch.read.fetch import fetch_all
 from mrcnn_batch.run.layout import RunDir
@@ -158,12 +158,6 @@ def run_skeleton(run: RunDir) -> list[list[int]]:
     return list(run.run_meta().model.get("skeleton") or [])
 
 
-def decode_mask(mask: dict[str, Any]) -> np.ndarray:
-    """A COCO compressed RLE (``{"size": [h, w], "counts": str}``) as an ``(h, w)`` bool array."""
-    rle = {"size": [int(s) for s in mask["size"]], "counts": mask["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
-
-
 def draw_overlay(
     image: np.ndarray | torch.Tensor,
     instances: Sequence[dict[str, Any]],
@@ -182,7 +176,7 @@ def draw_overlay(
     shown = [r for r in instances if r["score"] >= style.score_threshold]
     colors = [category_color(r["category_id"]) for r in shown]
     if style.masks:
-        masks = [(decode_mask(r["mask"]), c) for r, c in zip(shown, colors) if r.get("mask") is not None]
+        masks = [(decode_rle(r["mask"]), c) for r, c in zip(shown, colors) if r.get("mask") is not None]
         masks = [(m, c) for m, c in masks if m.shape == (h, w)]
         if masks:
             stack = torch.from_numpy(np.stack([m for m, _ in masks]))
