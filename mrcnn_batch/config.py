@@ -150,6 +150,14 @@ def is_relative_path(url: str | None) -> bool:
     return not os.path.isabs(os.path.expanduser(url))
 
 
+def missing_local_path(url: str) -> bool:
+    """A local path (or ``file://`` URL) that names nothing on this machine; False for object
+    storage URLs, chained URLs (``tar://...::``) and globs, which only listing can tell."""
+    if "://" in url.replace("file://", "", 1) or "::" in url or any(c in url for c in "*?["):
+        return False
+    return not os.path.exists(local_url(url))
+
+
 def local_weights(source: str | None) -> str | None:
     """``--weights`` made absolute where it is a local file (``torchvision:`` names and URLs
     stay as they are)."""

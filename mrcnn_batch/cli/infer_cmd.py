@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from typing import Annotated
 
@@ -35,7 +34,7 @@ from mrcnn_batch.config import (
     DEFAULT_SCORE_THRESHOLD,
     DEFAULT_SHARD_SIZE,
 )
-from mrcnn_batch.errors import Interrupted, MrcnnBatchError
+from mrcnn_batch.errors import Interrupted, MrcnnBatchError, UsageError
 
 
 @app.command(cls=Command)
@@ -82,26 +81,19 @@ def infer(
         fail(f"unknown executor {executor!r}; expected 'local' or 'ray'", EXIT_USAGE)
     if gpu_decode and device == "cpu":
         fail("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu", EXIT_USAGE)
-    # numpy and pycocotools; OpenCV only when asked for
+    # torch-free checks first (encode.refine imports numpy and pycocotools, OpenCV only when used)
+    from mrcnn_batch.config import missing_local_path
     from mrcnn_batch.encode.refine import check_method
+    from mrcnn_batch.ray_session import check_job_paths, check_listening, ray_address
+    from mrcnn_batch.run.preflight import check_output, check_reachable
 
     refine = None if refine_masks == "none" else refine_masks
     try:
         check_method(refine)
-    except MrcnnBatchError as e:
-        fail(str(e), e.exit_code)
-    from mrcnn_batch.config import local_url
-    from mrcnn_batch.ray_session import check_job_paths, check_listening, ray_address
-    from mrcnn_batch.run.preflight import check_output, check_reachable
-
-    try:  # under `ray job submit`, a relative path would land in Ray's temporary copy of the job's folder
+        # under `ray job submit`, a relative path would land in Ray's temporary copy of the job's folder
         check_job_paths({"INPUT": input, "OUTPUT": output, "--weights": weights, "--image-root": image_root})
-    except MrcnnBatchError as e:
-        fail(str(e), e.exit_code)
-    if "://" not in input.replace("file://", "") and "::" not in input and not any(c in input for c in "*?[") \
-            and not os.path.exists(local_url(input)):
-        fail(f"input {input!r} does not exist", EXIT_USAGE)
-    try:
+        if missing_local_path(input):
+            raise UsageError(f"input {input!r} does not exist")
         check_reachable(input, input_options, role="input")
         check_output(output, input_options if out_options is None else out_options)
         if executor == "ray" and not dry_run and ray_address(address):

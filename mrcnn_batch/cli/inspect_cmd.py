@@ -51,9 +51,9 @@ def inspect(
     and the keypoint heatmaps. Composite models are refused (exit 2): inspect each component.
     """
     opts = parse_storage_options(storage_options, "--storage-options")
-    from mrcnn_batch.config import local_url
+    from mrcnn_batch.config import missing_local_path
 
-    if "://" not in image.replace("file://", "") and "::" not in image and not os.path.exists(local_url(image)):
+    if missing_local_path(image):
         fail(f"image {image!r} does not exist", EXIT_USAGE)
     setup_logging(verbose)
     from mrcnn_batch.inspect import inspect_image, write_inspection

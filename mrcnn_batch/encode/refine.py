@@ -37,7 +37,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mrcnn_batch.encode.masks import decode_rle
 from mrcnn_batch.errors import UsageError
 
 METHODS = ("grabcut",)
@@ -98,6 +97,9 @@ def refine_rles(
     """Each COCO RLE mask of ``image`` (H x W x 3 uint8) refined in its box (x1, y1, x2, y2);
     the masks, their pixel areas and what happened. Masks left as they were keep their RLE
     string and area as given."""
+    # here, not at the top: encode.masks imports torch, and the CLI checks the method before torch loads
+    from mrcnn_batch.encode.masks import decode_rle
+
     stats = RefineStats()
     out_rles, out_areas = list(rles), np.array(areas, dtype=np.int64, copy=True)
     for i, (rle, box) in enumerate(zip(rles, boxes)):
