@@ -41,6 +41,7 @@ EXIT_STORAGE = 6
 # isort: off
 from mrcnn_batch.cli import infer_cmd  # noqa: F401
 from mrcnn_batch.cli import eval_cmd  # noqa: F401
+from mrcnn_batch.cli import compare_cmd  # noqa: F401
 from mrcnn_batch.cli import status_cmd  # noqa: F401
 from mrcnn_batch.cli import models_cmd  # noqa: F401
 from mrcnn_batch.cli import demo_cmd  # noqa: F401

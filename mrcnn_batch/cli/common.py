@@ -65,6 +65,9 @@ Address = Annotated[str | None, typer.Option(
     "--address", metavar="HOST:PORT",
     help="Ray cluster to join (default: RAY_ADDRESS). Without either, infer starts a private local Ray "
          "and eval runs in this process unless --workers is given.")]
+KptSigmas = Annotated[str | None, typer.Option(
+    "--kpt-sigmas", metavar="SIGMAS",
+    help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17).")]
 OverlayScore = Annotated[float, typer.Option(
     "--score-threshold", metavar="SCORE", help="Draw instances and keypoints scoring at least this.")]
 
@@ -102,3 +105,28 @@ def say(message: str) -> None:
 
 def setup_logging(verbose: bool, quiet_level: int = logging.WARNING) -> None:
     logging.basicConfig(level=logging.INFO if verbose else quiet_level, format="%(levelname)s %(name)s: %(message)s")
+
+def parse_iou_types(text: str | None) -> tuple[str, ...] | None:
+    """``--iou-types``: the types named, in order, each once; None where not given."""
+    from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES
+
+    if not text:
+        return None
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in types if t not in EVAL_IOU_TYPES]
+    if bad or not types:
+        raise typer.BadParameter(f"--iou-types: {', '.join(bad) or text!r} not in {', '.join(EVAL_IOU_TYPES)}")
+    return tuple(dict.fromkeys(types))
+
+
+def parse_kpt_sigmas(text: str | None) -> list[float] | None:
+    """``--kpt-sigmas``: positive numbers, one per keypoint; None where not given."""
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter("--kpt-sigmas must be comma-separated numbers, one per keypoint") from None
+    if not values or any(v <= 0 for v in values):
+        raise typer.BadParameter("--kpt-sigmas must be positive numbers, one per keypoint")
+    return values

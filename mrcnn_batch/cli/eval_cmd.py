@@ -11,28 +11,19 @@ from mrcnn_batch.cli import EXIT_INCOMPLETE, EXIT_USAGE, app
 from mrcnn_batch.cli.common import (
     Address,
     Command,
+    KptSigmas,
     StorageOptions,
     Verbose,
     err,
     fail,
     out,
+    parse_iou_types,
+    parse_kpt_sigmas,
     parse_storage_options,
     say,
     setup_logging,
 )
 from mrcnn_batch.errors import MrcnnBatchError
-
-
-def _iou_types(text: str | None) -> tuple[str, ...] | None:
-    from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES
-
-    if not text:
-        return None
-    types = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in types if t not in EVAL_IOU_TYPES]
-    if bad or not types:
-        raise typer.BadParameter(f"--iou-types: {', '.join(bad) or text!r} not in {', '.join(EVAL_IOU_TYPES)}")
-    return tuple(dict.fromkeys(types))
 
 
 def _boundary_ratio(value: float | None) -> float | None:
@@ -43,16 +34,6 @@ def _boundary_ratio(value: float | None) -> float | None:
     return value
 
 
-def _sigmas(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter("--kpt-sigmas must be comma-separated numbers, one per keypoint") from None
-    if not values or any(v <= 0 for v in values):
-        raise typer.BadParameter("--kpt-sigmas must be positive numbers, one per keypoint")
-    return values
 
 
 @app.command("eval", cls=Command)
@@ -64,7 +45,7 @@ def eval_command(
     out_dir: Annotated[str | None, typer.Option("--out", "-o", metavar="DIR", help="Where to write metrics and plots (default: RUN/eval).")] = None,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", metavar="", help="Evaluate an incomplete run on its processed images only (marked PARTIAL everywhere).")] = False,
     boundary_dilation_ratio: Annotated[float | None, typer.Option("--boundary-dilation-ratio", metavar="RATIO", help="Boundary IoU's boundary width as a fraction of the image diagonal (default 0.02).")] = None,
-    kpt_sigmas: Annotated[str | None, typer.Option("--kpt-sigmas", metavar="SIGMAS", help="OKS sigmas, comma-separated, one per keypoint (default: ground truth's oks_sigmas, the model's, or COCO's 17).")] = None,
+    kpt_sigmas: KptSigmas = None,
     drop_unknown_categories: Annotated[bool, typer.Option("--drop-unknown-categories", metavar="", help="Ignore detections of categories absent from the ground truth instead of failing.")] = False,
     match_by: Annotated[str, typer.Option("--match-by", metavar="image_id|file_name", help="Pair the run's images with the ground truth's by image_id (a run planned from the COCO JSON) or by file_name (a run planned from a folder or manifest).")] = "image_id",
     workers: Annotated[int | None, typer.Option("--workers", metavar="N", help="Ray tasks in parallel on a private local Ray (default: in this process, no Ray; with --address: the cluster's CPUs).")] = None,
@@ -113,8 +94,8 @@ def eval_command(
         else:
             say(ensure_ray(workers, address=address))
         results, context, target = _evaluate(
-            run=run, annotations=annotations, iou_types=_iou_types(iou_types), predictions=predictions,
-            out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=_sigmas(kpt_sigmas),
+            run=run, annotations=annotations, iou_types=parse_iou_types(iou_types), predictions=predictions,
+            out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=parse_kpt_sigmas(kpt_sigmas),
             unknown="drop" if drop_unknown_categories else "error", workers=workers, options=options,
             plots=not no_plots, match_by=match_by, boundary_ratio=_boundary_ratio(boundary_dilation_ratio),
         )
@@ -140,7 +121,7 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
     from mrcnn_batch.evaluate.distributed import evaluate_detections, evaluate_run
     from mrcnn_batch.evaluate.errors import EvalInputError
     from mrcnn_batch.evaluate.groundtruth import load_ground_truth
-    from mrcnn_batch.evaluate.jsonio import read_json
+    from mrcnn_batch.evaluate.jsonio import read_json, results_iou_types
     from mrcnn_batch.evaluate.outputs import metrics_document, write_outputs
     from mrcnn_batch.evaluate.params import BOUNDARY_DILATION_RATIO
     from mrcnn_batch.evaluate.predictions import detections_from_results
@@ -150,7 +131,7 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
     if predictions is not None:
         doc = read_json(predictions, storage_options=options, what="predictions")
         if iou_types is None:
-            iou_types = _types_of_results(doc)
+            iou_types = results_iou_types(doc)
         gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
         params = _params(iou_types, boundary_ratio)
         dets = {t: detections_from_results(doc, gt=gt, iou_type=t, source=predictions, unknown_categories=unknown) for t in iou_types}
@@ -192,17 +173,3 @@ def _params(iou_types, boundary_ratio):
         return None
     return {"boundary": EvalParams(iou_type="boundary", boundary_dilation_ratio=boundary_ratio)}
 
-
-def _types_of_results(doc) -> tuple[str, ...]:
-    """The IoU types a results file supports, from its first result (as loadRes decides)."""
-    from mrcnn_batch.evaluate.errors import EvalInputError
-
-    if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
-        raise EvalInputError("predictions: cannot tell the IoU type of an empty or malformed results list; pass --iou-types")
-    first = doc[0]
-    if "keypoints" in first:
-        return ("keypoints",)
-    types = tuple(t for t, key in (("bbox", "bbox"), ("segm", "segmentation")) if key in first)
-    if not types:
-        raise EvalInputError("predictions: results[0] has no 'bbox', 'segmentation' or 'keypoints'")
-    return types

@@ -9,9 +9,18 @@ The phases are pycocotools' own, one module each:
 * ``accumulate`` builds the precision/recall arrays, as ``COCOeval.accumulate`` does;
 * ``summary`` computes the summary ``stats`` and per-category AP, as ``COCOeval.summarize``;
 * ``evaluator`` is the reset/process/evaluate API; ``distributed`` runs it over Ray;
+* ``bootstrap`` re-accumulates per-image matches for resampled (weighted) image sets;
+* ``compare`` compares two evaluations: B - A with paired bootstrap intervals over images;
 * ``outputs`` writes ``metrics.json``, ``metrics.parquet`` and precision-recall plots.
 """
 
+from mrcnn_batch.evaluate.compare import (
+    BootstrapConfig,
+    Comparison,
+    compare_evaluators,
+    compare_predictions,
+    compare_runs,
+)
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult
 from mrcnn_batch.evaluate.groundtruth import GroundTruth, load_ground_truth
@@ -19,14 +28,19 @@ from mrcnn_batch.evaluate.params import IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections, load_results_json
 
 __all__ = [
+    "IOU_TYPES",
+    "BootstrapConfig",
     "COCOEvaluator",
+    "Comparison",
     "Detections",
     "EvalInputError",
     "EvalParams",
     "EvalResult",
     "GroundTruth",
-    "IOU_TYPES",
     "IncompleteRunError",
+    "compare_evaluators",
+    "compare_predictions",
+    "compare_runs",
     "load_ground_truth",
     "load_results_json",
 ]

@@ -28,7 +28,7 @@ class Accumulated:
     image_ids: np.ndarray  # images evaluated
     precision: np.ndarray  # (T, R, K, A, M)
     recall: np.ndarray  # (T, K, A, M)
-    scores: np.ndarray  # (T, R, K, A, M)
+    scores: np.ndarray | None  # (T, R, K, A, M); None where not computed (bootstrap replicates)
     npig: np.ndarray  # (K, A)
     num_detections: int
 

@@ -216,6 +216,30 @@ def evaluate_run(
 
     ``match_by="file_name"`` pairs the run's images with the ground truth's by file name, for a
     run planned from a folder or manifest (whose ids are hashes of the keys)."""
+    ev, scope = match_run(
+        url, gt, iou_types=iou_types, storage_options=storage_options, allow_partial=allow_partial,
+        kpt_sigmas=kpt_sigmas, unknown_categories=unknown_categories, workers=workers,
+        shards_per_task=shards_per_task, match_by=match_by, params=params,
+    )
+    return ev.evaluate(allow_partial=allow_partial), scope
+
+
+def match_run(
+    url: str,
+    gt: GroundTruth,
+    *,
+    iou_types: Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+    allow_partial: bool = False,
+    kpt_sigmas: Sequence[float] | None = None,
+    unknown_categories: str = "error",
+    workers: int | None = None,
+    shards_per_task: int | None = None,
+    match_by: str = "image_id",
+    params: Mapping[str, EvalParams] | None = None,
+) -> tuple[COCOEvaluator, RunScope]:
+    """:func:`evaluate_run` up to the matching: the evaluator holds every evaluated image's
+    matches (``matches(iou_type)``), ready to ``evaluate``."""
     from mrcnn_batch.run.layout import open_run
 
     run = open_run(url, storage_options=storage_options)
@@ -234,7 +258,7 @@ def evaluate_run(
     if len(rest):
         jobs.append((gt.subset(rest), {t: _no_detections(t) for t in ev.iou_types}, rest))
     _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
-    return ev.evaluate(allow_partial=allow_partial), scope
+    return ev, scope
 
 
 def evaluate_detections(

@@ -12,6 +12,7 @@ computed elsewhere, e.g. by Ray tasks): the numbers are the same as one pycocoto
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -21,7 +22,7 @@ import numpy as np
 from mrcnn_batch.evaluate.accumulate import Accumulated, accumulate, merge
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.groundtruth import Category, GroundTruth
-from mrcnn_batch.evaluate.match import MatchResult, match_images
+from mrcnn_batch.evaluate.match import MatchResult, ground_truth_counts, match_images
 from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections, check_ids, detections_from_results
 from mrcnn_batch.evaluate.sigmas import resolve_sigmas
@@ -153,6 +154,29 @@ class COCOEvaluator:
                 raise EvalInputError(f"images {sorted(again)[:5]} were already processed")
             self._seen.update(result.image_ids.tolist())
         self._results[iou_type].append(result)
+
+    def matches(self, iou_type: str) -> MatchResult:
+        """The per-detection outcome of every image processed so far (merged, in any order)."""
+        if not self._results[iou_type]:
+            raise EvalInputError("no images were processed")
+        return merge(self._results[iou_type])
+
+    def subset(self, image_ids: Sequence[int] | np.ndarray) -> COCOEvaluator:
+        """A new evaluator holding the matches of these of the processed images only (matching
+        is per image, so they are what processing those images alone would give)."""
+        image_ids = np.unique(np.asarray(image_ids, np.int64))
+        out = copy.copy(self)
+        out.reset()
+        for t in self.iou_types:
+            m = self.matches(t)
+            ids = np.intersect1d(m.image_ids, image_ids)
+            keep = np.isin(m.image_id, ids)
+            npig = ground_truth_counts(self.gt, params=self.setup.params[t], category_ids=self.setup.category_ids[t],
+                                       image_ids=ids).sum(axis=0)
+            out.add(t, MatchResult(iou_type=m.iou_type, image_ids=ids, category_index=m.category_index[keep],
+                                   image_id=m.image_id[keep], rank=m.rank[keep], score=m.score[keep],
+                                   codes=m.codes[keep], npig=npig))
+        return out
 
     def evaluate(self, *, allow_partial: bool = False) -> dict[str, EvalResult]:
         """Accumulate and summarise. Refuses unless every ground-truth image was processed,

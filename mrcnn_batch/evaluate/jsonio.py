@@ -65,3 +65,16 @@ def is_box(v: Any) -> bool:
 
 def is_number_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and all(is_number(x) for x in v)
+
+
+def results_iou_types(doc: Any) -> tuple[str, ...]:
+    """The IoU types a results file supports, from its first result (as loadRes decides)."""
+    if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
+        raise EvalInputError("predictions: cannot tell the IoU type of an empty or malformed results list; pass --iou-types")
+    first = doc[0]
+    if "keypoints" in first:
+        return ("keypoints",)
+    types = tuple(t for t, key in (("bbox", "bbox"), ("segm", "segmentation")) if key in first)
+    if not types:
+        raise EvalInputError("predictions: results[0] has no 'bbox', 'segmentation' or 'keypoints'")
+    return types

@@ -66,7 +66,7 @@ def match_images(
     """Match ``dets`` to ``gt`` on ``image_ids`` (default: all of ``gt``'s images)."""
     image_ids = gt.image_ids if image_ids is None else np.unique(np.asarray(image_ids, np.int64))
     category_ids = np.asarray(category_ids, np.int64)
-    K, A, T = len(category_ids), len(params.area_rngs), len(params.iou_thrs)
+    K, A = len(category_ids), len(params.area_rngs)
     areas = params.area_array()
 
     # Ground truth of the evaluated images and categories, in (image, category, file) order.
@@ -75,11 +75,7 @@ def match_images(
     g_order = np.argsort(g_key, kind="stable")
     g_rows, g_key = g_rows[g_order], g_key[g_order]
     crowd = gt.iscrowd[g_rows] > 0
-    base_ignore = crowd.copy()
-    if params.iou_type == "keypoints":
-        base_ignore |= gt.num_keypoints[g_rows] == 0
-    g_area = gt.area[g_rows]
-    g_ig = base_ignore[:, None] | (g_area[:, None] < areas[:, 0]) | (g_area[:, None] > areas[:, 1])  # (G, A)
+    g_ig = ignored_ground_truth(gt, g_rows, params)  # (G, A)
     npig = np.zeros((K, A), np.int64)
     np.add.at(npig, g_key % K if K else g_key, ~g_ig)
 
@@ -120,6 +116,29 @@ def match_images(
         codes=codes,
         npig=npig,
     )
+
+
+def ignored_ground_truth(gt: GroundTruth, rows: np.ndarray, params: EvalParams) -> np.ndarray:
+    """``(G, A)``: whether each ground-truth row is ignored in each area range (``gtIgnore``)."""
+    areas = params.area_array()
+    ignore = gt.iscrowd[rows] > 0
+    if params.iou_type == "keypoints":
+        ignore = ignore | (gt.num_keypoints[rows] == 0)
+    area = gt.area[rows]
+    return ignore[:, None] | (area[:, None] < areas[:, 0]) | (area[:, None] > areas[:, 1])
+
+
+def ground_truth_counts(
+    gt: GroundTruth, *, params: EvalParams, category_ids: np.ndarray, image_ids: np.ndarray
+) -> np.ndarray:
+    """``(I, K, A)``: non-ignored ground truth per image, category and area range, for sorted
+    ``image_ids``; summed over the images it is ``MatchResult.npig``."""
+    category_ids = np.asarray(category_ids, np.int64)
+    rows = np.flatnonzero(np.isin(gt.ann_image_id, image_ids) & np.isin(gt.ann_category_id, category_ids))
+    counts = np.zeros((len(image_ids), len(category_ids), len(params.area_rngs)), np.int64)
+    where = (np.searchsorted(image_ids, gt.ann_image_id[rows]), np.searchsorted(category_ids, gt.ann_category_id[rows]))
+    np.add.at(counts, where, ~ignored_ground_truth(gt, rows, params))
+    return counts
 
 
 def _group_key(img: np.ndarray, cat: np.ndarray, image_ids: np.ndarray, category_ids: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrcnn_batch.evaluate.accumulate import Accumulated
+from mrcnn_batch.evaluate.params import EvalParams
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ def _items(iou_type: str, max_dets: tuple[int, ...]) -> tuple[SummaryItem, ...]:
 
 
 def summary_items(acc: Accumulated) -> tuple[SummaryItem, ...]:
-    return _items(acc.params.iou_type, acc.params.max_dets)
+    return items_for(acc.params)
+
+
+def items_for(params: EvalParams) -> tuple[SummaryItem, ...]:
+    """The summary numbers of an evaluation with these parameters, in ``stats`` order."""
+    return _items(params.iou_type, params.max_dets)
 
 
 def _value(acc: Accumulated, item: SummaryItem) -> float:
