@@ -57,6 +57,7 @@ def make_config(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     mask_threshold: float = DEFAULT_MASK_THRESHOLD,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
+    rpn_proposals: int | None = None,
     min_size: int | None = None,
     max_size: int | None = None,
     classes: tuple[str, ...] | list[str] = (),
@@ -78,6 +79,8 @@ def make_config(
     if gpu_decode and device == "cpu":
         raise ValueError("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu")
     check_method(refine_masks)  # None, or "grabcut" with OpenCV installed (a UsageError)
+    if rpn_proposals is not None and rpn_proposals < 1:
+        raise ValueError(f"rpn_proposals must be at least 1, got {rpn_proposals}")
     storage_options = dict(storage_options or {})
     return RunConfig(
         input=InputSpec(url=local_url(input), image_root=local_url(image_root) if image_root else image_root,
@@ -89,6 +92,7 @@ def make_config(
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,
             max_detections=max_detections,
+            rpn_proposals=rpn_proposals,
             min_size=min_size or spec.default_min_size,
             max_size=max_size or spec.default_max_size,
             classes=tuple(classes),

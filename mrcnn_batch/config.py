@@ -42,6 +42,7 @@ class PredictConfig:
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     mask_threshold: float = DEFAULT_MASK_THRESHOLD
     max_detections: int = DEFAULT_MAX_DETECTIONS
+    rpn_proposals: int | None = None  # proposals per image after the RPN's NMS; None: the model's own
     min_size: int = 800
     max_size: int = 1333
     classes: tuple[str, ...] = ()  # keep only these category names; empty: all
@@ -89,6 +90,7 @@ class RunConfig:
         """
         p = self.predict
         refine = {} if p.refine_masks is None else {"refine_masks": p.refine_masks}
+        proposals = {} if p.rpn_proposals is None else {"rpn_proposals": p.rpn_proposals}
         return {
             "input": self.input.url,
             "image_root": self.input.image_root,
@@ -107,6 +109,7 @@ class RunConfig:
             "exif_transpose": self.read.exif_transpose,
             "gpu_decode": self.read.gpu_decode,
             **refine,
+            **proposals,
         }
 
 

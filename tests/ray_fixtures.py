@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 import mrcnn_batch as mb
-from conftest import SMALL
+from conftest import QUICK
 
 RAY_CPUS = 2
 # Small and quick: 5 photos in 3 shards, three actors of half a CPU each.
-RUN = dict(model="maskrcnn_resnet50_fpn", shard_size=2, batch_size=2, **SMALL)
+RUN = dict(model="maskrcnn_resnet50_fpn", shard_size=2, batch_size=2, **QUICK)
 RAY = dict(executor="ray", workers=3, cpus_per_worker=0.5)
 
 

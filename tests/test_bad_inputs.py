@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMAGES, SMALL
+from conftest import IMAGES, QUICK
 from PIL import Image
 
 import mrcnn_batch as mb
@@ -113,7 +113,7 @@ def bad_run(tmp_path_factory, mask_weights):
     manifest = d / "manifest.txt"
     manifest.write_text("".join(f"{d / name}\n" for name in sorted(expected)))
     out = tmp_path_factory.mktemp("runs") / "bad"
-    summary = mb.infer(str(manifest), str(out), weights=str(mask_weights), shard_size=4, batch_size=1, **SMALL)
+    summary = mb.infer(str(manifest), str(out), weights=str(mask_weights), shard_size=4, batch_size=1, **QUICK)
     return mb.open_run(str(out)), summary, expected, d
 
 
@@ -149,7 +149,7 @@ def test_good_images_rows_equal_a_clean_run(bad_run, tmp_path, mask_weights):
     run, _, _, d = bad_run
     manifest = tmp_path / "good.txt"
     manifest.write_text("".join(f"{d / g}\n" for g in GOOD))
-    mb.infer(str(manifest), str(tmp_path / "clean"), weights=str(mask_weights), batch_size=1, **SMALL)
+    mb.infer(str(manifest), str(tmp_path / "clean"), weights=str(mask_weights), batch_size=1, **QUICK)
     clean = mb.open_run(str(tmp_path / "clean"))
     ours, theirs = _instances_by_uri(run), _instances_by_uri(clean)
     for g in GOOD:

@@ -90,6 +90,7 @@ def test_bucketer_emits_full_batches_at_once_and_moves_the_window_on_oldest_firs
 
 # -- rows equal torchvision on each image alone, at every batch size ---------------------------
 MAX_DETECTIONS = 4  # fewer mask/keypoint head rows: less CPU time, the same comparison
+PROPOSALS = 100  # and fewer boxes through the box head (the v2 model's four convolutions over 1000 cost most)
 LANDSCAPE = ["15673749081_767a7fa63a_k.jpg", "dog.jpg"]  # 900 x 600 and 800 x 534
 
 
@@ -116,7 +117,7 @@ def references(mixed_dir, mask_weights, mask_v2_weights, keypoint_weights):
         ("keypointrcnn_resnet50_fpn", keypointrcnn_resnet50_fpn, 2, keypoint_weights),
     ]:
         net = builder(weights=None, weights_backbone=None, num_classes=classes,
-                      box_detections_per_img=MAX_DETECTIONS, **SMALL)
+                      box_detections_per_img=MAX_DETECTIONS, rpn_post_nms_top_n_test=PROPOSALS, **SMALL)
         net.load_state_dict(torch.load(weights, weights_only=True))
         nets[name] = (net.eval(), weights)
     return nets
@@ -129,7 +130,7 @@ def test_rows_equal_the_model_on_each_image_alone_at_every_batch_size(tmp_path, 
     for batch_size in (1, 2, 8):
         out = tmp_path / f"bs{batch_size}"
         summary = mb.infer(str(mixed_dir), str(out), model=model, weights=str(weights), shard_size=4,
-                           batch_size=batch_size, max_detections=MAX_DETECTIONS, **SMALL)
+                           batch_size=batch_size, max_detections=MAX_DETECTIONS, rpn_proposals=PROPOSALS, **SMALL)
         assert summary.complete and summary.images_by_status == {"ok": 4}
         run = mb.open_run(str(out))
         plan = run.read_plan()

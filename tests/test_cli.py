@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import SMALL
+from conftest import QUICK, QUICK_ARGS
 
 CLI = [sys.executable, "-m", "mrcnn_batch.cli"]
 
@@ -71,10 +71,15 @@ def test_other_settings_on_an_existing_run_exit_3(tmp_path, image_dir, mask_weig
     out = tmp_path / "out"
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "dog.jpg").write_bytes((image_dir / "dog.jpg").read_bytes())
-    mb.infer(str(tmp_path / "one"), str(out), weights=str(mask_weights), **SMALL)
-    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, "--min-size", 160, "--max-size", 192)
+    mb.infer(str(tmp_path / "one"), str(out), weights=str(mask_weights), **QUICK)
+    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, "--min-size", 160, "--max-size", 192,
+              "--max-detections", 10, "--rpn-proposals", 100)
     assert res.returncode == 3
     assert "min_size: 128 there, 160 now" in res.stderr and "--overwrite" in res.stderr
+    assert "rpn_proposals" not in res.stderr  # the same there and now
+    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, *QUICK_ARGS[:-2])  # the model's proposals
+    assert res.returncode == 3
+    assert "rpn_proposals: 100 there, None now" in res.stderr, res.stderr
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, image_dir):

@@ -20,6 +20,7 @@ import mrcnn_batch as mb
 
 BATCH = 2
 MAX_DETECTIONS = 20  # per image: many masks and keypoints to compare, less CPU in the heads
+PROPOSALS = 100  # the keypoint models' runs: their heads over 1000 proposals cost most of the CPU
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,9 +114,10 @@ def test_mask_model_rows_equal_torchvision(mask_run, mask_weights):
 
 
 def test_keypoint_model_rows_equal_torchvision(tmp_path, image_dir, keypoint_weights):
-    summary = mb.infer(str(image_dir), str(tmp_path / "kp"), model="keypointrcnn_resnet50_fpn", weights=str(keypoint_weights), shard_size=3, batch_size=BATCH, max_detections=MAX_DETECTIONS, **SMALL)
+    summary = mb.infer(str(image_dir), str(tmp_path / "kp"), model="keypointrcnn_resnet50_fpn", weights=str(keypoint_weights), shard_size=3, batch_size=BATCH, max_detections=MAX_DETECTIONS, rpn_proposals=PROPOSALS, **SMALL)
     run = mb.open_run(str(tmp_path / "kp"))
-    net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, box_detections_per_img=MAX_DETECTIONS, **SMALL)
+    net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, box_detections_per_img=MAX_DETECTIONS,
+                                    rpn_post_nms_top_n_test=PROPOSALS, **SMALL)
     net.load_state_dict(torch.load(keypoint_weights, weights_only=True))
     ref = reference_outputs(net.eval(), run.read_plan())
     kps = rows_by_image(run.read_table("keypoints"))
@@ -150,7 +152,7 @@ def test_mask_and_keypoint_model_rows_equal_torchvision_and_join_people(tmp_path
     state = {f"mask.{k}": v for k, v in mask.items()}
     state.update({f"keypoint.{k}": v for k, v in keypoint.items()})
     torch.save(state, both)
-    mb.infer(str(image_dir), str(tmp_path / "run"), model="maskrcnn+keypointrcnn_resnet50_fpn", weights=str(both), shard_size=5, batch_size=BATCH, max_detections=MAX_DETECTIONS, **SMALL)
+    mb.infer(str(image_dir), str(tmp_path / "run"), model="maskrcnn+keypointrcnn_resnet50_fpn", weights=str(both), shard_size=5, batch_size=BATCH, max_detections=MAX_DETECTIONS, rpn_proposals=PROPOSALS, **SMALL)
     run = mb.open_run(str(tmp_path / "run"))
     inst = rows_by_image(run.read_table("instances"))
     kps = rows_by_image(run.read_table("keypoints"))
@@ -179,10 +181,10 @@ def test_mask_and_keypoint_model_rows_equal_torchvision_and_join_people(tmp_path
     # and the rows equal each torchvision network called alone on each image: instances the
     # mask network's, keypoint detections the keypoint network's (the join adds only the link)
     mask_net = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
-                                     box_detections_per_img=MAX_DETECTIONS, **SMALL)
+                                     box_detections_per_img=MAX_DETECTIONS, rpn_post_nms_top_n_test=PROPOSALS, **SMALL)
     mask_net.load_state_dict(mask)
     kp_net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2,
-                                       box_detections_per_img=MAX_DETECTIONS, **SMALL)
+                                       box_detections_per_img=MAX_DETECTIONS, rpn_post_nms_top_n_test=PROPOSALS, **SMALL)
     kp_net.load_state_dict(keypoint)
     plan = run.read_plan()
     for image_id, res in reference_outputs(mask_net.eval(), plan).items():

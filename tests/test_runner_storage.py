@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
+from conftest import QUICK_ARGS
 from ray_fixtures import (  # noqa: F401
     RUN,
     assert_exactly_once,
@@ -178,16 +178,17 @@ def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session
     fs, bucket, options = bucket_with_images
     proxy = FaultyProxy(options["endpoint_url"], down=r"/shard-000001\.")
     try:
-        # Few client-side retries, so that a shard fails fast.
-        storage = dict(options, endpoint_url=proxy.url, config_kwargs={"retries": {"max_attempts": 2}})
+        # One client-side retry and two tries per shard, so that a shard fails fast.
+        storage = dict(options, endpoint_url=proxy.url, config_kwargs={"retries": {"max_attempts": 1}})
         out = f"s3://{bucket}/runs/down"
         args = ["infer", f"s3://{bucket}/images/", out, "--weights", _weights(clean_run), "--storage-options", json.dumps(storage),
-                "--min-size", str(SMALL["min_size"]), "--max-size", str(SMALL["max_size"]), "--shard-size", "2",
-                "--workers", "2", "--cpus-per-worker", "0.5", "--no-progress"]
+                *QUICK_ARGS, "--shard-size", "2",
+                "--workers", "2", "--cpus-per-worker", "0.5", "--max-attempts", "2", "--no-progress"]
         first = CliRunner().invoke(app, args)
         assert first.exit_code == EXIT_SHARDS_FAILED, first.output
         assert "shard 1 failed" in first.output and "1 shard(s) failed" in first.output
-        assert " ".join(first.output.split()).count("shard 1 will run again:") == 2  # 3 attempts, each retry shown
+        assert " ".join(first.output.split()).count("shard 1 will run again:") == 1  # 2 attempts, the retry shown
+        assert "(after 2 attempts)" in " ".join(first.output.split())
         status = CliRunner().invoke(app, ["status", out, "--storage-options", json.dumps(options), "--json"])
         st = json.loads(status.stdout)
         assert st["shards_done"] == [0, 2] and list(st["shards_failed"]) == ["1"] and not st["complete"]

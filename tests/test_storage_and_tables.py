@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import mrcnn_batch as mb
-from conftest import SMALL
+from conftest import QUICK
 from mrcnn_batch.schemas import SCHEMA_VERSION, TABLES
 
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, image_dir, mask_weights):
     out = tmp_path_factory.mktemp("runs") / "local"
-    mb.infer(str(image_dir), str(out), weights=str(mask_weights), shard_size=2, **SMALL)
+    mb.infer(str(image_dir), str(out), weights=str(mask_weights), shard_size=2, **QUICK)
     return mb.open_run(str(out))
 
 
@@ -35,7 +35,7 @@ def test_s3_input_and_output_give_the_same_rows(local_run, s3, image_dir, mask_w
         weights=f"s3://{bucket}/models/mask.pth",
         storage_options=options,
         shard_size=2,
-        **SMALL,
+        **QUICK,
     )
     assert summary.complete
     run = mb.open_run(f"s3://{bucket}/runs/r1", storage_options=options)
@@ -92,12 +92,12 @@ def test_duckdb_reads_the_tables_without_help(local_run):
 
 
 def test_resume_and_refusal(local_run, image_dir, mask_weights):
-    again = mb.infer(str(image_dir), local_run.url, weights=str(mask_weights), shard_size=2, **SMALL)
+    again = mb.infer(str(image_dir), local_run.url, weights=str(mask_weights), shard_size=2, **QUICK)
     assert again.resumed and again.executed_shards == [] and again.complete
     from mrcnn_batch.run.driver import RunRefused
 
     with pytest.raises(RunRefused, match="score_threshold: 0.05 there, 0.5 now"):
-        mb.infer(str(image_dir), local_run.url, weights=str(mask_weights), shard_size=2, score_threshold=0.5, **SMALL)
+        mb.infer(str(image_dir), local_run.url, weights=str(mask_weights), shard_size=2, score_threshold=0.5, **QUICK)
 
 
 def test_commit_markers_carry_counts_and_timings(local_run):

@@ -61,7 +61,11 @@ def build_model(
     max_size: int | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
+    rpn_proposals: int | None = None,
 ) -> LoadedModel:
+    """The networks of registry entry ``name`` with ``weights``; ``rpn_proposals``: the
+    proposals each image keeps after the RPN's NMS (torchvision's ``rpn_post_nms_top_n_test``;
+    None keeps the entry's own)."""
     spec = get_spec(name)
     kwargs = dict(
         min_size=min_size or spec.default_min_size,
@@ -69,6 +73,8 @@ def build_model(
         box_score_thresh=score_threshold,
         box_detections_per_img=max_detections,
     )
+    if rpn_proposals is not None:
+        kwargs["rpn_post_nms_top_n_test"] = rpn_proposals
     networks = {role: _instantiate(part_spec, state, weights.source, kwargs) for role, part_spec, state in _parts(spec, weights)}
     return LoadedModel(effective_spec(spec, weights), networks, weights.sha256, weights.source)
 

@@ -110,6 +110,7 @@ class ShardProcessor:
             max_size=p.max_size,
             score_threshold=p.score_threshold,
             max_detections=p.max_detections,
+            rpn_proposals=p.rpn_proposals,
         )
         speed = Speed(amp=p.amp, channels_last=p.channels_last)
         self.predictor = Predictor(model, device=self.device, classes=p.classes, speed=speed)
