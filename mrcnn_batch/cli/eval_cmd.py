@@ -52,6 +52,7 @@ def eval_command(
     address: Address = None,
     storage_options: StorageOptions = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", metavar="", help="Skip the precision-recall PNGs.")] = False,
+    tide: Annotated[bool, typer.Option("--tide", metavar="", help="Add TIDE's error analysis of bbox and segm (equal to tidecv): the dAP of each error type and the most frequent confusions, printed after the summary and written into metrics.json.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Evaluate a run's detections (or a results JSON) against COCO ground truth."""
@@ -93,11 +94,12 @@ def eval_command(
             workers = 0
         else:
             say(ensure_ray(workers, address=address))
-        results, context, target = _evaluate(
+        results, context, target, analysis = _evaluate(
             run=run, annotations=annotations, iou_types=parse_iou_types(iou_types), predictions=predictions,
             out_dir=out_dir, allow_partial=allow_partial, kpt_sigmas=parse_kpt_sigmas(kpt_sigmas),
             unknown="drop" if drop_unknown_categories else "error", workers=workers, options=options,
             plots=not no_plots, match_by=match_by, boundary_ratio=_boundary_ratio(boundary_dilation_ratio),
+            tide=tide,
         )
     except IncompleteRunError as e:
         fail(str(e), EXIT_INCOMPLETE)
@@ -109,13 +111,18 @@ def eval_command(
         out.print(f"[bold]{t}[/]" + (f"  [bold yellow]PARTIAL: {r.num_images} of {r.num_gt_images} images[/]" if r.partial else ""))
         for line in r.lines:
             out.print(line, highlight=False, markup=False)
+        if t in analysis:
+            from mrcnn_batch.evaluate.tide import tide_lines
+
+            for line in ["", *tide_lines(analysis[t])]:
+                out.print(line, highlight=False, markup=False, soft_wrap=True)
     if context.get("notice"):
         err.print(f"[bold yellow]warning:[/] {context['notice']}", highlight=False)
     err.print(f"metrics written to {target}", highlight=False)
 
 
 def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partial, kpt_sigmas, unknown, workers, options, plots,
-              match_by="image_id", boundary_ratio=None):
+              match_by="image_id", boundary_ratio=None, tide=False):
     import posixpath
 
     from mrcnn_batch.evaluate.distributed import evaluate_detections, evaluate_run
@@ -125,6 +132,7 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
     from mrcnn_batch.evaluate.outputs import metrics_document, write_outputs
     from mrcnn_batch.evaluate.params import BOUNDARY_DILATION_RATIO
     from mrcnn_batch.evaluate.predictions import detections_from_results
+    from mrcnn_batch.evaluate.tide import tide_errors, tide_run
     from mrcnn_batch.run.layout import EVAL_DIR, open_run
 
     t0 = time.perf_counter()
@@ -132,6 +140,7 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
         doc = read_json(predictions, storage_options=options, what="predictions")
         if iou_types is None:
             iou_types = results_iou_types(doc)
+        tide_types = _tide_types(iou_types) if tide else ()
         gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
         params = _params(iou_types, boundary_ratio)
         dets = {t: detections_from_results(doc, gt=gt, iou_type=t, source=predictions, unknown_categories=unknown) for t in iou_types}
@@ -140,12 +149,14 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
                                       params=params)
         context = {"ground_truth": annotations, "predictions": predictions, "run": None}
         target = out_dir
+        analysis = {t: tide_errors(gt, dets[t]) for t in tide_types}
     else:
         rd = open_run(run, storage_options=options)
         if iou_types is None:
             from mrcnn_batch.export.coco import run_iou_types
 
             iou_types = run_iou_types(rd)
+        tide_types = _tide_types(iou_types) if tide else ()
         gt = load_ground_truth(annotations, iou_types=iou_types, storage_options=options)
         params = _params(iou_types, boundary_ratio)
         results, scope = evaluate_run(
@@ -156,13 +167,26 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
                    "run_id": rd.run_meta().run_id, "missing_images": scope.missing_images,
                    "failed_images": scope.failed_images, "uncommitted_shards": scope.uncommitted_shards}
         target = out_dir or posixpath.join(run.rstrip("/"), EVAL_DIR)
+        analysis = tide_run(run, gt, iou_types=tide_types, storage_options=options, allow_partial=allow_partial,
+                            unknown_categories=unknown, match_by=match_by) if tide_types else {}
     if not results:
         raise EvalInputError("nothing was evaluated")
     if "boundary" in results:
         context["boundary_dilation_ratio"] = boundary_ratio or BOUNDARY_DILATION_RATIO
     context["seconds"] = round(time.perf_counter() - t0, 3)
-    write_outputs(results, target, context=context, storage_options=options, plots=plots)
-    return results, metrics_document(results, context=context), target
+    write_outputs(results, target, context=context, storage_options=options, plots=plots, tide=analysis)
+    return results, metrics_document(results, context=context, tide=analysis), target, analysis
+
+
+def _tide_types(iou_types):
+    """The evaluated types TIDE analyses (bbox, segm); refused when there is none."""
+    from mrcnn_batch.evaluate.errors import EvalInputError
+    from mrcnn_batch.evaluate.tide import TIDE_IOU_TYPES
+
+    types = tuple(t for t in iou_types if t in TIDE_IOU_TYPES)
+    if not types:
+        raise EvalInputError(f"--tide analyses {' and '.join(TIDE_IOU_TYPES)}; the evaluated types are {', '.join(iou_types)}")
+    return types
 
 
 def _params(iou_types, boundary_ratio):

@@ -11,6 +11,7 @@ The phases are pycocotools' own, one module each:
 * ``evaluator`` is the reset/process/evaluate API; ``distributed`` runs it over Ray;
 * ``bootstrap`` re-accumulates per-image matches for resampled (weighted) image sets;
 * ``compare`` compares two evaluations: B - A with paired bootstrap intervals over images;
+* ``tide`` is TIDE's error analysis (tidecv's numbers): dAP per error type, confusion matrix;
 * ``outputs`` writes ``metrics.json``, ``metrics.parquet`` and precision-recall plots.
 """
 
@@ -26,6 +27,7 @@ from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult
 from mrcnn_batch.evaluate.groundtruth import GroundTruth, load_ground_truth
 from mrcnn_batch.evaluate.params import IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections, load_results_json
+from mrcnn_batch.evaluate.tide import TideParams, TideResult, tide_errors, tide_run
 
 __all__ = [
     "IOU_TYPES",
@@ -38,9 +40,13 @@ __all__ = [
     "EvalResult",
     "GroundTruth",
     "IncompleteRunError",
+    "TideParams",
+    "TideResult",
     "compare_evaluators",
     "compare_predictions",
     "compare_runs",
     "load_ground_truth",
     "load_results_json",
+    "tide_errors",
+    "tide_run",
 ]

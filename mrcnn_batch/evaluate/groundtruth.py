@@ -62,6 +62,9 @@ class GroundTruth:
     # the images' file_name, aligned with image_ids (None where absent); on the driver only:
     # subsets for tasks drop it
     file_names: tuple[str | None, ...] | None = field(default=None, repr=False)
+    # each image's position in the file's "images" list, aligned with image_ids (TIDE orders
+    # equal scores by it, as tidecv does); on the driver only, like file_names
+    file_index: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def category_ids(self) -> np.ndarray:
@@ -91,7 +94,8 @@ class GroundTruth:
         image_ids = np.unique(np.asarray(image_ids, dtype=np.int64))
         img_keep = np.isin(self.image_ids, image_ids)
         rows = np.flatnonzero(np.isin(self.ann_image_id, image_ids))
-        kept = replace(self, image_ids=self.image_ids[img_keep], image_sizes=self.image_sizes[img_keep], file_names=None)
+        kept = replace(self, image_ids=self.image_ids[img_keep], image_sizes=self.image_sizes[img_keep], file_names=None,
+                       file_index=None)
         return _take(kept, rows)
 
 
@@ -120,7 +124,7 @@ def ground_truth_from_dict(
             raise EvalInputError(f"ground truth {source}: missing or non-list {key!r}")
 
     masks = any(t in MASK_IOU_TYPES for t in iou_types)
-    image_ids, sizes, file_names = _images(doc["images"], source, need_size=masks)
+    image_ids, sizes, file_names, file_index = _images(doc["images"], source, need_size=masks)
     categories = _categories(doc["categories"], source)
     cat_by_id = {c.id: c for c in categories}
     kp_cats = {c.id for c in categories if c.keypoints}
@@ -213,6 +217,7 @@ def ground_truth_from_dict(
         kp_values=kp_values,
         segmentation=segm,
         file_names=file_names,
+        file_index=file_index,
     )
     if "keypoints" in iou_types:
         _check_keypoint_lengths(gt)
@@ -244,7 +249,7 @@ def _take(gt: GroundTruth, rows: np.ndarray) -> GroundTruth:
     )
 
 
-def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray]:
     ids = np.empty(len(images), np.int64)
     sizes = np.full((len(images), 2), -1, np.int64)
     for i, img in enumerate(images):
@@ -265,7 +270,8 @@ def _images(images: list[Any], source: str, *, need_size: bool) -> tuple[np.ndar
     _check_unique(ids, f"ground truth {source}: image")
     order = np.argsort(ids, kind="stable")
     names = [img.get("file_name") for img in images]
-    return ids[order], sizes[order], tuple(names[i] if isinstance(names[i], str) else None for i in order)
+    named = tuple(names[i] if isinstance(names[i], str) else None for i in order)
+    return ids[order], sizes[order], named, order.astype(np.int64)
 
 
 def _categories(cats: list[Any], source: str) -> tuple[Category, ...]:

@@ -194,7 +194,7 @@ def _similar_pairs(
         dl = np.arange(ds[b], ds[b] + dc[b])
         gl = np.arange(gs[b], gs[b] + gc[b])
         if params.iou_type in MASK_IOU_TYPES:
-            d_rles, g_rles = dets.rles(d_rows[dl]), _gt_rles(gt, g_rows[gl])
+            d_rles, g_rles = dets.rles(d_rows[dl]), gt_rles(gt, g_rows[gl])
             sim = mask_iou(d_rles, g_rles, crowd[gl])
             if params.iou_type == "boundary":
                 sim = boundary_similarity(sim, d_rles, g_rles, crowd[gl], ratio=params.boundary_dilation_ratio, floor=tmin)
@@ -214,7 +214,7 @@ def _similar_pairs(
     return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
 
 
-def _gt_rles(gt: GroundTruth, rows: np.ndarray) -> list[dict]:
+def gt_rles(gt: GroundTruth, rows: np.ndarray) -> list[dict]:
     """Ground-truth segmentations as RLE, as ``COCO.annToRLE`` converts them."""
     from pycocotools import mask as mask_utils
 

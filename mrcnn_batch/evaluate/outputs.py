@@ -2,7 +2,8 @@
 
 * ``metrics.json``: per IoU type pycocotools' ``stats`` array in its order (``stats``, with
   ``stat_names``), the same as named metrics, the parameters, per-category AP/AP50/AP75/AR, OKS
-  sigmas; plus the inputs, image counts and ``partial``;
+  sigmas; plus the inputs, image counts and ``partial``; with TIDE asked for, a ``tide`` section
+  per IoU type (``TideResult.as_dict``: AP, dAP per error type, counts, confusion matrix);
 * ``metrics.parquet``: one row per (IoU type, overall or category, metric), for SQL/DataFrames;
 * ``precision_<iou_type>.npz``: pycocotools' ``precision`` [T,R,K,A,M], ``recall`` [T,K,A,M],
   ``scores`` arrays with the category ids and thresholds;
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mrcnn_batch.evaluate.evaluator import EvalResult
+from mrcnn_batch.evaluate.tide import TideResult
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,9 @@ def partial_notice(result: EvalResult) -> str | None:
     )
 
 
-def metrics_document(results: dict[str, EvalResult], *, context: dict[str, Any]) -> dict[str, Any]:
+def metrics_document(
+    results: dict[str, EvalResult], *, context: dict[str, Any], tide: dict[str, TideResult] | None = None
+) -> dict[str, Any]:
     any_partial = any(r.partial for r in results.values())
     first = next(iter(results.values()))
     doc: dict[str, Any] = {
@@ -86,6 +90,8 @@ def metrics_document(results: dict[str, EvalResult], *, context: dict[str, Any])
             "partial": r.partial,
             **({"oks_sigmas": {str(c): s for c, s in r.oks_sigmas.items()}} if r.oks_sigmas else {}),
         }
+    if tide:
+        doc["tide"] = {t: r.as_dict() for t, r in tide.items()}
     return doc
 
 
@@ -118,6 +124,7 @@ def write_outputs(
     context: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
     plots: bool = True,
+    tide: dict[str, TideResult] | None = None,
 ) -> list[str]:
     """Write every output under ``out_dir``; returns the URLs written."""
     fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
@@ -131,7 +138,7 @@ def write_outputs(
             f.write(data)
         written.append(fs.unstrip_protocol(path))
 
-    doc = metrics_document(results, context=context)
+    doc = metrics_document(results, context=context, tide=tide)
     put("metrics.json", json.dumps(doc, indent=2, allow_nan=False).encode())
     buf = io.BytesIO()
     pq.write_table(metrics_table(results), buf)
