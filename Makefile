@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==2.14.1 torchvision==0.29.1)
 	$(PY) -m pip install --quiet -e '.[test]'
-# tidecv (test extra) pulls in opencv-python, whose cv2 (Qt, libGL) overwrites the headless
+# tidecv and lvis (test extra) pull in opencv-python, whose cv2 (Qt, libGL) overwrites the headless
 # build of the same version: reinstall the headless cv2, as the refinement and headless machines need
 	$(PY) -m pip install --quiet --force-reinstall --no-deps "opencv-python-headless==$$($(PY) -c "from importlib.metadata import version as v; print(v('opencv-python-headless'))")"
 	touch $(STAMP)

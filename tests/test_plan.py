@@ -127,7 +127,7 @@ def test_s3_prefix_is_listed_page_by_page_without_the_listing_cache(s3, monkeypa
     import mrcnn_batch.plan.sources as sources
 
     fs, bucket, options = s3
-    names = [f"d{i % 3}/{i:05d}.jpg" for i in range(2100)] + ["d0/notes.txt", "top.png"]
+    names = [f"d{i % 3}/{i:05d}.jpg" for i in range(1100)] + ["d0/notes.txt", "top.png"]
     fs.pipe({f"{bucket}/set/{n}": b"x" for n in names})
     fs.pipe({f"{bucket}/settled/other.jpg": b"x"})  # shares the prefix's stem, not its folder
     fs.invalidate_cache()

@@ -53,6 +53,7 @@ def eval_command(
     storage_options: StorageOptions = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", metavar="", help="Skip the precision-recall PNGs.")] = False,
     tide: Annotated[bool, typer.Option("--tide", metavar="", help="Add TIDE's error analysis of bbox and segm (equal to tidecv): the dAP of each error type and the most frequent confusions, printed after the summary and written into metrics.json.")] = False,
+    lvis: Annotated[bool, typer.Option("--lvis", metavar="", help="LVIS's federated evaluation of bbox and segm (equal to the lvis package) instead of COCO's: the ground truth's neg_category_ids, not_exhaustive_category_ids and frequency decide; AP, APr/APc/APf, AR@300.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Evaluate a run's detections (or a results JSON) against COCO ground truth."""
@@ -69,6 +70,8 @@ def eval_command(
         fail("--match-by applies to a run; a results file names the ground truth's image ids", EXIT_USAGE)
     if predictions is not None and out_dir is None:
         fail("--predictions needs --out DIR for the metrics", EXIT_USAGE)
+    if lvis and tide:
+        fail("--tide analyses a COCO evaluation; --lvis replaces it: give one of them", EXIT_USAGE)
     options = parse_storage_options(storage_options, "--storage-options")
     from mrcnn_batch.config import local_url
     from mrcnn_batch.ray_session import check_job_paths
@@ -89,6 +92,14 @@ def eval_command(
         from mrcnn_batch.evaluate.distributed import ensure_ray
         from mrcnn_batch.ray_session import ray_address
 
+        if lvis:
+            results, target = _evaluate_lvis(
+                run=run, annotations=annotations, iou_types=parse_iou_types(iou_types), predictions=predictions,
+                out_dir=out_dir, allow_partial=allow_partial, unknown="drop" if drop_unknown_categories else "error",
+                options=options, match_by=match_by,
+            )
+            _print_lvis(results, target)
+            return
         if workers == 0 or (workers is None and ray_address(address) is None):
             say("Ray: not used: matching in this process (--workers N or --address runs it on Ray)")
             workers = 0
@@ -176,6 +187,64 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
     context["seconds"] = round(time.perf_counter() - t0, 3)
     write_outputs(results, target, context=context, storage_options=options, plots=plots, tide=analysis)
     return results, metrics_document(results, context=context, tide=analysis), target, analysis
+
+
+def _evaluate_lvis(*, run, annotations, iou_types, predictions, out_dir, allow_partial, unknown, options, match_by):
+    """LVIS's federated evaluation (evaluate/lvis.py), in this process; outputs written."""
+    import posixpath
+
+    from mrcnn_batch.evaluate.jsonio import read_json, results_iou_types
+    from mrcnn_batch.evaluate.lvis import (
+        LVIS_IOU_TYPES,
+        load_lvis_ground_truth,
+        lvis_evaluate,
+        lvis_run,
+    )
+    from mrcnn_batch.evaluate.outputs import write_lvis_outputs
+    from mrcnn_batch.evaluate.predictions import detections_from_results
+    from mrcnn_batch.run.layout import EVAL_DIR, open_run
+
+    t0 = time.perf_counter()
+    doc = read_json(predictions, storage_options=options, what="predictions") if predictions is not None else None
+    if iou_types is None:
+        if doc is not None:
+            found = results_iou_types(doc)
+        else:
+            from mrcnn_batch.export.coco import run_iou_types
+
+            found = run_iou_types(open_run(run, storage_options=options))
+        iou_types = tuple(t for t in found if t in LVIS_IOU_TYPES)
+    if not iou_types or any(t not in LVIS_IOU_TYPES for t in iou_types):
+        from mrcnn_batch.evaluate.errors import EvalInputError
+
+        raise EvalInputError(f"--lvis evaluates {' and '.join(LVIS_IOU_TYPES)}; asked for: {', '.join(iou_types) or 'nothing'}")
+    lgt = load_lvis_ground_truth(annotations, iou_types=iou_types, storage_options=options)
+    if doc is not None:
+        results = {t: lvis_evaluate(lgt, detections_from_results(doc, gt=lgt.gt, iou_type=t, source=predictions,
+                                                                 unknown_categories=unknown)) for t in iou_types}
+        context = {"ground_truth": annotations, "predictions": predictions, "run": None}
+        target = out_dir
+    else:
+        results = lvis_run(run, lgt, iou_types=iou_types, storage_options=options, allow_partial=allow_partial,
+                           unknown_categories=unknown, match_by=match_by)
+        context = {"ground_truth": annotations, "predictions": None, "run": run, "match_by": match_by,
+                   "run_id": open_run(run, storage_options=options).run_meta().run_id}
+        target = out_dir or posixpath.join(run.rstrip("/"), EVAL_DIR)
+    context["evaluation"] = "lvis"
+    context["seconds"] = round(time.perf_counter() - t0, 3)
+    write_lvis_outputs(results, target, context=context, storage_options=options)
+    return results, target
+
+
+def _print_lvis(results, target):
+    from mrcnn_batch.evaluate.lvis import REFERENCE
+
+    for t, r in results.items():
+        part = f"  [bold yellow]PARTIAL: {r.num_images} of {r.num_gt_images} images[/]" if r.partial else ""
+        out.print(f"[bold]{t}[/] (LVIS federated, {REFERENCE}'s numbers)" + part)
+        for line in r.lines:
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+    err.print(f"metrics written to {target}", highlight=False)
 
 
 def _tide_types(iou_types):

@@ -12,6 +12,7 @@ The phases are pycocotools' own, one module each:
 * ``bootstrap`` re-accumulates per-image matches for resampled (weighted) image sets;
 * ``compare`` compares two evaluations: B - A with paired bootstrap intervals over images;
 * ``tide`` is TIDE's error analysis (tidecv's numbers): dAP per error type, confusion matrix;
+* ``lvis`` is LVIS's federated evaluation (the lvis package's numbers): APr/APc/APf, AR@300;
 * ``outputs`` writes ``metrics.json``, ``metrics.parquet`` and precision-recall plots.
 """
 
@@ -25,6 +26,13 @@ from mrcnn_batch.evaluate.compare import (
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult
 from mrcnn_batch.evaluate.groundtruth import GroundTruth, load_ground_truth
+from mrcnn_batch.evaluate.lvis import (
+    LVISGroundTruth,
+    LVISResult,
+    load_lvis_ground_truth,
+    lvis_evaluate,
+    lvis_run,
+)
 from mrcnn_batch.evaluate.params import IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections, load_results_json
 from mrcnn_batch.evaluate.tide import TideParams, TideResult, tide_errors, tide_run
@@ -40,13 +48,18 @@ __all__ = [
     "EvalResult",
     "GroundTruth",
     "IncompleteRunError",
+    "LVISGroundTruth",
+    "LVISResult",
     "TideParams",
     "TideResult",
     "compare_evaluators",
     "compare_predictions",
     "compare_runs",
     "load_ground_truth",
+    "load_lvis_ground_truth",
     "load_results_json",
+    "lvis_evaluate",
+    "lvis_run",
     "tide_errors",
     "tide_run",
 ]

@@ -165,7 +165,9 @@ def ground_truth_from_dict(
                 raise EvalInputError(f"{where}: 'iscrowd' must be 0 or 1, found {crowd!r}")
             iscrowd[i] = int(bool(crowd))
         elif need_crowd:
-            raise EvalInputError(f"{where}: 'iscrowd' missing (pycocotools requires it)")
+            lvis = any(isinstance(im, dict) and "neg_category_ids" in im for im in doc["images"][:1])
+            raise EvalInputError(f"{where}: 'iscrowd' missing (pycocotools requires it)"
+                                 + ("; this is LVIS ground truth: evaluate it with --lvis (evaluate.lvis)" if lvis else ""))
         if "bbox" in a:
             if not is_box(a["bbox"]):
                 raise EvalInputError(f"{where}: 'bbox' must be [x, y, w, h], found {a['bbox']!r}")

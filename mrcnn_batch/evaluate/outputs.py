@@ -9,6 +9,12 @@
   ``scores`` arrays with the category ids and thresholds;
 * ``pr_<iou_type>.png``: precision-recall curves (area all, largest maxDet), mean over categories.
 
+With ``--lvis`` (``write_lvis_outputs``), the same files hold LVIS's evaluation instead:
+``metrics.json`` an ``lvis`` section per IoU type (``LVISResult.as_dict``: the 13 stats with
+lvis's names, per-category AP and frequency) and an empty ``iou_types``; ``metrics.parquet``
+the same columns, LVIS's metric names (``APr``, ``AR@300``...) and ``max_dets`` 300;
+``precision_<iou_type>.npz`` LVISEval's ``precision`` [T,R,K,A] and ``recall`` [T,K,A]; no plots.
+
 A partial evaluation says so in every file: ``partial`` in both tables and a notice in the
 JSON and in the plot titles.
 """
@@ -28,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mrcnn_batch.evaluate.evaluator import EvalResult
+from mrcnn_batch.evaluate.lvis import LVISResult
 from mrcnn_batch.evaluate.tide import TideResult
 
 log = logging.getLogger(__name__)
@@ -155,6 +162,63 @@ def write_outputs(
         put(f"precision_{t}.npz", buf.getvalue())
         if plots:
             put(f"pr_{t}.png", pr_plot_png(r))
+    log.info("wrote %s", ", ".join(written))
+    return written
+
+
+def lvis_metrics_table(results: dict[str, LVISResult]) -> pa.Table:
+    from mrcnn_batch.evaluate.lvis import STAT_NAMES, STAT_SETTINGS
+
+    rows: list[dict[str, Any]] = []
+    for t, r in results.items():
+        p = r.params
+        all_thr = f"{p.iou_thrs[0]:0.2f}:{p.iou_thrs[-1]:0.2f}"
+        common = {"iou_type": t, "partial": r.partial, "num_images": r.num_images, "num_gt_images": r.num_gt_images,
+                  "max_dets": p.max_det}
+        for i, (name, (_, thr, area, _), v) in enumerate(zip(STAT_NAMES, STAT_SETTINGS, r.stats)):
+            rows.append({**common, "scope": "overall", "category_id": None, "category": None, "metric": name,
+                         "value": None if v == -1 else float(v), "iou_thr": all_thr if thr is None else f"{thr:0.2f}",
+                         "area": area, "stat_index": i})
+        for cat, ap in zip(r.categories, r.category_ap()):
+            rows.append({**common, "scope": "category", "category_id": cat.id, "category": cat.name, "metric": "AP",
+                         "value": _num(ap), "iou_thr": all_thr, "area": "all", "stat_index": None})
+    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+
+
+def write_lvis_outputs(
+    results: dict[str, LVISResult],
+    out_dir: str,
+    *,
+    context: dict[str, Any],
+    storage_options: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write LVIS's evaluation under ``out_dir`` (see the top); returns the URLs written."""
+    fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
+    root = root.rstrip("/")
+    fs.makedirs(root, exist_ok=True)
+    written = []
+    first = next(iter(results.values()))
+    notice = (f"PARTIAL evaluation: {first.num_images} of {first.num_gt_images} ground-truth images "
+              "(only the processed ones); not comparable with a full evaluation") if first.partial else None
+    doc = {"format": "mrcnn_batch.eval/1", **context, "partial": first.partial, "notice": notice,
+           "num_images": first.num_images, "num_gt_images": first.num_gt_images, "iou_types": {},
+           "lvis": {t: r.as_dict() for t, r in results.items()}}
+    buf = io.BytesIO()
+    pq.write_table(lvis_metrics_table(results), buf)
+    files = {"metrics.json": json.dumps(doc, indent=2, allow_nan=False).encode(), "metrics.parquet": buf.getvalue()}
+    for t, r in results.items():
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf, precision=r.precision, recall=r.recall, category_ids=np.array([c.id for c in r.categories], np.int64),
+            frequency=np.array(r.frequency), iou_thrs=r.params.iou_thrs_array(), rec_thrs=r.params.rec_thrs_array(),
+            max_dets=np.array(r.params.max_dets), area_rngs=r.params.area_array(), partial=np.array(r.partial),
+        )
+        files[f"precision_{t}.npz"] = buf.getvalue()
+    for name, data in files.items():
+        path = posixpath.join(root, name)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        written.append(fs.unstrip_protocol(path))
     log.info("wrote %s", ", ".join(written))
     return written
 
