@@ -341,3 +341,35 @@ def _no_detections(iou_type: str) -> Detections:
 
     return empty_detections(iou_type)
 
+
+def run_detections(
+    url: str,
+    gt: GroundTruth,
+    *,
+    iou_types: Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+    allow_partial: bool = False,
+    unknown_categories: str = "error",
+    match_by: str = "image_id",
+):
+    """A run directory's committed detections in this process, one group of shards at a time:
+    ``(image_ids, {iou_type: Detections})`` for the images :func:`evaluate_run` evaluates, their
+    categories checked against ``gt`` as there; evaluated images of no committed shard (none
+    expected) come last, with no detections. For analyses that match in their own way (TIDE, LVIS)."""
+    from mrcnn_batch.evaluate.predictions import check_ids, empty_detections
+    from mrcnn_batch.run.layout import open_run
+
+    run = open_run(url, storage_options=storage_options)
+    scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=None, workers=1, match_by=match_by)
+    for shards, img_ids in scope.groups:
+        group = ShardGroup(url, shards, dict(storage_options or {}), scope.id_map)
+        out = {}
+        for t in iou_types:
+            dets = group.load(t).subset(img_ids)
+            keep = check_ids(dets.image_id, dets.category_id, gt=gt, source=url, unknown_categories=unknown_categories)
+            out[t] = dets if keep is None else dets.take(keep)
+        yield img_ids, out
+    done = np.concatenate([g[1] for g in scope.groups]) if scope.groups else np.zeros(0, np.int64)
+    rest = np.setdiff1d(scope.image_ids, done)
+    if len(rest):
+        yield rest, {t: empty_detections(t) for t in iou_types}

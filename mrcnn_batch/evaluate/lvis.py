@@ -43,7 +43,7 @@ from mrcnn_batch.evaluate.groundtruth import (
 from mrcnn_batch.evaluate.jsonio import is_int, is_number, read_json
 from mrcnn_batch.evaluate.match import CODE_FP, CODE_IGNORED, MatchResult, match_images
 from mrcnn_batch.evaluate.params import EvalParams
-from mrcnn_batch.evaluate.predictions import Detections, empty_detections
+from mrcnn_batch.evaluate.predictions import Detections
 
 log = logging.getLogger(__name__)
 
@@ -263,27 +263,17 @@ def lvis_run(
 ) -> dict[str, LVISResult]:
     """LVIS's evaluation of a run directory's committed tables, one group of shards at a time
     (the images ``evaluate_run`` evaluates; ``allow_partial``, ``match_by`` as there)."""
-    from mrcnn_batch.evaluate.distributed import ShardGroup, run_scope
-    from mrcnn_batch.evaluate.predictions import check_ids
-    from mrcnn_batch.run.layout import open_run
+    from mrcnn_batch.evaluate.distributed import run_detections
 
     for t in iou_types:
         lvis_params(t)
-    gt = lgt.gt
-    run = open_run(url, storage_options=storage_options)
-    scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=None, workers=1, match_by=match_by)
     parts: dict[str, list[MatchResult]] = {t: [] for t in iou_types}
-    for shards, img_ids in scope.groups:
-        group = ShardGroup(url, shards, dict(storage_options or {}), scope.id_map)
+    for img_ids, dets in run_detections(url, lgt.gt, iou_types=iou_types, storage_options=storage_options,
+                                        allow_partial=allow_partial, unknown_categories=unknown_categories,
+                                        match_by=match_by):
         for t in iou_types:
-            dets = group.load(t).subset(img_ids)
-            keep = check_ids(dets.image_id, dets.category_id, gt=gt, source=url, unknown_categories=unknown_categories)
-            parts[t].append(lvis_match(lgt, dets if keep is None else dets.take(keep), image_ids=img_ids))
-    done = np.concatenate([g[1] for g in scope.groups]) if scope.groups else np.zeros(0, np.int64)
-    rest = np.setdiff1d(scope.image_ids, done)
+            parts[t].append(lvis_match(lgt, dets[t], image_ids=img_ids))
     out = {}
     for t in iou_types:
-        if len(rest):  # evaluated images of no committed shard: their objects are all missed
-            parts[t].append(lvis_match(lgt, empty_detections(t), image_ids=rest))
         out[t] = lvis_result(lgt, merge(parts[t]))
     return out

@@ -451,29 +451,19 @@ def tide_run(
 ) -> dict[str, TideResult]:
     """TIDE on a run directory's committed tables, one group of shards in memory at a time (the
     images ``evaluate_run`` evaluates; ``allow_partial``, ``match_by`` as there)."""
-    from mrcnn_batch.evaluate.distributed import ShardGroup, run_scope
-    from mrcnn_batch.evaluate.predictions import check_ids
-    from mrcnn_batch.run.layout import open_run
+    from mrcnn_batch.evaluate.distributed import run_detections
 
     bad = [t for t in iou_types if t not in TIDE_IOU_TYPES]
     if bad:
         raise EvalInputError(f"TIDE analyses {' and '.join(TIDE_IOU_TYPES)}, not {', '.join(bad)}")
-    run = open_run(url, storage_options=storage_options)
-    scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=None, workers=1, match_by=match_by)
     parts: dict[str, list[TideMatches]] = {t: [] for t in iou_types}
-    for shards, img_ids in scope.groups:
-        group = ShardGroup(url, shards, dict(storage_options or {}), scope.id_map)
+    for img_ids, dets in run_detections(url, gt, iou_types=iou_types, storage_options=storage_options,
+                                        allow_partial=allow_partial, unknown_categories=unknown_categories,
+                                        match_by=match_by):
         for t in iou_types:
-            dets = group.load(t).subset(img_ids)
-            keep = check_ids(dets.image_id, dets.category_id, gt=gt, source=url, unknown_categories=unknown_categories)
-            parts[t].append(match_tide(gt, dets if keep is None else dets.take(keep), params=params, image_ids=img_ids))
-    rest = np.setdiff1d(scope.image_ids, np.concatenate([g[1] for g in scope.groups]) if scope.groups else [])
+            parts[t].append(match_tide(gt, dets[t], params=params, image_ids=img_ids))
     out = {}
     for t in iou_types:
-        if len(rest):  # evaluated images of no committed shard: none expected, as in evaluate_run
-            from mrcnn_batch.evaluate.predictions import empty_detections
-
-            parts[t].append(match_tide(gt, empty_detections(t), params=params, image_ids=rest))
         out[t] = tide_result(gt, TideMatches.concat(parts[t]), params=params)
     return out
 
