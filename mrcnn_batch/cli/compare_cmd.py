@@ -34,7 +34,6 @@ from mrcnn_batch.cli.common import (
     setup_logging,
 )
 from mrcnn_batch.errors import MrcnnBatchError
-from mrcnn_batch.evaluate.jsonio import results_iou_types
 
 _RESULTS_SUFFIXES = (".json", ".json.gz")
 
@@ -130,7 +129,7 @@ def _compare(run_a, run_b, *, annotations, iou_types, cfg, options, allow_partia
     from mrcnn_batch.evaluate.distributed import match_run
     from mrcnn_batch.evaluate.errors import EvalInputError
     from mrcnn_batch.evaluate.groundtruth import load_ground_truth
-    from mrcnn_batch.evaluate.jsonio import read_json
+    from mrcnn_batch.evaluate.jsonio import read_json, results_iou_types
     from mrcnn_batch.evaluate.predictions import detections_from_results
     from mrcnn_batch.export.coco import run_iou_types
     from mrcnn_batch.run.layout import open_run
