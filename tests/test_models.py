@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import SMALL
 
 import mrcnn_batch as mb
-from conftest import SMALL
 from mrcnn_batch.models.loaded import build_model, effective_spec
 from mrcnn_batch.models.registry import get_spec, list_models
 from mrcnn_batch.models.weights import Weights, WeightsUnavailable, load_weights
@@ -93,3 +96,33 @@ def test_an_entry_knows_its_categories_and_which_labels_classes_keeps():
     with pytest.raises(ValueError, match="unknown class name.*'N/A'"):
         mask.keep_labels(("N/A",))
     assert [c["id"] for c in kp.metadata()["categories"]] == [1]
+
+
+@pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn"])
+def test_torchvision_entries_hold_torchvision_s_metadata(name):
+    """The entries keep torchvision's metadata as data (so the registry reads without torch):
+    equal to the weights enum's own, so that a torchvision upgrade that changes it fails here."""
+    from torchvision.models import detection
+
+    spec = get_spec(name)
+    enum, member = spec.default_weights.removeprefix("torchvision:").split(".")
+    meta = getattr(getattr(detection, enum), member).meta
+    assert spec.categories == tuple(meta["categories"])
+    assert spec.reference_metrics == meta["_metrics"]
+    assert spec.keypoint_names == tuple(meta.get("keypoint_names", ()))
+
+
+def test_the_registry_reads_without_torch():
+    """Naming a model, listing the registry and a misspelt --model answer without importing torch
+    (about 1 s instead of 7 on this machine): torch comes with the first network built."""
+    code = ("import sys; from mrcnn_batch.models import registry; s = registry.get_spec('demo');"
+            "s.keep_labels(['ellipse']); [m.metadata() for m in registry.list_models()];"
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False", res.stderr
+    cli = ("import runpy, sys; sys.argv = ['mrcnn-batch', 'infer', '.', 'out', '--model', 'nosuch']\n"
+           "try:\n    runpy.run_module('mrcnn_batch.cli', run_name='__main__')\n"
+           "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True, check=False)
+    assert res.stdout.split() == ["2", "False"], res.stdout + res.stderr
+    assert "unknown model 'nosuch'" in res.stderr

@@ -82,13 +82,19 @@ def infer(
         fail(f"unknown executor {executor!r}; expected 'local' or 'ray'", EXIT_USAGE)
     if gpu_decode and device == "cpu":
         fail("--gpu-decode decodes JPEGs on a CUDA device; --device is cpu", EXIT_USAGE)
-    # torch-free checks first (encode.refine imports numpy and pycocotools, OpenCV only when used)
+    # torch-free checks first (encode.refine imports numpy and pycocotools, OpenCV only when used;
+    # the model registry's entries register on import, without torch)
     from mrcnn_batch.config import missing_local_path
     from mrcnn_batch.encode.refine import check_method
+    from mrcnn_batch.models import registry
     from mrcnn_batch.ray_session import check_job_paths, check_listening, ray_address
     from mrcnn_batch.run.preflight import check_output, check_reachable
 
     refine = None if refine_masks == "none" else refine_masks
+    try:
+        registry.get_spec(model)
+    except KeyError as e:
+        fail(str(e.args[0]), EXIT_USAGE)
     try:
         check_method(refine)
         # under `ray job submit`, a relative path would land in Ray's temporary copy of the job's folder

@@ -9,9 +9,10 @@ the package hard-codes a label map.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch.nn as nn
+if TYPE_CHECKING:  # the registry is read without torch (names, categories, --classes)
+    import torch.nn as nn
 
 # COCO's person keypoint OKS sigmas (cocoapi PythonAPI/pycocotools/cocoeval.py, Params).
 COCO_PERSON_SIGMAS = (
