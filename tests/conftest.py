@@ -18,7 +18,7 @@ SMALL = dict(min_size=128, max_size=192)
 # 2-core CPU the heads over 1000 proposals and 100 masks cost 9x the rest of a forward at 128 px
 # (2.3 s against 0.25 s an image); what the runner tests compare is the same either way.
 QUICK = dict(**SMALL, max_detections=10, rpn_proposals=100)  # mb.infer / make_config
-QUICK_ARGS = ["--min-size", "128", "--max-size", "192", "--max-detections", "10", "--rpn-proposals", "100"]  # the CLI
+QUICK_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]  # the CLI
 
 
 def _random_weights(path: Path, builder, *, num_classes: int, boost: list[int], seed: int) -> Path:

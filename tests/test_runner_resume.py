@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,11 +27,11 @@ from mrcnn_batch.cli import app
 pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 
-def cli(image_dir, out, weights, address):
+def cli(image_dir, out, weights, address, settings=(*QUICK_ARGS, "--shard-size", "2", "--batch-size", "2")):
+    """The infer command of these tests; ``settings``: the run's (by default, the clean run's)."""
     return [
         sys.executable, "-m", "mrcnn_batch.cli", "infer", str(image_dir), str(out), "--weights", str(weights),
-        *QUICK_ARGS, "--shard-size", "2",
-        "--batch-size", "2", "--workers", "1", "--cpus-per-worker", "0.5", "--address", address, "--no-progress",
+        *settings, "--workers", "1", "--cpus-per-worker", "0.5", "--address", address, "--no-progress",
     ]
 
 
@@ -91,8 +90,8 @@ def test_a_driver_asked_to_stop_says_so_in_one_line_and_keeps_what_was_committed
     comes at the first commit, with four shards still to do, so it always finds the run going."""
     address = ray_session.get_runtime_context().gcs_address
     out = tmp_path / "run"
-    cmd = [*cli(image_dir, out, mask_weights, address)[:8], "--min-size", "128", "--max-size", "192", "--shard-size", "1",
-           "--batch-size", "1", "--workers", "1", "--cpus-per-worker", "0.5", "--address", address, "--no-progress"]
+    cmd = cli(image_dir, out, mask_weights, address,
+              settings=("--min-size", "128", "--max-size", "192", "--shard-size", "1", "--batch-size", "1"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not markers(out) and proc.poll() is None and time.monotonic() < deadline:
