@@ -18,6 +18,7 @@ SMALL = dict(min_size=128, max_size=192)
 # 2-core CPU the heads over 1000 proposals and 100 masks cost 9x the rest of a forward at 128 px
 # (2.3 s against 0.25 s an image); what the runner tests compare is the same either way.
 QUICK = dict(**SMALL, max_detections=10, rpn_proposals=100)  # mb.infer / make_config
+SMALL_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]  # the CLI, the runner tests' runs
 QUICK_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]  # the CLI
 
 

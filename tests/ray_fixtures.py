@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 import mrcnn_batch as mb
-from conftest import QUICK
+from conftest import SMALL
 
 RAY_CPUS = 2
 # Small and quick: 5 photos in 3 shards, three actors of half a CPU each.
-RUN = dict(model="maskrcnn_resnet50_fpn", shard_size=2, batch_size=2, **QUICK)
+RUN = dict(model="maskrcnn_resnet50_fpn", shard_size=2, batch_size=2, **SMALL)  # full heads: shards slow enough that
+# every actor starts before the first ones run out of work (test_runner_ray checks the spread)
 RAY = dict(executor="ray", workers=3, cpus_per_worker=0.5)
 
 

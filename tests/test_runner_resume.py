@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_ARGS
+from conftest import SMALL_ARGS
 from ray_fixtures import (  # noqa: F401
     RUN,
     assert_exactly_once,
@@ -27,7 +27,7 @@ from mrcnn_batch.cli import app
 pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 
-def cli(image_dir, out, weights, address, settings=(*QUICK_ARGS, "--shard-size", "2", "--batch-size", "2")):
+def cli(image_dir, out, weights, address, settings=(*SMALL_ARGS, "--shard-size", "2", "--batch-size", "2")):
     """The infer command of these tests; ``settings``: the run's (by default, the clean run's)."""
     return [
         sys.executable, "-m", "mrcnn_batch.cli", "infer", str(image_dir), str(out), "--weights", str(weights),

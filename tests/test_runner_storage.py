@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_ARGS
+from conftest import SMALL_ARGS
 from ray_fixtures import (  # noqa: F401
     RUN,
     assert_exactly_once,
@@ -182,7 +182,7 @@ def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session
         storage = dict(options, endpoint_url=proxy.url, config_kwargs={"retries": {"max_attempts": 1}})
         out = f"s3://{bucket}/runs/down"
         args = ["infer", f"s3://{bucket}/images/", out, "--weights", _weights(clean_run), "--storage-options", json.dumps(storage),
-                *QUICK_ARGS, "--shard-size", "2",
+                *SMALL_ARGS, "--shard-size", "2",
                 "--workers", "2", "--cpus-per-worker", "0.5", "--max-attempts", "2", "--no-progress"]
         first = CliRunner().invoke(app, args)
         assert first.exit_code == EXIT_SHARDS_FAILED, first.output
