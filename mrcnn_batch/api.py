@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mrcnn_batch.config import (
     DEFAULT_BATCH_SIZE,
@@ -33,10 +33,11 @@ from mrcnn_batch.config import (
 from mrcnn_batch.encode.refine import check_method
 from mrcnn_batch.models.registry import ModelSpec
 from mrcnn_batch.models.registry import list_models as _list_models
-from mrcnn_batch.run.driver import Executor, RunSummary, execute
 from mrcnn_batch.run.layout import open_run
-from mrcnn_batch.run.local import run_local
 from mrcnn_batch.run.preflight import check_storage
+
+if TYPE_CHECKING:  # the runner (torch, torchvision) is imported when a run starts: make_config is torch-free
+    from mrcnn_batch.run.driver import Executor, RunSummary
 
 __all__ = ["infer", "list_models", "make_config", "make_executor", "open_run"]
 
@@ -132,6 +133,8 @@ def infer(
     ``options`` are those of ``make_config``. The storage options, endpoints and the output
     are checked first (:func:`~mrcnn_batch.run.preflight.check_storage`): a ``UsageError``.
     """
+    from mrcnn_batch.run.driver import execute
+
     config = make_config(input, output, **options)
     check_storage(config)
     return execute(
@@ -159,6 +162,8 @@ def make_executor(
     """The executor named ``kind``: ``"local"`` (in-process) or ``"ray"`` (an actor pool).
     ``on_retry(shard, reason)``: each retry of a shard (Ray); ``on_session(words)``: which Ray."""
     if kind == "local":
+        from mrcnn_batch.run.local import run_local
+
         if workers not in (None, 1) or gpus_per_worker or cpus_per_worker or address:
             raise ValueError("workers, gpus_per_worker, cpus_per_worker and address need executor='ray'")
         return functools.partial(run_local, max_attempts=max_attempts)

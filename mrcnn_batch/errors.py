@@ -33,6 +33,12 @@ class StorageError(MrcnnBatchError, OSError):
     exit_code = 6
 
 
+class WorkerStartError(MrcnnBatchError, RuntimeError):
+    """A worker could not load the model: every worker would fail the same way."""
+
+    exit_code = 2
+
+
 class Interrupted(KeyboardInterrupt):
     """The process was asked to stop by SIGTERM: a ``KeyboardInterrupt``, as for SIGINT, so
     that no ``except Exception`` swallows it and Ray's blocking calls let it through (Ray re-raises

@@ -108,13 +108,12 @@ def infer(
     except MrcnnBatchError as e:
         fail(str(e), e.exit_code)
 
+    # torch-free until a run starts (below the dry run)
     from mrcnn_batch.api import make_config, make_executor
     from mrcnn_batch.cli.progress import RunProgress
     from mrcnn_batch.models.weights import WeightsUnavailable
     from mrcnn_batch.plan import InputError
-    from mrcnn_batch.run.driver import execute
     from mrcnn_batch.run.preflight import check_storage
-    from mrcnn_batch.run.ray_executor import WorkerStartError
 
     setup_logging(verbose, quiet_level=logging.ERROR)
     try:
@@ -148,6 +147,8 @@ def infer(
         if dry_run:
             print_plan(config)
             return
+        from mrcnn_batch.run.driver import execute  # torch and torchvision load here
+
         with RunProgress(console=err, enabled=progress) as bar:
             on_ray = {"on_retry": bar.on_retry, "on_session": say} if executor == "ray" else {}
             run_executor = make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker,
@@ -158,7 +159,7 @@ def infer(
             summary = execute(config, run_executor, overwrite=overwrite, on_plan=bar.on_plan, on_commit=bar.on_commit)
     except MrcnnBatchError as e:  # refusals (3), usage (2), storage (6): each carries its code
         fail(str(e), e.exit_code)
-    except (InputError, WeightsUnavailable, WorkerStartError, KeyError, ValueError, FileNotFoundError) as e:
+    except (InputError, WeightsUnavailable, KeyError, ValueError, FileNotFoundError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), EXIT_USAGE)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`kill`, a scheduler): see ray_session
         from mrcnn_batch.ray_session import stop_signal

@@ -21,10 +21,12 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import torch
+
+if TYPE_CHECKING:  # torch loads when weights do: the CLI's checks and dry run go without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Weights:
 
 
 def load_weights(source: str, *, storage_options: dict[str, Any] | None = None) -> Weights:
+    import torch
+
     data = read_weight_bytes(source, storage_options=storage_options or {})
     sha = hashlib.sha256(data).hexdigest()
     try:

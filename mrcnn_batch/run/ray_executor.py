@@ -39,6 +39,7 @@ from typing import Any
 import pyarrow as pa
 
 from mrcnn_batch.config import RunConfig
+from mrcnn_batch.errors import WorkerStartError
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import shard_ranges
 from mrcnn_batch.ray_session import ray_session
@@ -48,10 +49,6 @@ from mrcnn_batch.run.processor import SHARDS_IN_FLIGHT, ShardProcessor, shard_im
 from mrcnn_batch.run.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-
-
-class WorkerStartError(RuntimeError):
-    """A worker could not load the model: every worker would fail the same way."""
 
 
 @dataclass(frozen=True)
