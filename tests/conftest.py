@@ -20,6 +20,9 @@ SMALL = dict(min_size=128, max_size=192)
 QUICK = dict(**SMALL, max_detections=10, rpn_proposals=100)  # mb.infer / make_config
 SMALL_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]  # the CLI, the runner tests' runs
 QUICK_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]  # the CLI
+# The runner tests' session fixtures (one Ray, one clean run), registered here once: a fixture
+# imported into several test modules is a separate fixture in each, set up again per module.
+pytest_plugins = ["ray_fixtures"]
 
 
 def _random_weights(path: Path, builder, *, num_classes: int, boost: list[int], seed: int) -> Path:
@@ -100,3 +103,12 @@ def s3(s3_endpoint):
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     fs.mkdir(bucket)
     return fs, bucket, options
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two processes, `--dist loadgroup`), the end-to-end
+    tests on Ray (marked slow) run one after another in one process, on that process's one Ray,
+    while the other process takes the rest."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -4,14 +4,16 @@ helpers that compare run directories table by table."""
 from __future__ import annotations
 
 import pytest
+from conftest import QUICK, SMALL
 
 import mrcnn_batch as mb
-from conftest import SMALL
 
 RAY_CPUS = 2
 # Small and quick: 5 photos in 3 shards, three actors of half a CPU each.
-RUN = dict(model="maskrcnn_resnet50_fpn", shard_size=2, batch_size=2, **SMALL)  # full heads: shards slow enough that
-# every actor starts before the first ones run out of work (test_runner_ray checks the spread)
+# RUN: the models' full heads (about 2 s an image), for the tests that kill a worker busy with a
+# shard; QUICK_RUN (10 detections from 100 proposals) where no test needs a shard to last.
+RUN = dict(model="maskrcnn_resnet50_fpn", shard_size=2, batch_size=2, **SMALL)
+QUICK_RUN = dict(model="maskrcnn_resnet50_fpn", shard_size=2, batch_size=2, **QUICK)
 RAY = dict(executor="ray", workers=3, cpus_per_worker=0.5)
 
 
@@ -27,17 +29,25 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory, image_dir, mask_weights):
-    """The in-process run every runner test compares with.
+    """The in-process run of ``RUN`` the runner tests compare with."""
+    return _in_process(tmp_path_factory.mktemp("clean") / "run", image_dir, mask_weights, RUN)
 
-    One torch thread, as in the half-CPU actors: convolutions sum in another order with
+
+@pytest.fixture(scope="session")
+def quick_clean_run(tmp_path_factory, image_dir, mask_weights):
+    """The in-process run of ``QUICK_RUN``."""
+    return _in_process(tmp_path_factory.mktemp("quick-clean") / "run", image_dir, mask_weights, QUICK_RUN)
+
+
+def _in_process(out, image_dir, mask_weights, settings: dict):
+    """One torch thread, as in the half-CPU actors: convolutions sum in another order with
     another thread count, which moves scores in the sixth digit."""
     import torch
 
-    out = tmp_path_factory.mktemp("clean") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = mb.infer(str(image_dir), str(out), weights=str(mask_weights), **RUN)
+        summary = mb.infer(str(image_dir), str(out), weights=str(mask_weights), **settings)
     finally:
         torch.set_num_threads(threads)
     assert summary.complete

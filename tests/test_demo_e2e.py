@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-from ray_fixtures import ray_session  # noqa: F401
 from typer.testing import CliRunner
 
 from mrcnn_batch.demo.pipeline import DEFAULT_IMAGES, DemoConfig, run_demo

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 from conftest import IMAGES
-from ray_fixtures import ray_session  # noqa: F401 - a fixture
 
 import mrcnn_batch as mb
 from mrcnn_batch.models.loaded import build_model

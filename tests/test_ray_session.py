@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,10 +54,16 @@ def cluster(tmp_path_factory):
     """``ray start --head`` as a user starts it, with its dashboard (the Jobs API) and the
     project's environment on its PATH (as after activating it); stopped (and Ray's record of it
     put back as it was) at the end. Yields its address and a function that stops it early; the
-    dashboard's URL is ``cluster.dashboard``."""
+    dashboard's URL is ``cluster.dashboard``.
+
+    Its own temporary folder: a job's driver joins the cluster recorded in its cluster's folder
+    (Ray's job supervisor resolves "auto"), and under pytest-xdist the other test process starts
+    private Rays that record themselves in /tmp/ray. The record a plain ``ray start`` leaves in
+    /tmp/ray, which ``ray.init()`` without an address would join, is written there as it would."""
     if RAY is None:
         pytest.skip("the ray command is not installed")
     before = CURRENT.read_bytes() if CURRENT.exists() else None
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     port, dashboard, agent = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` in a job is this one
@@ -66,7 +73,7 @@ def cluster(tmp_path_factory):
     proc = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=true",
                              "--dashboard-port", str(dashboard),
                              # the job agent's port, free: a Ray of this test process may hold the default 52365
-                             "--dashboard-agent-listen-port", str(agent), "--block"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                             "--dashboard-agent-listen-port", str(agent), "--temp-dir", temp_dir, "--block"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"
 
     def stop():
@@ -94,6 +101,8 @@ def cluster(tmp_path_factory):
                 pytest.skip(f"ray start did not come up: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
     DASHBOARD[address] = f"http://127.0.0.1:{dashboard}"
+    CURRENT.parent.mkdir(parents=True, exist_ok=True)
+    CURRENT.write_text(address)
     try:
         yield address, stop
     finally:
@@ -103,6 +112,7 @@ def cluster(tmp_path_factory):
             CURRENT.unlink(missing_ok=True)
         else:
             CURRENT.write_bytes(before)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from ray_fixtures import RUN, assert_exactly_once, assert_same_tables, clean_run, tables  # noqa: F401
+from ray_fixtures import RUN, assert_exactly_once, assert_same_tables, tables
 
 pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from ray_fixtures import (  # noqa: F401
+from ray_fixtures import (
+    QUICK_RUN,
     RAY,
     RUN,
     assert_exactly_once,
     assert_same_tables,
-    clean_run,
-    ray_session,
     tables,
 )
 
@@ -18,15 +17,19 @@ import mrcnn_batch as mb
 pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 
-def test_three_workers_equal_in_process_run(ray_session, clean_run, tmp_path, image_dir, mask_weights):
+def test_three_workers_equal_in_process_run(ray_session, quick_clean_run, tmp_path, image_dir, mask_weights):
+    """Which actor takes which shard is the scheduler's (tests/test_scheduler.py, with fake
+    workers): an actor ready first may take them all. Here: the shards ran in actors, not in the
+    driver, and their rows are the in-process run's."""
+    import os
+
     out = tmp_path / "ray"
-    summary = mb.infer(str(image_dir), str(out), weights=str(mask_weights), **RUN, **RAY)
+    summary = mb.infer(str(image_dir), str(out), weights=str(mask_weights), **QUICK_RUN, **RAY)
     assert summary.complete and not summary.failed_shards
     assert summary.executed_shards == [0, 1, 2]
-    workers = {r["worker"] for r in summary.records}
-    assert len(workers) >= 2  # the shards really were spread over actors
+    assert all(int(r["worker"].rsplit(":", 1)[1]) != os.getpid() for r in summary.records)
     assert_exactly_once(str(out))
-    assert_same_tables(tables(str(out)), tables(str(clean_run)))
+    assert_same_tables(tables(str(out)), tables(str(quick_clean_run)))
 
 
 def test_actor_killed_mid_shard_is_retried_elsewhere(ray_session, clean_run, tmp_path, image_dir, mask_weights):
@@ -65,12 +68,12 @@ def test_actor_killed_mid_shard_is_retried_elsewhere(ray_session, clean_run, tmp
     assert_same_tables(tables(str(out)), tables(str(clean_run)))
 
 
-def test_status_of_a_complete_run(ray_session, clean_run):
+def test_status_of_a_complete_run(quick_clean_run):
     from typer.testing import CliRunner
 
     from mrcnn_batch.cli import app
 
-    res = CliRunner().invoke(app, ["status", str(clean_run), "--json"])
+    res = CliRunner().invoke(app, ["status", str(quick_clean_run), "--json"])
     assert res.exit_code == 0, res.output
     import json
 

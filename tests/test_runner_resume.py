@@ -11,15 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_ARGS
-from ray_fixtures import (  # noqa: F401
-    RUN,
-    assert_exactly_once,
-    assert_same_tables,
-    clean_run,
-    ray_session,
-    tables,
-)
+from conftest import QUICK_ARGS
+from ray_fixtures import QUICK_RUN, assert_exactly_once, assert_same_tables, tables
 from typer.testing import CliRunner
 
 from mrcnn_batch.cli import app
@@ -27,8 +20,8 @@ from mrcnn_batch.cli import app
 pytestmark = pytest.mark.slow  # end to end on Ray: `make test-fast` leaves it out
 
 
-def cli(image_dir, out, weights, address, settings=(*SMALL_ARGS, "--shard-size", "2", "--batch-size", "2")):
-    """The infer command of these tests; ``settings``: the run's (by default, the clean run's)."""
+def cli(image_dir, out, weights, address, settings=(*QUICK_ARGS, "--shard-size", "2", "--batch-size", "2")):
+    """The infer command of these tests; ``settings``: the run's (by default, the quick clean run's)."""
     return [
         sys.executable, "-m", "mrcnn_batch.cli", "infer", str(image_dir), str(out), "--weights", str(weights),
         *settings, "--workers", "1", "--cpus-per-worker", "0.5", "--address", address, "--no-progress",
@@ -60,11 +53,11 @@ KILLED_AT_FIRST_COMMIT = textwrap.dedent(
 )
 
 
-def test_driver_killed_then_rerun_does_only_the_uncommitted_shards(ray_session, clean_run, tmp_path, image_dir, mask_weights):
+def test_driver_killed_then_rerun_does_only_the_uncommitted_shards(ray_session, quick_clean_run, tmp_path, image_dir, mask_weights):
     address = ray_session.get_runtime_context().gcs_address
     out = tmp_path / "run"
     killed = subprocess.run([sys.executable, "-c", KILLED_AT_FIRST_COMMIT, str(image_dir), str(out), str(mask_weights),
-                             address, json.dumps(RUN)], capture_output=True, text=True, timeout=240, check=False)
+                             address, json.dumps(QUICK_RUN)], capture_output=True, text=True, timeout=240, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
     before = markers(out)
     assert 1 <= len(before) < 3, before
@@ -78,7 +71,7 @@ def test_driver_killed_then_rerun_does_only_the_uncommitted_shards(ray_session, 
     assert f"({len(rewritten)} run now, resumed)" in " ".join(rerun.stdout.split())
     assert (out / "_SUCCESS").exists()
     assert_exactly_once(str(out))
-    assert_same_tables(tables(str(out)), tables(str(clean_run)))
+    assert_same_tables(tables(str(out)), tables(str(quick_clean_run)))
 
 
 def test_a_driver_asked_to_stop_says_so_in_one_line_and_keeps_what_was_committed(ray_session, tmp_path, image_dir, mask_weights):

@@ -14,15 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_ARGS
-from ray_fixtures import (  # noqa: F401
-    RUN,
-    assert_exactly_once,
-    assert_same_tables,
-    clean_run,
-    ray_session,
-    tables,
-)
+from conftest import QUICK_ARGS
+from ray_fixtures import QUICK_RUN, assert_exactly_once, assert_same_tables, tables
 from typer.testing import CliRunner
 
 import mrcnn_batch as mb
@@ -151,13 +144,13 @@ def _rename(row: tuple, names: dict) -> tuple:
     return tuple(sorted((k, names[v] if k == "image_id" else None if k == "uri" else v) for k, v in row))
 
 
-def test_flaky_storage_loses_and_duplicates_nothing(ray_session, clean_run, bucket_with_images):
+def test_flaky_storage_loses_and_duplicates_nothing(ray_session, quick_clean_run, bucket_with_images):
     fs, bucket, options = bucket_with_images
     proxy = FaultyProxy(options["endpoint_url"], flaky=0.1)
     try:
         flaky = dict(options, endpoint_url=proxy.url)
         out = f"s3://{bucket}/runs/flaky"
-        summary = mb.infer(f"s3://{bucket}/images/", out, weights=_weights(clean_run), storage_options=flaky, **RUN,
+        summary = mb.infer(f"s3://{bucket}/images/", out, weights=_weights(quick_clean_run), storage_options=flaky, **QUICK_RUN,
                            executor="ray", workers=2, cpus_per_worker=0.5)
         assert proxy.faults >= 3, (proxy.faults, proxy.requests)  # the faults really happened
     finally:
@@ -165,14 +158,14 @@ def test_flaky_storage_loses_and_duplicates_nothing(ray_session, clean_run, buck
     assert summary.complete and not summary.failed_shards
     assert summary.images_by_status == {"ok": 5}
     assert_exactly_once(out, options)
-    assert_same_tables(by_name(out, options), by_name(str(clean_run), {}))
+    assert_same_tables(by_name(out, options), by_name(str(quick_clean_run), {}))
 
 
-def _weights(clean_run) -> str:
-    return mb.open_run(str(clean_run)).run_meta().weights["source"]
+def _weights(run_dir) -> str:
+    return mb.open_run(str(run_dir)).run_meta().weights["source"]
 
 
-def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session, clean_run, bucket_with_images):
+def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session, quick_clean_run, bucket_with_images):
     from mrcnn_batch.cli import EXIT_SHARDS_FAILED, app
 
     fs, bucket, options = bucket_with_images
@@ -181,8 +174,8 @@ def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session
         # One client-side retry and two tries per shard, so that a shard fails fast.
         storage = dict(options, endpoint_url=proxy.url, config_kwargs={"retries": {"max_attempts": 1}})
         out = f"s3://{bucket}/runs/down"
-        args = ["infer", f"s3://{bucket}/images/", out, "--weights", _weights(clean_run), "--storage-options", json.dumps(storage),
-                *SMALL_ARGS, "--shard-size", "2",
+        args = ["infer", f"s3://{bucket}/images/", out, "--weights", _weights(quick_clean_run), "--storage-options", json.dumps(storage),
+                *QUICK_ARGS, "--shard-size", "2",
                 "--workers", "2", "--cpus-per-worker", "0.5", "--max-attempts", "2", "--no-progress"]
         first = CliRunner().invoke(app, args)
         assert first.exit_code == EXIT_SHARDS_FAILED, first.output
@@ -200,4 +193,4 @@ def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session
     finally:
         proxy.close()
     assert_exactly_once(out, options)
-    assert_same_tables(by_name(out, options), by_name(str(clean_run), {}))
+    assert_same_tables(by_name(out, options), by_name(str(quick_clean_run), {}))
