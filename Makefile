@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 DATUMARO_VENV ?= .venv-datumaro
 DATUMARO_STAMP := $(DATUMARO_VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup environments demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==2.14.1 torchvision==0.29.1)
 	$(PY) -m pip install --quiet -e '.[test]'
-# tidecv and lvis (test extra) pull in opencv-python, whose cv2 (Qt, libGL) overwrites the headless
-# build of the same version: reinstall the headless cv2, as the refinement and headless machines need
-	$(PY) -m pip install --quiet --force-reinstall --no-deps "opencv-python-headless==$$($(PY) -c "from importlib.metadata import version as v; print(v('opencv-python-headless'))")"
+# the references of tests/test_eval_tide.py and test_eval_lvis.py, without their requirement
+# opencv-python, whose cv2 (Qt, libGL) would overwrite the headless one (see pyproject.toml)
+	$(PY) -m pip install --quiet --no-deps tidecv==1.0.1 lvis==0.5.3
 	touch $(STAMP)
 
 demo: setup
@@ -33,12 +33,17 @@ $(DATUMARO_STAMP):
 	$(DATUMARO_VENV)/bin/python -m pip install --quiet datumaro==1.13.12
 	touch $(DATUMARO_STAMP)
 
-test: setup $(DATUMARO_STAMP)
-	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q
+# Both environments built side by side; the tests in two processes (pytest-xdist): the end-to-end
+# tests on Ray (marked slow) one after another in one of them, the rest shared (tests/conftest.py).
+environments:
+	$(MAKE) --no-print-directory -j2 setup $(DATUMARO_STAMP)
+
+test: environments
+	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 --dist loadgroup
 
 # Everything but the end-to-end tests on Ray (marked slow): a few minutes.
-test-fast: setup $(DATUMARO_STAMP)
-	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -m "not slow"
+test-fast: environments
+	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
