@@ -18,9 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==2.14.1 torchvision==0.29.1)
-# --no-compile: Python compiles a module when it is first imported, not all 6 GB of torch's,
-# Ray's and the CUDA libraries' files at install time
-	$(PY) -m pip install --quiet --no-compile -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]'
 # the references of tests/test_eval_tide.py and test_eval_lvis.py, without their requirement
 # opencv-python, whose cv2 (Qt, libGL) would overwrite the headless one (see pyproject.toml)
 	$(PY) -m pip install --quiet --no-deps tidecv==1.0.1 lvis==0.5.3
@@ -32,7 +30,7 @@ demo: setup
 $(DATUMARO_STAMP):
 	$(PYTHON) -m venv $(DATUMARO_VENV)
 	$(DATUMARO_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(DATUMARO_VENV)/bin/python -m pip install --quiet --no-compile datumaro==1.13.12
+	$(DATUMARO_VENV)/bin/python -m pip install --quiet datumaro==1.13.12
 	touch $(DATUMARO_STAMP)
 
 # Both environments built side by side; the tests in two processes (pytest-xdist): the end-to-end
@@ -48,7 +46,6 @@ test-fast: environments
 	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: setup
-	$(PY) -m pip install --quiet -e '.[bench]'
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -107,10 +107,8 @@ def s3(s3_endpoint):
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs two processes, `--dist loadgroup`), the end-to-end
-    tests on Ray (marked slow) that share the process's Ray run one after another in one process;
-    those of `ray start` clusters (test_ray_session: their own Ray folder, the CLI in
-    subprocesses) one after another too, beside them or beside the rest."""
+    tests on Ray (marked slow) run one after another in one process, on that process's one Ray,
+    while the other process takes the rest."""
     for item in items:
         if item.get_closest_marker("slow"):
-            group = "ray-cluster" if item.module.__name__ == "test_ray_session" else "ray"
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.xdist_group("ray"))
