@@ -46,6 +46,7 @@ test-fast: environments
 	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -1,5 +1,6 @@
-"""Benchmark: COCO evaluation wall time and peak memory, mrcnn-batch vs pycocotools vs
-faster-coco-eval, on a generated COCO-scale set (default 5,000 images of 640x480, ~35k
+"""Benchmark: COCO evaluation wall time, CPU time and peak memory, mrcnn-batch vs pycocotools,
+faster-coco-eval, hotcoco and ultrafast-pycocotools (the last two: `pip install -e '.[bench]'`;
+a tool that is not installed is left out, said on stderr), on a generated COCO-scale set (default 5,000 images of 640x480, ~35k
 ground-truth objects over 80 categories with ~1% crowds, 100 detections per image), bbox and segm.
 
 Each measurement runs in a fresh subprocess (peak RSS = that process's ``ru_maxrss``; for Ray,
@@ -89,6 +90,17 @@ def generate(out: Path, *, images: int, dets_per_image: int, seed: int = 0) -> N
               model={"name": "bench", "has_masks": True, "has_keypoints": False})
 
 
+# the other evaluators: tool name -> the module it imports
+OTHERS = {"pycocotools": "pycocotools", "faster-coco-eval": "faster_coco_eval", "hotcoco": "hotcoco",
+          "ultrafast-pycocotools": "ultrafast_pycocotools"}
+
+
+def _installed(tool: str) -> bool:
+    import importlib.util
+
+    return tool not in OTHERS or importlib.util.find_spec(OTHERS[tool]) is not None
+
+
 def _f32(v: float) -> float:
     return float(np.float32(v))
 
@@ -97,13 +109,19 @@ def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
     """One measurement, in this (fresh) process."""
     gt_file, dt_file = str(data / "gt.json"), str(data / f"{'segm' if iou_type == 'boundary' else iou_type}.json")
     extra: dict = {}
-    if tool in ("pycocotools", "faster-coco-eval"):
+    if tool in OTHERS:
         if tool == "pycocotools":
             from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval as Eval
-        else:
+        elif tool == "faster-coco-eval":
             from faster_coco_eval import COCO
             from faster_coco_eval import COCOeval_faster as Eval
+        elif tool == "hotcoco":  # Rust; pycocotools' API
+            from hotcoco import COCO
+            from hotcoco import COCOeval as Eval
+        else:  # ultrafast-pycocotools: Rust, multithreaded; pycocotools' API
+            from ultrafast_pycocotools import COCO
+            from ultrafast_pycocotools import COCOeval as Eval
         t0, c0 = time.perf_counter(), _cpu_s()
         with contextlib.redirect_stdout(io.StringIO()):
             gt = COCO(gt_file)
@@ -188,7 +206,7 @@ def main() -> None:
     ap.add_argument("--dets", type=int, default=100)
     ap.add_argument("--data", type=Path, default=None, help="where the generated set lives (kept, reused)")
     ap.add_argument("--iou-types", default="bbox,segm")
-    ap.add_argument("--tools", default="pycocotools,faster-coco-eval,mrcnn-batch-json,mrcnn-batch-run")
+    ap.add_argument("--tools", default="pycocotools,faster-coco-eval,hotcoco,ultrafast-pycocotools,mrcnn-batch-json,mrcnn-batch-run")
     ap.add_argument("--workers", default="2,0", help="worker counts for mrcnn-batch")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "eval.json")
     ap.add_argument("--measure", nargs=3, metavar=("TOOL", "IOU_TYPE", "WORKERS"), help=argparse.SUPPRESS)
@@ -211,16 +229,19 @@ def main() -> None:
     print(json.dumps(info), file=sys.stderr)
     rows = []
     tools = [t for t in args.tools.split(",") if not (args.quick and t == "pycocotools")]
+    for t in [t for t in tools if not _installed(t)]:
+        print(f"{t} is not installed: left out (pip install -e '.[bench]')", file=sys.stderr)
+        tools.remove(t)
     for t in args.iou_types.split(","):
         for tool in tools:
-            if t == "boundary" and tool == "pycocotools":
-                continue  # pycocotools has no boundary IoU
+            if t == "boundary" and tool in ("pycocotools", "hotcoco", "ultrafast-pycocotools"):
+                continue  # no boundary IoU there
             for w in ([int(x) for x in args.workers.split(",")] if tool.startswith("mrcnn") else [0]):
                 cmd = [sys.executable, __file__, "--images", str(args.images), "--dets", str(args.dets),
                        "--data", str(data), "--measure", tool, t, str(w)]
                 r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
                 rows.append(r)
-                print(f"{t:5s} {tool:18s} workers={w}  wall {r['wall_s']:8.2f}s  CPU {r['cpu_s']:8.2f}s  peak RSS {r['peak_rss_mib']:6d} MiB"
+                print(f"{t:5s} {tool:21s} workers={w}  wall {r['wall_s']:8.2f}s  CPU {r['cpu_s']:8.2f}s  peak RSS {r['peak_rss_mib']:6d} MiB"
                       + (f"  (Ray start {r['ray_start_s']}s, workers' RSS {r.get('worker_peak_rss_mib')} MiB)" if "ray_start_s" in r else ""),
                       flush=True)
         ref = {r["tool"] + str(r["workers"]): r["stats"] for r in rows if r["iou_type"] == t}
