@@ -118,17 +118,19 @@ def pipeline_rate(processor: ShardProcessor, plan: pa.Table, in_flight: int = 1)
 
 def throughput(tmp: Path, images: Path, weights: Path, *, label: str, setting: str, bs: int,
                shard_size: int, gpu_decode: bool = False, encoder_threads: int = 0,
-               encoder: str = "auto", in_flight: int = 1, prefetch: int = 0) -> dict[str, Any]:
-    run = tmp / f"run-{label}-{setting}-{bs}-{int(gpu_decode)}-{encoder_threads}-{encoder}-{in_flight}-{prefetch}"
+               encoder: str = "auto", in_flight: int = 1, prefetch: int = 0, upload: str = "readers") -> dict[str, Any]:
+    run = Path(tempfile.mkdtemp(prefix=f"run-{label}-{setting}-{bs}-{int(gpu_decode)}-{upload}-", dir=tmp)) / "run"
     default_threads, default_prefetch = processor_module.encoder_threads, processor_module.PREFETCH_BATCHES
     if encoder_threads:
         processor_module.encoder_threads = lambda: encoder_threads
     processor_module.PREFETCH_BATCHES = prefetch or default_prefetch
+    processor_module.UPLOAD_IN_READERS = upload == "readers"
     try:
         processor, plan = processor_for(images, run, weights=str(weights), batch_size=bs, shard_size=shard_size,
                                         device=DEVICE, gpu_decode=gpu_decode, encoder=encoder, **SETTINGS[setting])
     finally:
         processor_module.encoder_threads = default_threads
+        processor_module.UPLOAD_IN_READERS = True
     tf32(setting == "tf32")
     torch.backends.cudnn.benchmark = setting == "cudnn_benchmark"
     try:
@@ -153,11 +155,11 @@ def throughput(tmp: Path, images: Path, weights: Path, *, label: str, setting: s
            "forward_images_per_s": round(fwd, 1), "pipeline_images_per_s": round(pipe, 1),
            "pipeline_over_forward": round(pipe / fwd, 3), "pipeline_cpu_ms_per_image": round(1000 * cpu, 1),
            "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if DEVICE == "cuda" else None,
-           "in_flight": in_flight, "prefetch_batches": prefetch or default_prefetch, "rss_after_minus_before_mib": round(rss1 - rss0),
+           "in_flight": in_flight, "upload": upload, "prefetch_batches": prefetch or default_prefetch, "rss_after_minus_before_mib": round(rss1 - rss0),
            "encoder_process_peak_rss_mib": [round(c) for c in children]}
     if sampler is not None:
         row["where_threads_are"] = sampler.report()
-    print(f"  {label:10s} {setting:18s} bs {bs}  gpu_decode {int(gpu_decode)}  {threads:2d} {kind:9s}  in flight {in_flight}  prefetch {prefetch or default_prefetch}  "
+    print(f"  {label:10s} {setting:18s} bs {bs}  gpu_decode {int(gpu_decode)}  {threads:2d} {kind:9s}  in flight {in_flight}  upload {upload:7s}  prefetch {prefetch or default_prefetch}  "
           f"forward {fwd:7.1f}/s  pipeline {pipe:7.1f}/s  ratio {pipe / fwd:5.2f}  CPU {1000 * cpu:6.1f} ms/img  "
           f"GPU peak {row['peak_gpu_mib']} MiB  RSS +{rss1 - rss0:.0f} MiB  encoder processes peak "
           f"{max(children, default=0):.0f} MiB each (max), {sum(children):.0f} MiB in all", flush=True)
@@ -371,6 +373,7 @@ def main() -> None:
     ap.add_argument("--encoder-threads", default="0", help="encoder workers to try (0: the worker's default)")
     ap.add_argument("--encoders", default="auto", help="encoder kinds to try: auto (processes on CUDA), threads, processes")
     ap.add_argument("--in-flight", default="1", help="shards given to the processor at a time (the executors give 2)")
+    ap.add_argument("--uploads", default="readers", help="who copies pixels to the device: readers (the default on CUDA), model (its thread, as before)")
     ap.add_argument("--prefetch", default="0", help="read chunks decoded ahead per shard (0: PREFETCH_BATCHES)")
     ap.add_argument("--decode-settings", default="float32,amp+channels_last", help="settings tried with --gpu-decode")
     ap.add_argument("--out", default="benchmarks/results/bench_gpu.json")
@@ -416,21 +419,24 @@ def main() -> None:
                     enc = {"encoder_threads": threads, "encoder": encoder, "in_flight": in_flight, "prefetch": prefetch}
                     for setting in args.settings.split(","):
                         for bs in map(int, args.batch_sizes.split(",")):
-                            results["throughput"].append(throughput(tmp, sets["640x480"], weights, label="640x480",
-                                                                    setting=setting, bs=bs, **enc, **common))
-                            save()
+                            for upload in args.uploads.split(","):  # side by side, one after the other
+                                results["throughput"].append(throughput(tmp, sets["640x480"], weights, label="640x480",
+                                                                        setting=setting, bs=bs, upload=upload, **enc, **common))
+                                save()
                     for setting in args.settings_1080.split(","):
-                        results["throughput"].append(throughput(tmp, sets["1920x1080"], weights, label="1920x1080",
-                                                                setting=setting, bs=8, **enc, **common))
-                        save()
+                        for upload in args.uploads.split(","):
+                            results["throughput"].append(throughput(tmp, sets["1920x1080"], weights, label="1920x1080",
+                                                                    setting=setting, bs=8, upload=upload, **enc, **common))
+                            save()
         if "decode" in parts:
             print("--gpu-decode", flush=True)
             for label, folder in sets.items():
                 for setting in args.decode_settings.split(","):
-                    results["throughput"].append(throughput(tmp, folder, weights, label=label, setting=setting, bs=8,
-                                                            gpu_decode=True, in_flight=int(args.in_flight.split(",")[-1]),
-                                                            **common))
-                    save()
+                    for upload in args.uploads.split(","):
+                        results["throughput"].append(throughput(tmp, folder, weights, label=label, setting=setting, bs=8,
+                                                                gpu_decode=True, in_flight=int(args.in_flight.split(",")[-1]),
+                                                                upload=upload, **common))
+                        save()
             results["decode_pixels"] = {label: decode_difference(folder) for label, folder in sets.items()}
             print(f"  nvJPEG against PIL: {results['decode_pixels']}", flush=True)
             save()

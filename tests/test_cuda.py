@@ -176,3 +176,25 @@ def test_gpu_decode_falls_back_and_keeps_statuses(tmp_path, mask_weights):
     assert rows["dog.png"]["status"] == rows["cmyk.jpg"]["status"] == "ok"
     for k in rows:
         assert (rows[k]["width"], rows[k]["height"]) == (cpu_rows[k]["width"], cpu_rows[k]["height"])
+
+
+def test_readers_copying_to_the_device_change_no_row(tmp_path, mask_weights, monkeypatch):
+    """The readers' copy to the device (pinned memory, their own streams: read.to_device) gives
+    the bytes the model's own copy gave, so every table is identical, statuses included."""
+    import mrcnn_batch.run.processor as processor_module
+
+    images = tmp_path / "in"
+    images.mkdir()
+    for p in sorted(IMAGES.glob("*.jpg"))[:3]:
+        shutil.copy(p, images / p.name)
+    Image.open(IMAGES / "dog.jpg").convert("L").save(images / "gray.png")
+    (images / "broken.jpg").write_bytes((IMAGES / "dog.jpg").read_bytes()[:2000])
+    tables = {}
+    for upload in (True, False):
+        monkeypatch.setattr(processor_module, "UPLOAD_IN_READERS", upload)
+        out = tmp_path / f"upload-{upload}"
+        run(images, out, weights=str(mask_weights), device="cuda", batch_size=2, **SMALL)
+        tables[upload] = {name: mb.open_run(str(out)).read_table(name).to_pylist() for name in ("images", "instances")}
+    assert tables[True] == tables[False]
+    assert sum(r["status"] == "ok" for r in tables[True]["images"]) == 4
+    assert len(tables[True]["instances"]) > 0

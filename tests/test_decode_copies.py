@@ -105,3 +105,25 @@ def test_gpu_decode_needs_a_cuda_device(tmp_path):
 
     with pytest.raises(ValueError, match="--gpu-decode"):
         mb.make_config(str(tmp_path), str(tmp_path / "run"), device="cpu", gpu_decode=True)
+
+
+# -- the array the pixels are packed into comes from the caller (pinned memory on CUDA) -----------
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "RGBA", "I;16"])
+def test_pixels_are_packed_into_the_callers_array(mode):
+    im = _asymmetric_photo()
+    im = im.convert(mode) if mode != "I;16" else Image.fromarray(np.array(im.convert("L")).astype(np.uint16) * 257)
+    data = _encode(im, "TIFF")
+    made = []
+
+    def alloc(shape):
+        made.append(np.full(shape, 7, dtype=np.uint8))  # not zeros: every byte must be written
+        return made[-1]
+
+    dec = decode_image(data, max_pixels=NO_LIMIT, alloc=alloc)
+    plain = decode_image(data, max_pixels=NO_LIMIT)
+    assert dec.status == plain.status == "ok"
+    np.testing.assert_array_equal(dec.array, plain.array)
+    if mode == "I;16":  # scaled by numpy into an array of its own
+        assert made == []
+    else:
+        assert len(made) == 1 and dec.array is made[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,10 @@ class Decoded:
     height: int | None = None
 
 
-def decode_image(data: bytes, *, max_pixels: int, exif_transpose: bool = True) -> Decoded:
+def decode_image(data: bytes, *, max_pixels: int, exif_transpose: bool = True,
+                 alloc: Callable[[tuple[int, int, int]], np.ndarray] | None = None) -> Decoded:
+    """``data`` decoded, or why it cannot be. ``alloc(shape)`` makes the uint8 array the pixels
+    are packed into (``read.to_device.pinned_alloc``: page-locked memory); default :func:`host_array`."""
     if len(data) == 0:
         return Decoded("decode_error", "empty file (0 bytes)")
     try:
@@ -68,12 +72,17 @@ def decode_image(data: bytes, *, max_pixels: int, exif_transpose: bool = True) -
             im.load()
             if exif_transpose:
                 im = _exif_transpose(im)
-            array = _to_rgb(im)
+            array = _to_rgb(im, alloc or host_array)
     except _Unsupported as e:
         return Decoded("unsupported", str(e), width=w, height=h)
     except Exception as e:  # noqa: BLE001 - truncated or corrupt data
         return Decoded("decode_error", f"cannot decode {im.format or 'image'} data: {e}")
     return Decoded("ok", None, array, width=array.shape[1], height=array.shape[0])
+
+
+def host_array(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array in ordinary host memory."""
+    return np.empty(shape, dtype=np.uint8)
 
 
 class _Unsupported(Exception):
@@ -91,8 +100,9 @@ def _exif_transpose(im: Image.Image) -> Image.Image:
         return im
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """A fresh, writable, C-contiguous H x W x 3 uint8 array of ``im``'s pixels as RGB."""
+def _to_rgb(im: Image.Image, alloc: Callable) -> np.ndarray:
+    """A fresh, writable, C-contiguous H x W x 3 uint8 array of ``im``'s pixels as RGB (from
+    ``alloc`` where PIL packs them; 16- and 32-bit images are scaled by numpy)."""
     mode = im.mode
     if mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit signed)
         raw = np.asarray(im)
@@ -108,13 +118,13 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
             im = im.convert("RGB")
         except ValueError as e:
             raise _Unsupported(f"PIL mode {mode!r} cannot be converted to RGB: {e}") from None
-    return _pack_rgb(im)
+    return _pack_rgb(im, alloc)
 
 
-def _pack_rgb(im: Image.Image) -> np.ndarray:
+def _pack_rgb(im: Image.Image, alloc: Callable) -> np.ndarray:
     """The pixels of an RGB image, packed by PIL's raw encoder into one new array (one copy)."""
     w, h = im.size
-    out = np.empty((h, w, 3), dtype=np.uint8)
+    out = alloc((h, w, 3))
     if out.size == 0:
         return out
     dest = memoryview(out).cast("B")

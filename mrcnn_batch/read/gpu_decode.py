@@ -21,16 +21,15 @@ on, so the model's stream never waits on a decode; the model records its stream 
 from __future__ import annotations
 
 import io
-import threading
 import warnings
 
 import torch
 from PIL import ExifTags, Image
 
 from mrcnn_batch.read.decode import Decoded, decode_image
+from mrcnn_batch.read.to_device import reader_stream
 
 _GPU_MODES = ("RGB", "L")  # JPEG colour modes nvJPEG decodes to RGB
-_local = threading.local()
 
 
 def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -67,7 +66,7 @@ def decode_on_device(
         return decode_image(data, max_pixels=max_pixels, exif_transpose=exif_transpose)  # too_large
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    stream = _reader_stream(device)
+    stream = reader_stream(device)
     try:
         with torch.cuda.stream(stream):
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -99,14 +98,3 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         return None
     w, h = im.size
     return w, h, orientation
-
-
-def _reader_stream(device: torch.device) -> torch.cuda.Stream:
-    """This thread's own CUDA stream on ``device``."""
-    streams = getattr(_local, "streams", None)
-    if streams is None:
-        streams = _local.streams = {}
-    key = torch.device(device).index or 0
-    if key not in streams:
-        streams[key] = torch.cuda.Stream(device=device)
-    return streams[key]

@@ -6,8 +6,9 @@ overlap: a reader pool fetches and decodes the next images while the model runs,
 threads (as many as the worker's CPUs) paste masks, encode RLE and build rows behind it.
 
 On CUDA the encoders are processes, so that they never hold the model thread's GIL (see
-``run.encoding``). With ``--gpu-decode`` the readers decode JPEGs on the device, each on its
-own stream (see ``read.gpu_decode``).
+``run.encoding``), and the readers copy the pixels to the device on their own streams, from
+pinned memory (see ``read.to_device``), so the model's thread never waits for a host copy. With
+``--gpu-decode`` the readers decode JPEGs on the device (see ``read.gpu_decode``).
 
 Batches never change results (see ``predict.batching``): decoded images wait in a window of
 ``WINDOW_BATCHES`` batches for batch-mates of the same input shape; a batch runs when it is full
@@ -51,6 +52,7 @@ from mrcnn_batch.predict.batching import Bucketer
 from mrcnn_batch.predict.predictor import ImageDetections, Predictor, Speed, pick_device
 from mrcnn_batch.read import Decoded, TooLarge, decode_image, fetch_all
 from mrcnn_batch.read.gpu_decode import decode_on_device
+from mrcnn_batch.read.to_device import pinned_alloc, upload
 from mrcnn_batch.run.encoding import TABLES, Encoder, ImageFacts, PredictError
 from mrcnn_batch.run.layout import CommitRecord, RunDir, commit_path, table_path
 from mrcnn_batch.run.lease import Fence
@@ -65,6 +67,7 @@ SHARDS_IN_FLIGHT = 2  # shards an executor gives one processor at a time (see th
 WRITE_ATTEMPTS = 3  # tries of each file of a commit (the same bytes to the same name: idempotent)
 WRITE_BACKOFF_S = 0.25  # before the second try; doubled before each next one
 NOT_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # no retry helps
+UPLOAD_IN_READERS = True  # on CUDA (see the module doc); False: the model's thread copies (benchmarks)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class ShardProcessor:
         if config.read.gpu_decode and self.device.type != "cuda":
             raise UsageError(f"--gpu-decode decodes JPEGs on a CUDA device; this worker's device is {self.device}")
         check_method(p.refine_masks)  # OpenCV on this worker, before its first shard
+        self._upload = UPLOAD_IN_READERS and self.device.type == "cuda"
         self._readers = ThreadPoolExecutor(PREFETCH_BATCHES * SHARDS_IN_FLIGHT, thread_name_prefix="read")
         self._model_lock = threading.Lock()  # one batch on the model at a time, whichever shard
         workers = encoder_threads()
@@ -194,14 +198,20 @@ class ShardProcessor:
                 out.append((ref, Decoded("too_large", str(blob))))
             elif isinstance(blob, BaseException):
                 out.append((ref, Decoded("read_error", _describe(blob))))
-            elif read.gpu_decode:
-                out.append((ref, decode_on_device(blob, device=self.device, max_pixels=read.max_pixels,
-                                                  exif_transpose=read.exif_transpose)))
             else:
-                out.append(
-                    (ref, decode_image(blob, max_pixels=read.max_pixels, exif_transpose=read.exif_transpose))
-                )
+                out.append((ref, self._decode(blob)))
         return out
+
+    def _decode(self, blob: bytes) -> Decoded:
+        """An image's pixels where the model will read them (or its status)."""
+        read = self.config.read
+        if read.gpu_decode:
+            decoded = decode_on_device(blob, device=self.device, max_pixels=read.max_pixels,
+                                       exif_transpose=read.exif_transpose)
+        else:
+            decoded = decode_image(blob, max_pixels=read.max_pixels, exif_transpose=read.exif_transpose,
+                                   alloc=pinned_alloc if self._upload else None)
+        return upload(decoded, self.device) if self._upload else decoded  # (--gpu-decode's fallbacks too)
 
     def _predict(self, batch: list[_Item]) -> list[Any]:
         """The detections of each image of one batch (or the error an image raised)."""
