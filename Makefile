@@ -18,26 +18,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==2.14.1 torchvision==0.29.1)
-# --no-compile: not all of torch's, Ray's and the CUDA libraries' files byte-compiled at install
-# time (about 90 s here); what the tool and its tests import is compiled once, just below
-	$(PY) -m pip install --quiet --no-compile -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]'
 # the references of tests/test_eval_tide.py and test_eval_lvis.py, without their requirement
 # opencv-python, whose cv2 (Qt, libGL) would overwrite the headless one (see pyproject.toml)
 	$(PY) -m pip install --quiet --no-deps tidecv==1.0.1 lvis==0.5.3
-	$(PY) -c "$$WARM_IMPORTS"
 	touch $(STAMP)
 
 demo: setup
 	$(VENV)/bin/mrcnn-batch demo
-
-# Imported once after the install, so that their byte code is written once and not by each of
-# the test processes and Ray workers that import them at the same moment.
-define WARM_IMPORTS
-import torch, torch._dynamo, torchvision.models.detection, torchvision.io, ray, ray.util.state, ray.job_submission
-import pyarrow.parquet, pyarrow.dataset, pycocotools.coco, s3fs, moto.server, pandas, duckdb, hypothesis, matplotlib.pyplot
-import mrcnn_batch.cli, mrcnn_batch.run.processor, mrcnn_batch.run.ray_executor, mrcnn_batch.evaluate.evaluator
-endef
-export WARM_IMPORTS
 
 $(DATUMARO_STAMP):
 	$(PYTHON) -m venv $(DATUMARO_VENV)
