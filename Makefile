@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==2.14.1 torchvision==0.29.1)
-	$(PY) -m pip install --quiet -e '.[test]'
+# Byte code compiled on both cores after the install rather than file by file by pip (this
+# machine sets PYTHONDONTWRITEBYTECODE=1, so a module not compiled here is compiled again by every
+# process that imports it). Some packages ship files of other Python versions: those fail quietly.
+	$(PY) -m pip install --quiet --no-compile -e '.[test]'
 # the references of tests/test_eval_tide.py and test_eval_lvis.py, without their requirement
 # opencv-python, whose cv2 (Qt, libGL) would overwrite the headless one (see pyproject.toml)
-	$(PY) -m pip install --quiet --no-deps tidecv==1.0.1 lvis==0.5.3
+	$(PY) -m pip install --quiet --no-compile --no-deps tidecv==1.0.1 lvis==0.5.3
+	-$(PY) -m compileall -qq -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))") mrcnn_batch
 	touch $(STAMP)
 
 demo: setup
@@ -33,13 +37,13 @@ $(DATUMARO_STAMP):
 	$(DATUMARO_VENV)/bin/python -m pip install --quiet datumaro==1.13.12
 	touch $(DATUMARO_STAMP)
 
-# Both environments built side by side; the tests in two processes (pytest-xdist): the end-to-end
-# tests on Ray (marked slow) one after another in one of them, the rest shared (tests/conftest.py).
+# Both environments built side by side; the tests in two processes (pytest-xdist), each taking
+# whole test files, the files with end-to-end tests on Ray (marked slow) first (tests/conftest.py).
 environments:
 	$(MAKE) --no-print-directory -j2 setup $(DATUMARO_STAMP)
 
 test: environments
-	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 --dist loadgroup
+	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 --dist loadfile
 
 # Everything but the end-to-end tests on Ray (marked slow): a few minutes.
 test-fast: environments

@@ -106,9 +106,9 @@ def s3(s3_endpoint):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two processes, `--dist loadgroup`), the end-to-end
-    tests on Ray (marked slow) run one after another in one process, on that process's one Ray,
-    while the other process takes the rest."""
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    """The test files with end-to-end tests on Ray (marked slow) first. `make test` runs two
+    pytest-xdist processes that take whole files (`--dist loadfile`: a module's fixtures, such as a
+    `ray start` cluster, are made once), so the longest files start first and the short ones fill
+    the end, rather than a long Ray test starting last while the other process has nothing left."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: each file's own order is kept
