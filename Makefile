@@ -43,7 +43,7 @@ environments:
 	$(MAKE) --no-print-directory -j2 setup $(DATUMARO_STAMP)
 
 test: environments
-	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 --dist loadfile
+	MRCNN_BATCH_DATUMARO_PYTHON=$(abspath $(DATUMARO_VENV))/bin/python $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # Everything but the end-to-end tests on Ray (marked slow): a few minutes.
 test-fast: environments
