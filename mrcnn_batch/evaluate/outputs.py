@@ -58,7 +58,7 @@ METRICS_SCHEMA = pa.schema(
 )
 
 
-def partial_notice(result: EvalResult) -> str | None:
+def partial_notice(result: EvalResult | LVISResult) -> str | None:
     if not result.partial:
         return None
     return (
@@ -134,36 +134,19 @@ def write_outputs(
     tide: dict[str, TideResult] | None = None,
 ) -> list[str]:
     """Write every output under ``out_dir``; returns the URLs written."""
-    fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
-    root = root.rstrip("/")
-    fs.makedirs(root, exist_ok=True)
-    written = []
-
-    def put(name: str, data: bytes) -> None:
-        path = posixpath.join(root, name)
-        with fs.open(path, "wb") as f:
-            f.write(data)
-        written.append(fs.unstrip_protocol(path))
-
     doc = metrics_document(results, context=context, tide=tide)
-    put("metrics.json", json.dumps(doc, indent=2, allow_nan=False).encode())
-    buf = io.BytesIO()
-    pq.write_table(metrics_table(results), buf)
-    put("metrics.parquet", buf.getvalue())
+    files = {"metrics.json": _json_bytes(doc), "metrics.parquet": _parquet_bytes(metrics_table(results))}
     for t, r in results.items():
         acc = r.accumulated
-        buf = io.BytesIO()
-        np.savez_compressed(
-            buf, precision=acc.precision, recall=acc.recall, scores=acc.scores,
+        files[f"precision_{t}.npz"] = _npz_bytes(
+            precision=acc.precision, recall=acc.recall, scores=acc.scores,
             category_ids=acc.category_ids, iou_thrs=acc.params.iou_thrs_array(),
             rec_thrs=acc.params.rec_thrs_array(), max_dets=np.array(acc.params.max_dets),
             area_rngs=acc.params.area_array(), partial=np.array(r.partial),
         )
-        put(f"precision_{t}.npz", buf.getvalue())
         if plots:
-            put(f"pr_{t}.png", pr_plot_png(r))
-    log.info("wrote %s", ", ".join(written))
-    return written
+            files[f"pr_{t}.png"] = pr_plot_png(r)
+    return _write_files(out_dir, files, storage_options)
 
 
 def lvis_metrics_table(results: dict[str, LVISResult]) -> pa.Table:
@@ -193,27 +176,26 @@ def write_lvis_outputs(
     storage_options: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write LVIS's evaluation under ``out_dir`` (see the top); returns the URLs written."""
+    first = next(iter(results.values()))
+    doc = {"format": "mrcnn_batch.eval/1", **context, "partial": first.partial, "notice": partial_notice(first),
+           "num_images": first.num_images, "num_gt_images": first.num_gt_images, "iou_types": {},
+           "lvis": {t: r.as_dict() for t, r in results.items()}}
+    files = {"metrics.json": _json_bytes(doc), "metrics.parquet": _parquet_bytes(lvis_metrics_table(results))}
+    for t, r in results.items():
+        files[f"precision_{t}.npz"] = _npz_bytes(
+            precision=r.precision, recall=r.recall, category_ids=np.array([c.id for c in r.categories], np.int64),
+            frequency=np.array(r.frequency), iou_thrs=r.params.iou_thrs_array(), rec_thrs=r.params.rec_thrs_array(),
+            max_dets=np.array(r.params.max_dets), area_rngs=r.params.area_array(), partial=np.array(r.partial),
+        )
+    return _write_files(out_dir, files, storage_options)
+
+
+def _write_files(out_dir: str, files: dict[str, bytes], storage_options: dict[str, Any] | None) -> list[str]:
+    """Each file written whole under ``out_dir`` (created if missing); returns their URLs."""
     fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
     root = root.rstrip("/")
     fs.makedirs(root, exist_ok=True)
     written = []
-    first = next(iter(results.values()))
-    notice = (f"PARTIAL evaluation: {first.num_images} of {first.num_gt_images} ground-truth images "
-              "(only the processed ones); not comparable with a full evaluation") if first.partial else None
-    doc = {"format": "mrcnn_batch.eval/1", **context, "partial": first.partial, "notice": notice,
-           "num_images": first.num_images, "num_gt_images": first.num_gt_images, "iou_types": {},
-           "lvis": {t: r.as_dict() for t, r in results.items()}}
-    buf = io.BytesIO()
-    pq.write_table(lvis_metrics_table(results), buf)
-    files = {"metrics.json": json.dumps(doc, indent=2, allow_nan=False).encode(), "metrics.parquet": buf.getvalue()}
-    for t, r in results.items():
-        buf = io.BytesIO()
-        np.savez_compressed(
-            buf, precision=r.precision, recall=r.recall, category_ids=np.array([c.id for c in r.categories], np.int64),
-            frequency=np.array(r.frequency), iou_thrs=r.params.iou_thrs_array(), rec_thrs=r.params.rec_thrs_array(),
-            max_dets=np.array(r.params.max_dets), area_rngs=r.params.area_array(), partial=np.array(r.partial),
-        )
-        files[f"precision_{t}.npz"] = buf.getvalue()
     for name, data in files.items():
         path = posixpath.join(root, name)
         with fs.open(path, "wb") as f:
@@ -221,6 +203,22 @@ def write_lvis_outputs(
         written.append(fs.unstrip_protocol(path))
     log.info("wrote %s", ", ".join(written))
     return written
+
+
+def _json_bytes(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=2, allow_nan=False).encode()
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
 
 
 def pr_plot_png(result: EvalResult) -> bytes:
