@@ -5,7 +5,8 @@ blocks the thread that asks for it (the CUDA driver stages it through a pinned b
 1920x1080 a batch of 8 is 50 MB. So where the model runs on CUDA a reader decodes into pinned
 host memory (:func:`pinned_alloc`, handed to ``read.decode.decode_image``) and copies the pixels
 to the device on its own stream (:func:`upload`), waiting for that stream itself: the model
-gets a device tensor and never waits for a host copy.
+gets a device tensor and never waits for a host copy. (Not with ``--refine-masks``, whose
+refinement reads the pixels on the host: there the model's thread copies, as before.)
 
 Nothing else changes: the same bytes arrive on the device as the model's own copy would bring,
 as the same 3 x H x W uint8 view of an H x W x 3 array (``Predictor`` converts it to float on

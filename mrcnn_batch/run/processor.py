@@ -122,7 +122,8 @@ class ShardProcessor:
         if config.read.gpu_decode and self.device.type != "cuda":
             raise UsageError(f"--gpu-decode decodes JPEGs on a CUDA device; this worker's device is {self.device}")
         check_method(p.refine_masks)  # OpenCV on this worker, before its first shard
-        self._upload = UPLOAD_IN_READERS and self.device.type == "cuda"
+        # (not with --refine-masks: the refinement reads the pixels on the host)
+        self._upload = UPLOAD_IN_READERS and self.device.type == "cuda" and p.refine_masks is None
         self._readers = ThreadPoolExecutor(PREFETCH_BATCHES * SHARDS_IN_FLIGHT, thread_name_prefix="read")
         self._model_lock = threading.Lock()  # one batch on the model at a time, whichever shard
         workers = encoder_threads()
