@@ -34,7 +34,7 @@ from mrcnn_batch.encode.refine import check_method
 from mrcnn_batch.models.registry import ModelSpec
 from mrcnn_batch.models.registry import list_models as _list_models
 from mrcnn_batch.run.layout import open_run
-from mrcnn_batch.run.preflight import check_storage
+from mrcnn_batch.run.preflight import check_settings, check_storage
 
 if TYPE_CHECKING:  # the runner (torch, torchvision) is imported when a run starts: make_config is torch-free
     from mrcnn_batch.run.driver import Executor, RunSummary
@@ -131,12 +131,15 @@ def infer(
     (``workers``, ``gpus_per_worker``, ``cpus_per_worker``; on the Ray at ``address`` or
     ``RAY_ADDRESS``, else an embedded local one; an initialised Ray is reused).
     ``options`` are those of ``make_config``. The storage options, endpoints and the output
-    are checked first (:func:`~mrcnn_batch.run.preflight.check_storage`): a ``UsageError``.
+    are checked first (:func:`~mrcnn_batch.run.preflight.check_storage`): a ``UsageError``;
+    then a run already in ``output`` made with other settings is refused (``RunRefused``,
+    :func:`~mrcnn_batch.run.preflight.check_settings`) before the model loads.
     """
     from mrcnn_batch.run.driver import execute
 
     config = make_config(input, output, **options)
     check_storage(config)
+    check_settings(config, overwrite=overwrite)
     return execute(
         config,
         make_executor(executor, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,

@@ -65,21 +65,39 @@ def test_missing_input_exits_2(tmp_path, mask_weights):
     assert res.returncode == 2 and "lacks 'id' or 'file_name'" in " ".join(res.stderr.split())  # quotes intact
 
 
-def test_other_settings_on_an_existing_run_exit_3(tmp_path, image_dir, mask_weights):
+# The CLI in a process where `import torch` fails: what it does there, it does without torch.
+WITHOUT_TORCH = [sys.executable, "-c", ("import sys; sys.modules['torch'] = None; sys.argv[0] = 'mrcnn-batch'; "
+                                        "from mrcnn_batch.cli import main; main()")]
+
+
+def test_other_settings_on_an_existing_run_exit_3_before_torch_loads(tmp_path, image_dir, mask_weights):
     import mrcnn_batch as mb
 
     out = tmp_path / "out"
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "dog.jpg").write_bytes((image_dir / "dog.jpg").read_bytes())
     mb.infer(str(tmp_path / "one"), str(out), weights=str(mask_weights), **QUICK)
-    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, "--min-size", 160, "--max-size", 192,
-              "--max-detections", 10, "--rpn-proposals", 100)
-    assert res.returncode == 3
+
+    def infer(*args, weights=mask_weights):
+        cmd = [*WITHOUT_TORCH, "infer", tmp_path / "one", out, "--weights", weights, *args]
+        return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, check=False)
+
+    res = infer("--min-size", 160, "--max-size", 192, "--max-detections", 10, "--rpn-proposals", 100)
+    assert res.returncode == 3, res.stderr
     assert "min_size: 128 there, 160 now" in res.stderr and "--overwrite" in res.stderr
     assert "rpn_proposals" not in res.stderr  # the same there and now
-    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, *(a for a in QUICK_ARGS if not a.startswith("--rpn-proposals")))  # the model's proposals
+    res = infer(*(a for a in QUICK_ARGS if not a.startswith("--rpn-proposals")))  # the model's proposals
     assert res.returncode == 3
     assert "rpn_proposals: 100 there, None now" in res.stderr, res.stderr
+    other = tmp_path / "other.pth"
+    other.write_bytes(mask_weights.read_bytes() + b"\0")  # other bytes: other weights
+    res = infer(*QUICK_ARGS, weights=other)
+    assert res.returncode == 3 and "weights_sha256" in res.stderr, res.stderr
+    # the same settings resume: that needs the model, so torch (here the run is complete: nothing to do)
+    res = infer(*QUICK_ARGS)
+    assert res.returncode != 3 and "other settings" not in res.stderr
+    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, *QUICK_ARGS)
+    assert res.returncode == 0, res.stderr
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, image_dir):

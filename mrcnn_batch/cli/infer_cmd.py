@@ -113,7 +113,7 @@ def infer(
     from mrcnn_batch.cli.progress import RunProgress
     from mrcnn_batch.models.weights import WeightsUnavailable
     from mrcnn_batch.plan import InputError
-    from mrcnn_batch.run.preflight import check_storage
+    from mrcnn_batch.run.preflight import check_settings, check_storage
 
     setup_logging(verbose, quiet_level=logging.ERROR)
     try:
@@ -147,6 +147,7 @@ def infer(
         if dry_run:
             print_plan(config)
             return
+        check_settings(config, overwrite=overwrite)  # a run with other settings there: refused now
         from mrcnn_batch.run.driver import execute  # torch and torchvision load here
 
         with RunProgress(console=err, enabled=progress) as bar:

@@ -30,6 +30,7 @@ from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
 from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir, RunMeta
 from mrcnn_batch.run.lease import DEFAULT_TTL_S, Fence, Lease, LeaseHeld
+from mrcnn_batch.run.preflight import settings_refusal
 from mrcnn_batch.run.status import commit_totals
 from mrcnn_batch.schemas import SCHEMA_VERSION
 from mrcnn_batch.write.tables import table_bytes
@@ -89,7 +90,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> tuple[RunDir, RunM
         if meta is not None and same_identity(meta.identity, identity) and run.exists(PLAN_FILE):
             return run, meta, run.read_plan(), weights, True
         if not overwrite:
-            raise RunRefused(_refusal(config.output, meta.identity if meta else {}, identity))
+            raise RunRefused(settings_refusal(config.output, meta.identity if meta else {}, identity))
         log.warning("overwriting the run in %s", config.output)
     if overwrite:
         check_overwrite(run, config.input.url, input_storage_options=config.input.storage_options)
@@ -229,16 +230,4 @@ def _run_meta(config: RunConfig, identity: dict, weights: Weights, plan: pa.Tabl
             "pyarrow": pyarrow.__version__,
             "python": platform.python_version(),
         },
-    )
-
-
-def _refusal(output: str, old: dict, new: dict) -> str:
-    diffs = [
-        f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
-    ]
-    return (
-        f"{output} holds a run made with other settings ({'; '.join(diffs)}). Use another"
-        " output, or pass --overwrite to replace it (only the run's own files are removed)."
     )

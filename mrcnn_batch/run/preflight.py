@@ -1,5 +1,6 @@
 """Checks made before a run loads a model or writes anything: its storage answers with the
-options given, and its output is a place for a run directory.
+options given, its output is a place for a run directory, and a run already there was made
+with these settings (:func:`check_settings`).
 
 Each refusal is a :class:`~mrcnn_batch.errors.UsageError` (exit 2) that names the URL and the
 option, endpoint, bucket or file concerned, and says what was expected:
@@ -19,6 +20,7 @@ the file it concerns.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 import re
@@ -27,8 +29,11 @@ from typing import Any
 
 import fsspec
 
-from mrcnn_batch.config import RunConfig
-from mrcnn_batch.errors import UsageError
+from mrcnn_batch.config import RunConfig, same_identity
+from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
+from mrcnn_batch.models.registry import get_spec
+from mrcnn_batch.models.weights import WeightsUnavailable, read_weight_bytes
+from mrcnn_batch.run.layout import RUN_JSON, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,42 @@ def check_output(url: str, storage_options: dict[str, Any]) -> None:
                 raise UsageError(f"output {url}: {parent} is a file, so no directory can be made under it")
             return
         path, parent = parent, posixpath.dirname(parent)
+
+
+def check_settings(config: RunConfig, *, overwrite: bool = False) -> None:
+    """Refuse (:class:`~mrcnn_batch.errors.RunRefused`, exit 3) an output that holds a run made
+    with other settings, before torch or the model loads: the stored identity against this
+    config's, the weights named by the SHA-256 of their bytes. Only where those bytes are at hand
+    without torch or a download (a local file, the package's own weights); otherwise, and for a
+    damaged run, the driver decides when the weights load (``run.driver.prepare``), with the
+    same message. Nothing to check with ``overwrite``."""
+    source = config.predict.weights or get_spec(config.predict.model).default_weights
+    if overwrite or source is None or not (source.startswith("package://") or _protocol(source) == "file"):
+        return
+    run = RunDir(config.output, config.output_storage_options)
+    if not run.exists(RUN_JSON):
+        return
+    try:
+        meta = run.run_meta()
+        data = read_weight_bytes(source, storage_options=config.input.storage_options)
+    except (RunDamaged, WeightsUnavailable):
+        return  # the driver says what is wrong, as it loads them
+    identity = config.identity(weights_sha256=hashlib.sha256(data).hexdigest())
+    if not same_identity(meta.identity, identity):
+        raise RunRefused(settings_refusal(config.output, meta.identity, identity))
+
+
+def settings_refusal(output: str, old: dict, new: dict) -> str:
+    """The refusal of an output holding a run of identity ``old`` by settings of identity ``new``."""
+    diffs = [
+        f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    return (
+        f"{output} holds a run made with other settings ({'; '.join(diffs)}). Use another"
+        " output, or pass --overwrite to replace it (only the run's own files are removed)."
+    )
 
 
 def _filesystem(url: str, storage_options: dict[str, Any], *, role: str) -> tuple[Any, str]:
