@@ -93,11 +93,9 @@ def test_other_settings_on_an_existing_run_exit_3_before_torch_loads(tmp_path, i
     other.write_bytes(mask_weights.read_bytes() + b"\0")  # other bytes: other weights
     res = infer(*QUICK_ARGS, weights=other)
     assert res.returncode == 3 and "weights_sha256" in res.stderr, res.stderr
-    # the same settings resume: that needs the model, so torch (here the run is complete: nothing to do)
+    # the same settings are not refused: they go on to the driver, which needs torch (absent here)
     res = infer(*QUICK_ARGS)
-    assert res.returncode != 3 and "other settings" not in res.stderr
-    res = run("infer", tmp_path / "one", out, "--weights", mask_weights, *QUICK_ARGS)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode != 3 and "other settings" not in res.stderr and "torch" in res.stderr, res.stderr
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, image_dir):
