@@ -166,3 +166,26 @@ def test_help_pages_show_no_type_tags():
         assert not tags, (name, tags)
     assert "infer [OPTIONS] INPUT OUTPUT" in " ".join(pages["infer"].output.split())
     assert "eval [OPTIONS] [RUN]" in " ".join(pages["eval"].output.split())
+
+
+def test_settings_are_compared_early_only_where_the_weights_are_at_hand(tmp_path, monkeypatch):
+    """torchvision's named weights are found through torchvision (and may be downloaded), remote
+    files are remote: their run's settings are left to the driver, which loads them anyway."""
+    import mrcnn_batch as mb
+    from mrcnn_batch.errors import RunRefused
+    from mrcnn_batch.models.demo import WEIGHTS_URI
+    from mrcnn_batch.run import preflight
+
+    out = tmp_path / "out"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.png").write_bytes(b"not an image")  # the run needs no pixels
+    mb.infer(str(tmp_path / "one"), str(out), model="demo")
+    read = []
+    monkeypatch.setattr(preflight, "read_weight_bytes", lambda source, **kw: read.append(source) or b"")
+    for weights in (None, "s3://bucket/w.pth"):  # maskrcnn_resnet50_fpn's default: torchvision:...
+        preflight.check_settings(mb.make_config(str(tmp_path / "one"), str(out), model="maskrcnn_resnet50_fpn",
+                                                weights=weights))
+    assert read == []
+    with pytest.raises(RunRefused, match="min_size"):  # the packaged weights: compared here
+        preflight.check_settings(mb.make_config(str(tmp_path / "one"), str(out), model="demo", min_size=100))
+    assert read == [WEIGHTS_URI]

@@ -2,8 +2,8 @@
 options given, its output is a place for a run directory, and a run already there was made
 with these settings (:func:`check_settings`).
 
-Each refusal is a :class:`~mrcnn_batch.errors.UsageError` (exit 2) that names the URL and the
-option, endpoint, bucket or file concerned, and says what was expected:
+Each refusal of the storage is a :class:`~mrcnn_batch.errors.UsageError` (exit 2) that names the
+URL and the option, endpoint, bucket or file concerned, and says what was expected:
 
 * a storage option the filesystem does not take (``{"nosuch": 1}`` on S3);
 * an endpoint that does not answer (nothing listening, an unknown host, a connect timeout);
@@ -102,7 +102,7 @@ def check_settings(config: RunConfig, *, overwrite: bool = False) -> None:
     damaged run, the driver decides when the weights load (``run.driver.prepare``), with the
     same message. Nothing to check with ``overwrite``."""
     source = config.predict.weights or get_spec(config.predict.model).default_weights
-    if overwrite or source is None or not (source.startswith("package://") or _protocol(source) == "file"):
+    if overwrite or source is None or not _at_hand(source):
         return
     run = RunDir(config.output, config.output_storage_options)
     if not run.exists(RUN_JSON):
@@ -115,6 +115,14 @@ def check_settings(config: RunConfig, *, overwrite: bool = False) -> None:
     identity = config.identity(weights_sha256=hashlib.sha256(data).hexdigest())
     if not same_identity(meta.identity, identity):
         raise RunRefused(settings_refusal(config.output, meta.identity, identity))
+
+
+def _at_hand(source: str) -> bool:
+    """Whether weights are read without torch or a download: the package's own, or a local file
+    (not torchvision's names, found through torchvision, nor remote files)."""
+    if source.startswith("package://"):
+        return True
+    return not source.startswith("torchvision:") and _protocol(source) == "file"
 
 
 def settings_refusal(output: str, old: dict, new: dict) -> str:
