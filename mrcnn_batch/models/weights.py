@@ -45,11 +45,16 @@ class Weights:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def weights_sha256(data: bytes) -> str:
+    """What names a file of weights in a run's identity: the SHA-256 of its bytes (no torch)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def load_weights(source: str, *, storage_options: dict[str, Any] | None = None) -> Weights:
     import torch
 
     data = read_weight_bytes(source, storage_options=storage_options or {})
-    sha = hashlib.sha256(data).hexdigest()
+    sha = weights_sha256(data)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001

@@ -20,7 +20,6 @@ the file it concerns.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import posixpath
 import re
@@ -32,7 +31,11 @@ import fsspec
 from mrcnn_batch.config import RunConfig, same_identity
 from mrcnn_batch.errors import RunDamaged, RunRefused, UsageError
 from mrcnn_batch.models.registry import get_spec
-from mrcnn_batch.models.weights import WeightsUnavailable, read_weight_bytes
+from mrcnn_batch.models.weights import (
+    WeightsUnavailable,
+    read_weight_bytes,
+    weights_sha256,
+)
 from mrcnn_batch.run.layout import RUN_JSON, RunDir
 
 log = logging.getLogger(__name__)
@@ -112,7 +115,7 @@ def check_settings(config: RunConfig, *, overwrite: bool = False) -> None:
         data = read_weight_bytes(source, storage_options=config.input.storage_options)
     except (RunDamaged, WeightsUnavailable):
         return  # the driver says what is wrong, as it loads them
-    identity = config.identity(weights_sha256=hashlib.sha256(data).hexdigest())
+    identity = config.identity(weights_sha256=weights_sha256(data))
     if not same_identity(meta.identity, identity):
         raise RunRefused(settings_refusal(config.output, meta.identity, identity))
 
