@@ -79,6 +79,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, verb
         return f"Ray: a private local Ray for this command ({cpus} CPUs, {gpus} GPUs; --address or RAY_ADDRESS joins a cluster)"
     check_listening(target)
     try:
+        check_token(target)
         ray.init(address=target, **quiet)
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, AuthenticationError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -114,6 +115,28 @@ def _stop_on_sigterm() -> None:
         raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def check_token(target: str) -> None:
+    """Raise Ray's ``AuthenticationError`` at once where the cluster at a ``host:port`` address
+    refuses this process's token (or its lack of one): ``ray.init`` retries such a cluster for 20 s
+    before it gives up with a ``ConnectionError``. One handshake with the cluster's GCS (Ray's own
+    client) tells; anything else it meets (an older Ray without token authentication, another
+    error) is left to ``ray.init``."""
+    hostport = target.split("://", 1)[-1]
+    if "://" in target or not hostport.rpartition(":")[2].isdigit():
+        return
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return
+    try:
+        GcsClient(address=hostport)
+    except AuthenticationError:
+        raise
+    except Exception:  # noqa: BLE001 - not this check's to judge: ray.init says what it is
+        return
 
 
 def check_listening(target: str, timeout: float = 5.0) -> None:

@@ -134,6 +134,7 @@ def test_a_running_cluster_is_joined_only_when_named(cluster, photos):
         res = cli("infer", "images", "runs/joined", *DEMO, "--address", address, cwd=photos)
         assert res.returncode == 2, res.stderr
         assert "RAY_AUTH_MODE=token" in res.stderr and "Traceback" not in res.stderr
+        assert "AuthenticationError" in res.stderr, res.stderr  # said at once, not after Ray's 20 s of retries
     # with the token: joined; relative paths are the driver's, not the cluster worker's folder
     res = cli("infer", "images", "runs/joined", *DEMO, "--address", address, cwd=photos, env={"RAY_AUTH_MODE": "token"})
     assert res.returncode == 0, res.stderr
