@@ -119,12 +119,34 @@ def _build(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.Module
 
 
 def _instantiate(spec: ModelSpec, state: dict, source: str, kwargs: dict) -> nn.Module:
-    net = _build(spec, state, source, kwargs)
+    """The network with ``state`` loaded. Built on the meta device and given the loaded tensors
+    (cast to the network's own dtypes and made contiguous, as copying them in would): torchvision's
+    random initialisation of a network whose every value is then overwritten is most of the cost
+    of a build (0.7–1.0 CPU-s for an R50-FPN, against 0.1–0.2). A network that keeps a tensor
+    outside its state dict is built the plain way."""
+    with torch.device("meta"):
+        net = _build(spec, state, source, kwargs)
+    own = net.state_dict()
+    cast = {k: v.to(own[k].dtype).contiguous() if k in own and isinstance(v, torch.Tensor) else v for k, v in state.items()}
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(cast, strict=True, assign=True)
     except RuntimeError:
         raise WeightsUnavailable(f"weights {source!r} do not fit {spec.name!r}: {state_mismatch(net, state)}") from None
+    if _on_meta(net):
+        net = _build(spec, state, source, kwargs)
+        net.load_state_dict(state, strict=True)
     return net.eval()
+
+
+def _on_meta(net: nn.Module) -> bool:
+    """Whether a tensor of ``net`` (parameter, buffer, or a plain attribute or list of them) is
+    still on the meta device."""
+    for module in net.modules():
+        for value in [*module.parameters(recurse=False), *module.buffers(recurse=False), *vars(module).values()]:
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor) and t.is_meta:
+                    return True
+    return False
 
 
 def state_mismatch(net: nn.Module, state: dict) -> str:
