@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Byte code: pip installs none (--no-compile: 16,700 files, one by one, most never imported); a
+# module is compiled when first imported and kept. Some machines set PYTHONDONTWRITEBYTECODE=1,
+# under which every process (each test, CLI call and Ray worker) would compile torch again:
+# not here, for these environments of the project's own.
+unexport PYTHONDONTWRITEBYTECODE
 # A CPU-only machine: `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs
 # PyTorch's CPU wheels first (about 1 GB instead of 6 with the CUDA libraries).
 TORCH_INDEX ?=
@@ -18,14 +23,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==2.14.1 torchvision==0.29.1)
-# Byte code compiled on both cores after the install rather than file by file by pip (this
-# machine sets PYTHONDONTWRITEBYTECODE=1, so a module not compiled here is compiled again by every
-# process that imports it). Some packages ship files of other Python versions: those fail quietly.
 	$(PY) -m pip install --quiet --no-compile -e '.[test]'
 # the references of tests/test_eval_tide.py and test_eval_lvis.py, without their requirement
 # opencv-python, whose cv2 (Qt, libGL) would overwrite the headless one (see pyproject.toml)
 	$(PY) -m pip install --quiet --no-compile --no-deps tidecv==1.0.1 lvis==0.5.3
-	-$(PY) -m compileall -qq -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))") mrcnn_batch
 	touch $(STAMP)
 
 demo: setup
@@ -34,7 +35,7 @@ demo: setup
 $(DATUMARO_STAMP):
 	$(PYTHON) -m venv $(DATUMARO_VENV)
 	$(DATUMARO_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(DATUMARO_VENV)/bin/python -m pip install --quiet datumaro==1.13.12
+	$(DATUMARO_VENV)/bin/python -m pip install --quiet --no-compile datumaro==1.13.12
 	touch $(DATUMARO_STAMP)
 
 # Both environments built side by side; the tests in two processes (pytest-xdist), each taking
