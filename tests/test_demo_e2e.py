@@ -2,7 +2,7 @@
 ``eval``, overlays, report and export; our numbers equal pycocotools' on the exported results.
 
 ``test_demo_meets_the_acceptance_floor`` is the product's acceptance check on the demo's full
-held-out set (300 images, about a minute on 2 CPU cores): bbox AP >= 0.80, segm AP >= 0.75,
+held-out set (300 images, about a minute on one CPU core): bbox AP >= 0.80, segm AP >= 0.75,
 keypoints AP >= 0.60.
 """
 
@@ -53,6 +53,8 @@ def test_demo_command_through_s3(tmp_path):
     assert (tmp_path / "run" / "_SUCCESS").exists() and (tmp_path / "run" / "eval" / "metrics.json").exists()
 
 
-def test_demo_meets_the_acceptance_floor(ray_session, tmp_path):
-    result = run_demo(DemoConfig(out=str(tmp_path), num_images=DEFAULT_IMAGES, executor="ray", samples=2))
+def test_demo_meets_the_acceptance_floor(tmp_path):
+    # In-process: the model's rows on Ray equal its rows in-process (tests/test_runner_ray.py), and
+    # the demo on Ray is the test above; here the metrics of the full set are what is checked.
+    result = run_demo(DemoConfig(out=str(tmp_path), num_images=DEFAULT_IMAGES, executor="local", samples=2))
     _check(result, ACCEPTANCE, tmp_path)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SMALL
+from conftest import QUICK, SMALL
 
 import mrcnn_batch as mb
 from mrcnn_batch.models.loaded import build_model, effective_spec
@@ -53,7 +53,7 @@ def test_user_checkpoint_with_its_own_categories(tmp_path, image_dir):
     weights = load_weights(str(ckpt))
     spec = effective_spec(get_spec("maskrcnn_resnet50_fpn"), weights)
     assert spec.categories == ("__background__", "cat", "hat")
-    mb.infer(str(image_dir), str(tmp_path / "run"), weights=str(ckpt), classes=["hat"], **SMALL)
+    mb.infer(str(image_dir), str(tmp_path / "run"), weights=str(ckpt), classes=["hat"], **QUICK)
     run = mb.open_run(str(tmp_path / "run"))
     inst = run.read_table("instances")
     assert inst.num_rows > 0 and set(inst.column("category").to_pylist()) == {"hat"}

@@ -176,7 +176,7 @@ def test_storage_down_for_a_shard_fails_it_then_a_rerun_completes_it(ray_session
         out = f"s3://{bucket}/runs/down"
         args = ["infer", f"s3://{bucket}/images/", out, "--weights", _weights(quick_clean_run), "--storage-options", json.dumps(storage),
                 *QUICK_ARGS, "--shard-size", "2",
-                "--workers", "2", "--cpus-per-worker", "0.5", "--max-attempts", "2", "--no-progress"]
+                "--workers", "1", "--cpus-per-worker", "0.5", "--max-attempts", "2", "--no-progress"]
         first = CliRunner().invoke(app, args)
         assert first.exit_code == EXIT_SHARDS_FAILED, first.output
         assert "shard 1 failed" in first.output and "1 shard(s) failed" in first.output
