@@ -122,11 +122,13 @@ def s3(s3_endpoint):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The test files with end-to-end tests on Ray (marked slow) first. `make test` runs two
+    """The test files with end-to-end tests on Ray (marked slow) first, then those that run the
+    models many times without Ray (marked heavy). `make test` runs two
     pytest-xdist processes that take whole files in this order (`--dist loadfile`: a module's
     fixtures, such as a `ray start` cluster, are made once; `--no-loadscope-reorder`: xdist would
     sort the files by their number of tests), so the long files start first and the short ones
     fill the end, rather than a long Ray test starting last while the other process has nothing
     left."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: each file's own order is kept
+    heavy = {item.path for item in items if item.get_closest_marker("heavy")}  # then the long files without Ray
+    items.sort(key=lambda item: (item.path not in slow, item.path not in heavy))  # stable: each file's own order kept

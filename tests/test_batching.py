@@ -35,6 +35,8 @@ from mrcnn_batch.predict.batching import (
 )
 from mrcnn_batch.run.processor import WINDOW_BATCHES
 
+pytestmark = pytest.mark.heavy  # many model runs without Ray: scheduled early (tests/conftest.py)
+
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 SHAPES = [(600, 900), (600, 906), (534, 800), (900, 600), (1365, 2048), (1200, 1200), (30, 1000), (1000, 30),
           (1, 1), (799, 1333), (480, 640), (427, 640), (640, 427), (333, 500)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from conftest import IMAGES
 
 import mrcnn_batch as mb
@@ -12,6 +13,8 @@ from mrcnn_batch.models.loaded import build_model
 from mrcnn_batch.plan import shard_ids, shard_rows
 from mrcnn_batch.run.driver import prepare
 from mrcnn_batch.run.processor import ShardProcessor, shard_images
+
+pytestmark = pytest.mark.heavy  # many model runs without Ray: scheduled early (tests/conftest.py)
 
 
 class FailsOnWidth:

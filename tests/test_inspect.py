@@ -22,6 +22,8 @@ from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.read import decode_image
 from mrcnn_batch.run.layout import open_run
 
+pytestmark = pytest.mark.heavy  # many model runs without Ray: scheduled early (tests/conftest.py)
+
 PHOTO = IMAGES / "dog.jpg"  # 800 x 534
 SMALL_ARGS = ["--min-size", str(SMALL["min_size"]), "--max-size", str(SMALL["max_size"])]
 

@@ -18,6 +18,8 @@ from torchvision.transforms.functional import pil_to_tensor
 
 import mrcnn_batch as mb
 
+pytestmark = pytest.mark.heavy  # many model runs without Ray: scheduled early (tests/conftest.py)
+
 BATCH = 2
 MAX_DETECTIONS = 20  # per image: many masks and keypoints to compare, less CPU in the heads
 PROPOSALS = 100  # the keypoint models' runs: their heads over 1000 proposals cost most of the CPU

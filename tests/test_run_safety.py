@@ -26,6 +26,8 @@ from mrcnn_batch.cli import (
 from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
 from mrcnn_batch.run.layout import RunDir
 
+pytestmark = pytest.mark.heavy  # many model runs without Ray: scheduled early (tests/conftest.py)
+
 ARGS = ["--model", "demo", "--executor", "local", "--shard-size", "2", "--no-progress"]
 
 

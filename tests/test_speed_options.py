@@ -15,6 +15,8 @@ from mrcnn_batch.evaluate.distributed import evaluate_run
 from mrcnn_batch.evaluate.groundtruth import load_ground_truth
 from mrcnn_batch.run.driver import RunRefused
 
+pytestmark = pytest.mark.heavy  # many model runs without Ray: scheduled early (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory):
