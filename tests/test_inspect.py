@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES, SMALL
+from conftest import IMAGES, QUICK, QUICK_ARGS, SMALL
 from test_report import load_page, needs_chromium
 from typer.testing import CliRunner
 
@@ -125,13 +125,21 @@ def test_random_torchvision_mask_rcnn_on_a_photo(tmp_path, mask_weights):
     check_against_hooks(got, independent_run(PHOTO, "maskrcnn_resnet50_fpn", str(mask_weights), **SMALL))
     assert [lv["name"] for lv in got["levels"]] == ["0", "1", "2", "3", "pool"]
     assert all(lv["anchors_per_location"] == 3 for lv in got["levels"])
+    assert got["rpn"]["after_nms"] > 100  # the model's own 1000 proposals (fewer where NMS leaves fewer)
+
+
+def test_fewer_proposals_as_infer_takes_them(tmp_path, mask_weights):
+    got = inspect_cli(PHOTO, tmp_path / "out", "--weights", str(mask_weights), *QUICK_ARGS)
+    check_against_hooks(got, independent_run(PHOTO, "maskrcnn_resnet50_fpn", str(mask_weights), **QUICK))
+    assert got["rpn"]["after_nms"] == 100 and got["settings"]["rpn_proposals"] == 100
+    assert len(got["detections"]) <= 10
 
 
 def test_detections_equal_infers_rows(tmp_path, mask_weights):
     folder = tmp_path / "one"
     folder.mkdir()
     shutil.copy(PHOTO, folder / PHOTO.name)
-    args = ["--weights", str(mask_weights), *SMALL_ARGS, "--score-threshold", "0.3"]
+    args = ["--weights", str(mask_weights), *QUICK_ARGS, "--score-threshold", "0.3"]  # inspect takes infer's settings
     got = inspect_cli(folder / PHOTO.name, tmp_path / "inspect", *args)
     res = CliRunner().invoke(app, ["infer", str(folder), str(tmp_path / "run"), "--executor", "local", "--no-progress",
                                    "--device", "cpu", *args])

@@ -38,6 +38,7 @@ def inspect(
     max_detections: Annotated[int, typer.Option(metavar="N", help="Detections kept (as infer).")] = DEFAULT_MAX_DETECTIONS,
     min_size: Annotated[int | None, typer.Option(metavar="PX", help="Resize so the short side is this (default: the model's).")] = None,
     max_size: Annotated[int | None, typer.Option(metavar="PX", help="...and the long side at most this (default: the model's).")] = None,
+    rpn_proposals: Annotated[int | None, typer.Option("--rpn-proposals", min=1, metavar="N", help="Proposals kept after the RPN's NMS (as infer; default: the model's).")] = None,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda, cuda:N or auto (cuda when present).")] = "cpu",
     top: Annotated[int, typer.Option("--top", min=0, metavar="N", help="Proposals drawn on the page (the best N after NMS).")] = 20,
     verbose: Verbose = False,
@@ -65,7 +66,7 @@ def inspect(
     try:
         result = inspect_image(image, model=model, weights=weights, storage_options=opts, score_threshold=score_threshold,
                                mask_threshold=mask_threshold, max_detections=max_detections, min_size=min_size,
-                               max_size=max_size, device=device)
+                               max_size=max_size, rpn_proposals=rpn_proposals, device=device)
         written = write_inspection(result, out_dir, top=top, storage_options=opts)
     except MrcnnBatchError as e:
         fail(str(e), e.exit_code)

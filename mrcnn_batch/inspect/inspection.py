@@ -70,10 +70,12 @@ def inspect_image(
     max_detections: int = DEFAULT_MAX_DETECTIONS,
     min_size: int | None = None,
     max_size: int | None = None,
+    rpn_proposals: int | None = None,
     device: str = "cpu",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Inspection:
-    """Run image ``uri`` through ``model`` with every stage watched."""
+    """Run image ``uri`` through ``model`` with every stage watched; the settings are infer's
+    (``rpn_proposals``: the proposals kept after the RPN's NMS, None for the model's own)."""
     uri = local_url(uri)
     options = dict(storage_options or {})
     spec = get_spec(model)
@@ -90,10 +92,11 @@ def inspect_image(
         "max_detections": max_detections,
         "min_size": min_size or spec.default_min_size,
         "max_size": max_size or spec.default_max_size,
+        "rpn_proposals": rpn_proposals,
         "device": device,
     }
     loaded = build_model(model, loaded_weights, min_size=settings["min_size"], max_size=settings["max_size"],
-                         score_threshold=score_threshold, max_detections=max_detections)
+                         score_threshold=score_threshold, max_detections=max_detections, rpn_proposals=rpn_proposals)
     predictor = Predictor(loaded, device=pick_device(device))
     net = loaded.networks["main"]
     with Taps(net) as taps:
