@@ -60,46 +60,47 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
     recall = -np.ones((T, K, A, M))
     scores = -np.ones((T, R, K, A, M))
 
-    # pycocotools' concatenation order: category, then image id, then rank within the image.
+    # pycocotools' concatenation order: category, then image id, then rank within the image;
+    # then its stable score sort within each category.
     order = np.lexsort((result.rank, result.image_id, result.category_index))
+    order = order[np.lexsort((-result.score[order], result.category_index[order]))]
     cat = result.category_index[order]
     rank = result.rank[order]
     score = result.score[order]
-    codes = result.codes[order]
+    # one contiguous row per (area range, threshold): row a * T + t
+    codes = np.ascontiguousarray(result.codes[order].reshape(len(order), A * T).T)
     bounds = np.searchsorted(cat, np.arange(K + 1))
+    cols = np.arange(A * T)
     for k in range(K):
         lo, hi = bounds[k], bounds[k + 1]
+        npig = result.npig[k].astype(np.int64)  # (A,)
+        if not npig.any():
+            continue
+        # rc = tp / npig reaches threshold r from the first integer tp whose ratio does
+        need = np.repeat([_first_reaching(int(n), rec_thrs) for n in npig], T, axis=0)  # (A * T, R)
         for m, max_det in enumerate(params.max_dets):
-            sel = np.flatnonzero(rank[lo:hi] < max_det) + lo
-            dt_scores = score[sel]
-            inds = np.argsort(-dt_scores, kind="mergesort")
-            scores_sorted = dt_scores[inds]
-            sorted_codes = codes[sel[inds]]  # (nd, A, T)
-            nd = len(inds)
-            for a in range(A):
-                npig = int(result.npig[k, a])
-                if npig == 0:
-                    continue
-                c = sorted_codes[:, a, :].T  # (T, nd)
-                tp_sum = np.cumsum(c == CODE_TP, axis=1).astype(dtype=float)
-                fp_sum = np.cumsum(c == CODE_FP, axis=1).astype(dtype=float)
-                rc = tp_sum / npig
-                pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-                recall[:, k, a, m] = rc[:, -1] if nd else 0
-                if nd == 0:
-                    precision[:, :, k, a, m] = 0
-                    scores[:, :, k, a, m] = 0
-                    continue
-                pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-                for t in range(T):
-                    idx = np.searchsorted(rc[t], rec_thrs, side="left")
-                    reached = idx < nd
-                    q = np.zeros(R)
-                    ss = np.zeros(R)
-                    q[reached] = pr[t, idx[reached]]
-                    ss[reached] = scores_sorted[idx[reached]]
-                    precision[t, :, k, a, m] = q
-                    scores[t, :, k, a, m] = ss
+            kept = rank[lo:hi] < max_det
+            sel = slice(lo, hi) if kept.all() else np.flatnonzero(kept) + lo  # still in score order
+            c = codes[:, sel]  # (A * T, nd)
+            nd = c.shape[1]
+            tp_sum = np.cumsum(c == CODE_TP, axis=1, dtype=np.int64)
+            fp_sum = np.cumsum(c == CODE_FP, axis=1, dtype=np.int64).astype(float)
+            tp_f = tp_sum.astype(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                last = tp_f[:, -1] / np.repeat(npig, T) if nd else np.zeros(A * T)
+            pr = tp_f / (fp_sum + tp_f + np.spacing(1))
+            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # non-increasing from the right
+            # the first position whose recall reaches each threshold: a search over integer counts
+            idx = np.searchsorted((tp_sum + cols[:, None] * (nd + 1)).reshape(-1), (need + cols[:, None] * (nd + 1)).reshape(-1))
+            idx = idx.reshape(A * T, R) - cols[:, None] * nd  # (A * T, R)
+            reached = idx < nd
+            at = np.where(reached, idx, 0)
+            q = np.where(reached, pr[cols[:, None], at] if nd else 0, 0.0)
+            ss = np.where(reached, score[sel][at] if nd else 0, 0.0)
+            for a in np.flatnonzero(npig):
+                recall[:, k, a, m] = last[a * T:(a + 1) * T]
+                precision[:, :, k, a, m] = q[a * T:(a + 1) * T]
+                scores[:, :, k, a, m] = ss[a * T:(a + 1) * T]
     return Accumulated(
         params=params,
         category_ids=np.asarray(category_ids, np.int64),
@@ -110,3 +111,11 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
         npig=result.npig,
         num_detections=len(result),
     )
+
+
+def _first_reaching(npig: int, rec_thrs: np.ndarray) -> np.ndarray:
+    """For each recall threshold, the least integer ``tp`` with ``tp / npig >= threshold`` as
+    floating point computes it (``npig + 1`` where none does): pycocotools compares the ratios,
+    and a ratio of integers grows with its numerator, so comparing the counts is the same."""
+    ratios = np.arange(npig + 1) / npig if npig else np.zeros(1)
+    return np.searchsorted(ratios, rec_thrs, side="left") if npig else np.full(len(rec_thrs), 1)

@@ -96,15 +96,17 @@ def match_images(
     keep = pv >= tmin
     pd, pg, pv = pd[keep], pg[keep], pv[keep]
 
-    matched = _greedy_match(pd, pg, pv, d_key, g_key, crowd, g_ig, params)  # (D, A, T) local gt or -1
-    has = matched >= 0
-    m = np.where(has, matched, 0)
-    gt_ids = gt.ann_id[g_rows]
-    matched_id_nonzero = has & (gt_ids[m] != 0) if len(g_rows) else has
-    a_idx = np.arange(A)[None, :, None]
-    ig_of_match = np.where(has, g_ig[m, a_idx] if len(g_rows) else False, False)
-    dt_ig = ig_of_match | (~matched_id_nonzero & d_out[:, :, None])
-    codes = np.where(dt_ig, CODE_IGNORED, np.where(matched_id_nonzero, CODE_TP, CODE_FP)).astype(np.uint8)
+    # A detection without any candidate object is a false positive, ignored outside the area
+    # range; only the candidates' outcomes come from the greedy matching.
+    codes = np.repeat(np.where(d_out, CODE_IGNORED, CODE_FP).astype(np.uint8)[:, :, None], len(params.iou_thrs), axis=2)
+    cd, matched = _greedy_match(pd, pg, pv, d_key, g_key, crowd, g_ig, params)  # (C, A, T) local gt or -1
+    if len(cd):
+        has = matched >= 0
+        m = np.where(has, matched, 0)
+        nonzero = has & (gt.ann_id[g_rows][m] != 0)
+        ignored = has & g_ig[m, np.arange(A)[None, :, None]]
+        dt_ig = ignored | (~nonzero & d_out[cd][:, :, None])
+        codes[cd] = np.where(dt_ig, CODE_IGNORED, np.where(nonzero, CODE_TP, CODE_FP))
 
     return MatchResult(
         iou_type=params.iou_type,
@@ -259,12 +261,12 @@ def _greedy_match(
     crowd: np.ndarray,
     g_ig: np.ndarray,
     params: EvalParams,
-) -> np.ndarray:
-    """For every detection, area range and threshold: the matched object (row) or -1."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detections with a candidate pair (local rows, ascending) and, for each, area range and
+    threshold, the matched object (local row) or -1."""
     A, T = g_ig.shape[1], len(params.iou_thrs)
-    matched = np.full((len(d_key), A, T), -1, np.int64)
     if len(pd) == 0:
-        return matched
+        return np.zeros(0, np.int64), np.zeros((0, A, T), np.int64)
     thr = np.minimum(params.iou_thrs_array(), 1 - 1e-10)
     # Candidates, compacted per group; their order (rank / file order) is kept.
     cd, cd_inv = np.unique(pd, return_inverse=True)
@@ -277,11 +279,29 @@ def _greedy_match(
     pair_grp = np.searchsorted(grp_ids, d_key[pd])
     local = np.full((len(cd), A, T), -1, np.int64)
 
-    order = np.argsort(-ngt, kind="stable")
+    # A group with one candidate object needs no loop: at each threshold the first detection
+    # (in rank order) that reaches it takes it, or every one that does if it is a crowd.
+    single = ngt == 1
+    sp = np.flatnonzero(single[pair_grp])  # their pairs: one per detection
+    if len(sp):
+        sp = sp[np.argsort(cd_inv[sp], kind="stable")]
+        det, grp = cd_inv[sp], pair_grp[sp]
+        ok = pv[sp][:, None] >= thr  # (n, T)
+        reached = np.cumsum(ok, axis=0)
+        starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
+        reached -= np.repeat(reached[starts] - ok[starts], np.diff(np.r_[starts, len(grp)]), axis=0)
+        take = ok & (crowd[cg[g_first[grp]]][:, None] | (reached == 1))
+        local[det] = np.where(take, 0, -1)[:, None, :]
+
+    # The other groups in batches of equal candidate objects, the greedy loop over ranks.
+    order = np.flatnonzero(~single)
+    order = order[np.argsort(-ngt[order], kind="stable")]
+    sorted_ngt = ngt[order]
     start = 0
     while start < len(order):
-        gmax = int(ngt[order[start]])
+        gmax = int(sorted_ngt[start])
         size = max(1, _CHUNK_ELEMENTS // (gmax * max(A * T, int(ndet.max()))))
+        size = min(size, int(np.searchsorted(-sorted_ngt, -gmax, side="right")) - start)
         batch = order[start:start + size]
         batch = batch[np.argsort(-ndet[batch], kind="stable")]
         P, dmax = len(batch), int(ndet[batch[0]])
@@ -299,8 +319,7 @@ def _greedy_match(
         start += size
     d_grp = np.repeat(np.arange(len(grp_ids)), ndet)
     rows = cg[np.clip(g_first[d_grp][:, None, None] + local, 0, len(cg) - 1)]
-    matched[cd] = np.where(local >= 0, rows, -1)
-    return matched
+    return cd, np.where(local >= 0, rows, -1)
 
 
 def _greedy(
