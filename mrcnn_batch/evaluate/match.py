@@ -191,24 +191,20 @@ def _similar_pairs(
         pg = gs[owner] + within % gc[owner]
         pv = pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
         return pd, pg, pv
+    if params.iou_type in MASK_IOU_TYPES:
+        return _mask_pairs(gt, dets, params, g_rows, crowd, d_rows, both // len(category_ids), (ds, dc), (gs, gc), tmin)
     out_d, out_g, out_v = [], [], []
     for b in range(len(both)):
         dl = np.arange(ds[b], ds[b] + dc[b])
         gl = np.arange(gs[b], gs[b] + gc[b])
-        if params.iou_type in MASK_IOU_TYPES:
-            d_rles, g_rles = dets.rles(d_rows[dl]), gt_rles(gt, g_rows[gl])
-            sim = mask_iou(d_rles, g_rles, crowd[gl])
-            if params.iou_type == "boundary":
-                sim = boundary_similarity(sim, d_rles, g_rles, crowd[gl], ratio=params.boundary_dilation_ratio, floor=tmin)
-        else:
-            cat = int(category_ids[both[b] % len(category_ids)])
-            sim = oks(
-                _kp_matrix(dets.kp_offsets, dets.kp_values, d_rows[dl], f"detections of category {cat}"),
-                _kp_matrix(gt.kp_offsets, gt.kp_values, g_rows[gl], f"ground truth of category {cat}"),
-                gt.bbox[g_rows[gl]],
-                gt.area[g_rows[gl]],
-                _sigmas_for(sigmas, cat, dets, d_rows[dl]),
-            )
+        cat = int(category_ids[both[b] % len(category_ids)])
+        sim = oks(
+            _kp_matrix(dets.kp_offsets, dets.kp_values, d_rows[dl], f"detections of category {cat}"),
+            _kp_matrix(gt.kp_offsets, gt.kp_values, g_rows[gl], f"ground truth of category {cat}"),
+            gt.bbox[g_rows[gl]],
+            gt.area[g_rows[gl]],
+            _sigmas_for(sigmas, cat, dets, d_rows[dl]),
+        )
         hit = np.nonzero(sim >= tmin)
         out_d.append(dl[hit[0]])
         out_g.append(gl[hit[1]])
@@ -216,20 +212,71 @@ def _similar_pairs(
     return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
 
 
+def _mask_pairs(
+    gt: GroundTruth,
+    dets: Detections,
+    params: EvalParams,
+    g_rows: np.ndarray,
+    crowd: np.ndarray,
+    d_rows: np.ndarray,
+    group_image: np.ndarray,
+    d_groups: tuple[np.ndarray, np.ndarray],
+    g_groups: tuple[np.ndarray, np.ndarray],
+    tmin: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_similar_pairs` for masks: one ``maskUtils.iou`` call per image over the
+    detections and objects of all its groups (a pair's IoU does not depend on the others in the
+    call; pairs of different categories are dropped), the RLE objects built once."""
+    (ds, dc), (gs, gc) = d_groups, g_groups
+    d_list, g_list = _ranges(ds, dc), _ranges(gs, gc)
+    d_grp, g_grp = np.repeat(np.arange(len(dc)), dc), np.repeat(np.arange(len(gc)), gc)
+    all_d, all_g = dets.rles(d_rows[d_list]), gt_rles(gt, g_rows[g_list])
+    d_at, g_at = np.r_[0, np.cumsum(dc)].tolist(), np.r_[0, np.cumsum(gc)].tolist()
+    first = np.flatnonzero(np.r_[True, group_image[1:] != group_image[:-1]]).tolist() + [len(group_image)]
+    out_d, out_g, out_v = [], [], []
+    for s, e in zip(first[:-1], first[1:]):
+        d0, d1, g0, g1 = d_at[s], d_at[e], g_at[s], g_at[e]
+        d_rles, g_rles, g_crowd = all_d[d0:d1], all_g[g0:g1], crowd[g_list[g0:g1]]
+        same = d_grp[d0:d1, None] == g_grp[None, g0:g1]
+        sim = np.where(same, mask_iou(d_rles, g_rles, g_crowd), 0.0)
+        if params.iou_type == "boundary":
+            sim = boundary_similarity(sim, d_rles, g_rles, g_crowd, ratio=params.boundary_dilation_ratio, floor=tmin)
+        hit = np.nonzero(same & (sim >= tmin))
+        out_d.append(d_list[d0 + hit[0]])
+        out_g.append(g_list[g0 + hit[1]])
+        out_v.append(sim[hit])
+    return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + n)`` for each start and length."""
+    return np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+
+
 def gt_rles(gt: GroundTruth, rows: np.ndarray) -> list[dict]:
-    """Ground-truth segmentations as RLE, as ``COCO.annToRLE`` converts them."""
+    """Ground-truth segmentations as RLE, as ``COCO.annToRLE`` converts them. Objects of one
+    polygon are converted in one call per image size (``frPyObjects`` converts each polygon of
+    a list on its own, and ``merge`` of one RLE is that RLE)."""
     from pycocotools import mask as mask_utils
 
-    out = []
-    for r in rows:
+    rows = np.asarray(rows, np.int64)
+    sizes = gt.image_sizes[np.searchsorted(gt.image_ids, gt.ann_image_id[rows])].tolist()
+    out: list[dict | None] = [None] * len(rows)
+    single: dict[tuple[int, int], list[int]] = {}
+    for i, (r, (h, w)) in enumerate(zip(rows.tolist(), sizes)):
         segm = gt.segmentation[r]
-        h, w = gt.image_size(int(gt.ann_image_id[r]))
         if isinstance(segm, list):
-            out.append(mask_utils.merge(mask_utils.frPyObjects(segm, h, w)))
+            if len(segm) == 1 and len(segm[0]) > 4:  # (a first list of 4 would be read as a box)
+                single.setdefault((h, w), []).append(i)
+            else:
+                out[i] = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
         elif isinstance(segm["counts"], list):
-            out.append(mask_utils.frPyObjects(segm, h, w))
+            out[i] = mask_utils.frPyObjects(segm, h, w)
         else:
-            out.append(segm)
+            out[i] = segm
+    for (h, w), at in single.items():
+        for i, rle in zip(at, mask_utils.frPyObjects([gt.segmentation[rows[i]][0] for i in at], h, w)):
+            out[i] = rle
     return out
 
 

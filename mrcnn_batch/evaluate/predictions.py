@@ -78,8 +78,8 @@ class Detections:
 
     def rles(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """pycocotools RLE objects of these rows (built per call, never stored)."""
-        counts = self.segm_counts.take(pa.array(np.asarray(rows, np.int64))).to_pylist()
-        return [{"size": [int(h), int(w)], "counts": c} for (h, w), c in zip(self.segm_size[rows], counts)]
+        rows = np.asarray(rows, np.int64)
+        return rle_objects(self.segm_counts.take(pa.array(rows)), self.segm_size[rows])
 
 
 def empty_detections(iou_type: str) -> Detections:
@@ -329,8 +329,22 @@ def _is_size(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) and 0 <= x < 2**31 for x in v)
 
 
-def _rle_objects(counts: pa.Array, sizes: np.ndarray) -> list[dict[str, Any]]:
-    return [{"size": [int(h), int(w)], "counts": c} for (h, w), c in zip(sizes, counts.to_pylist())]
+def rle_objects(counts: pa.Array, sizes: np.ndarray) -> list[dict[str, Any]]:
+    """pycocotools RLE objects of compressed RLE strings ``counts`` and ``sizes (N, 2)``: the
+    strings as bytes (as pycocotools reads them), one size list shared by the masks of a size."""
+    if len(counts) == 0:
+        return []
+    data = counts.cast(pa.binary()).to_numpy(zero_copy_only=False)
+    sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
+    keys, which = np.unique((sizes[:, 0] << 32) + sizes[:, 1], return_inverse=True)
+    shared = np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1).tolist()
+    return [{"size": shared[i], "counts": c} for i, c in zip(which.reshape(-1).tolist(), data)]
+
+
+def table_rle_area(counts: pa.Array, sizes: np.ndarray, *, block: int = 1 << 16) -> np.ndarray:
+    """:func:`rle_area` of compressed RLE strings, ``block`` masks at a time (bounded memory)."""
+    return np.concatenate([np.zeros(0)] + [rle_area(rle_objects(counts.slice(i, block), sizes[i:i + block]))
+                                           for i in range(0, len(counts), block)])
 
 
 def rle_area(rles: list[dict[str, Any]]) -> np.ndarray:
@@ -361,7 +375,8 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
     Rows are put in ``(image_id, instance_id)`` order, independent of how shards were read.
     """
     order = pc.sort_indices(table, sort_keys=[("image_id", "ascending"), ("instance_id", "ascending")])
-    table = table.take(order)
+    if not np.array_equal(order.to_numpy(), np.arange(len(order))):  # shards are written in order
+        table = table.take(order)
     n = table.num_rows
     image_id = table["image_id"].to_numpy().astype(np.int64)
     category_id = table["category_id"].to_numpy().astype(np.int64)
@@ -376,7 +391,7 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
             raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; {iou_type} needs a mask model")
         segm_counts = pc.struct_field(mask, "counts")
         segm_size = _fixed_list(pc.struct_field(mask, "size"), 2).astype(np.int64)
-        area = rle_area(_rle_objects(segm_counts, segm_size)) if n else np.zeros(0)
+        area = table_rle_area(segm_counts, segm_size)
     else:
         kps = table["keypoints"].combine_chunks()
         kp_offsets = kps.offsets.to_numpy().astype(np.int64)
