@@ -23,6 +23,7 @@ left out of it, as they can neither match nor change another match.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def match_images(
     """Match ``dets`` to ``gt`` on ``image_ids`` (default: all of ``gt``'s images)."""
     image_ids = gt.image_ids if image_ids is None else np.unique(np.asarray(image_ids, np.int64))
     category_ids = np.asarray(category_ids, np.int64)
-    K, A = len(category_ids), len(params.area_rngs)
+    K, A, T = len(category_ids), len(params.area_rngs), len(params.iou_thrs)
     areas = params.area_array()
 
     # Ground truth of the evaluated images and categories, in (image, category, file) order.
@@ -98,15 +99,14 @@ def match_images(
 
     # A detection without any candidate object is a false positive, ignored outside the area
     # range; only the candidates' outcomes come from the greedy matching.
-    codes = np.repeat(np.where(d_out, CODE_IGNORED, CODE_FP).astype(np.uint8)[:, :, None], len(params.iou_thrs), axis=2)
-    cd, matched = _greedy_match(pd, pg, pv, d_key, g_key, crowd, g_ig, params)  # (C, A, T) local gt or -1
-    if len(cd):
-        has = matched >= 0
-        m = np.where(has, matched, 0)
-        nonzero = has & (gt.ann_id[g_rows][m] != 0)
-        ignored = has & g_ig[m, np.arange(A)[None, :, None]]
-        dt_ig = ignored | (~nonzero & d_out[cd][:, :, None])
-        codes[cd] = np.where(dt_ig, CODE_IGNORED, np.where(nonzero, CODE_TP, CODE_FP))
+    codes = np.repeat(np.where(d_out, CODE_IGNORED, CODE_FP).astype(np.uint8)[:, :, None], T, axis=2)
+    cd, cells, obj = _greedy_match(pd, pg, pv, d_key, g_key, crowd, g_ig, params)
+    if len(cells):  # the matched (candidate, area range, threshold) cells and their objects
+        det, at = cd[cells // (A * T)], cells % (A * T)
+        a = at // T
+        nonzero = gt.ann_id[g_rows[obj]] != 0
+        ignored = g_ig[obj, a] | (~nonzero & d_out[det, a])
+        np.put(codes, det * (A * T) + at, np.where(ignored, CODE_IGNORED, np.where(nonzero, CODE_TP, CODE_FP)))
 
     return MatchResult(
         iou_type=params.iou_type,
@@ -234,7 +234,7 @@ def _mask_pairs(
     d_at, g_at = np.r_[0, np.cumsum(dc)].tolist(), np.r_[0, np.cumsum(gc)].tolist()
     first = np.flatnonzero(np.r_[True, group_image[1:] != group_image[:-1]]).tolist() + [len(group_image)]
     out_d, out_g, out_v = [], [], []
-    for s, e in zip(first[:-1], first[1:]):
+    for s, e in pairwise(first):
         d0, d1, g0, g1 = d_at[s], d_at[e], g_at[s], g_at[e]
         d_rles, g_rles, g_crowd = all_d[d0:d1], all_g[g0:g1], crowd[g_list[g0:g1]]
         same = d_grp[d0:d1, None] == g_grp[None, g0:g1]
@@ -308,12 +308,13 @@ def _greedy_match(
     crowd: np.ndarray,
     g_ig: np.ndarray,
     params: EvalParams,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The detections with a candidate pair (local rows, ascending) and, for each, area range and
-    threshold, the matched object (local row) or -1."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The detections with a candidate pair (local rows, ascending), the flat indices of their
+    matched ``(candidate, area range, threshold)`` cells and each match's object (local row)."""
     A, T = g_ig.shape[1], len(params.iou_thrs)
     if len(pd) == 0:
-        return np.zeros(0, np.int64), np.zeros((0, A, T), np.int64)
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), z.copy()
     thr = np.minimum(params.iou_thrs_array(), 1 - 1e-10)
     # Candidates, compacted per group; their order (rank / file order) is kept.
     cd, cd_inv = np.unique(pd, return_inverse=True)
@@ -324,7 +325,7 @@ def _greedy_match(
     g_local = np.arange(len(cg)) - np.repeat(g_first, ngt)
     g_grp = np.repeat(np.arange(len(grp_ids)), ngt)
     pair_grp = np.searchsorted(grp_ids, d_key[pd])
-    local = np.full((len(cd), A, T), -1, np.int64)
+    local = np.full((len(cd), A, T), -1, np.int32)
 
     # A group with one candidate object needs no loop: at each threshold the first detection
     # (in rank order) that reaches it takes it, or every one that does if it is a crowd.
@@ -364,9 +365,9 @@ def _greedy_match(
         ig_b[pos[g_grp[gs]], :, g_local[gs]] = g_ig[cg[gs]]
         _greedy(iou, crowd_b, ig_b, ndet[batch], d_first[batch], thr, local)
         start += size
+    cells = np.flatnonzero(local >= 0)
     d_grp = np.repeat(np.arange(len(grp_ids)), ndet)
-    rows = cg[np.clip(g_first[d_grp][:, None, None] + local, 0, len(cg) - 1)]
-    return cd, np.where(local >= 0, rows, -1)
+    return cd, cells, cg[g_first[d_grp[cells // (A * T)]] + local.reshape(-1)[cells]]
 
 
 def _greedy(
