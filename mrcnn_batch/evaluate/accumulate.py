@@ -55,52 +55,54 @@ def merge(results: list[MatchResult]) -> MatchResult:
 def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndarray) -> Accumulated:
     T, R = len(params.iou_thrs), len(params.rec_thrs)
     K, A, M = len(category_ids), len(params.area_rngs), len(params.max_dets)
-    rec_thrs = params.rec_thrs_array()
+    AT = A * T
     precision = -np.ones((T, R, K, A, M))
     recall = -np.ones((T, K, A, M))
     scores = -np.ones((T, R, K, A, M))
+    npig = result.npig.astype(np.int64)
+    has_gt = npig > 0  # (K, A); cells without ground truth stay -1
+    need = _needed(npig, params.rec_thrs_array())  # (K, A, R)
+    need_rows = np.repeat(need.transpose(1, 0, 2), T, axis=0)  # (AT, K, R), row a * T + t
 
     # pycocotools' concatenation order: category, then image id, then rank within the image;
     # then its stable score sort within each category.
     order = np.lexsort((result.rank, result.image_id, result.category_index))
     order = order[np.lexsort((-result.score[order], result.category_index[order]))]
-    cat = result.category_index[order]
-    rank = result.rank[order]
-    score = result.score[order]
-    # one contiguous row per (area range, threshold): row a * T + t
-    codes = np.ascontiguousarray(result.codes[order].reshape(len(order), A * T).T)
-    bounds = np.searchsorted(cat, np.arange(K + 1))
-    cols = np.arange(A * T)
-    for k in range(K):
-        lo, hi = bounds[k], bounds[k + 1]
-        npig = result.npig[k].astype(np.int64)  # (A,)
-        if not npig.any():
-            continue
-        # rc = tp / npig reaches threshold r from the first integer tp whose ratio does
-        need = np.repeat([_first_reaching(int(n), rec_thrs) for n in npig], T, axis=0)  # (A * T, R)
-        for m, max_det in enumerate(params.max_dets):
-            kept = rank[lo:hi] < max_det
-            sel = slice(lo, hi) if kept.all() else np.flatnonzero(kept) + lo  # still in score order
-            c = codes[:, sel]  # (A * T, nd)
-            nd = c.shape[1]
-            tp_sum = np.cumsum(c == CODE_TP, axis=1, dtype=np.int64)
-            fp_sum = np.cumsum(c == CODE_FP, axis=1, dtype=np.int64).astype(float)
-            tp_f = tp_sum.astype(float)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                last = tp_f[:, -1] / np.repeat(npig, T) if nd else np.zeros(A * T)
-            pr = tp_f / (fp_sum + tp_f + np.spacing(1))
-            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # non-increasing from the right
-            # the first position whose recall reaches each threshold: a search over integer counts
-            idx = np.searchsorted((tp_sum + cols[:, None] * (nd + 1)).reshape(-1), (need + cols[:, None] * (nd + 1)).reshape(-1))
-            idx = idx.reshape(A * T, R) - cols[:, None] * nd  # (A * T, R)
-            reached = idx < nd
-            at = np.where(reached, idx, 0)
-            q = np.where(reached, pr[cols[:, None], at] if nd else 0, 0.0)
-            ss = np.where(reached, score[sel][at] if nd else 0, 0.0)
-            for a in np.flatnonzero(npig):
-                recall[:, k, a, m] = last[a * T:(a + 1) * T]
-                precision[:, :, k, a, m] = q[a * T:(a + 1) * T]
-                scores[:, :, k, a, m] = ss[a * T:(a + 1) * T]
+    cat, rank, score = result.category_index[order], result.rank[order], result.score[order]
+    codes = result.codes.reshape(len(order), AT).T  # (AT, N) view: one row per (area range, threshold)
+    for m, max_det in enumerate(params.max_dets):
+        sel = order[rank < max_det]  # still in (category, score) order
+        keep = rank < max_det
+        c_m, s_m = cat[keep].astype(np.int64), score[keep]
+        first = np.searchsorted(c_m, np.arange(K + 1))  # each category's positions
+        nd = np.diff(first)
+        row, pos, fp = _true_positives(codes, sel, c_m, first)
+        k = c_m[pos]
+        seg = row * K + k  # (row, category) segments, in order
+        seg_first = np.searchsorted(seg, np.arange(AT * K + 1))
+        n_tp = np.diff(seg_first).reshape(AT, K)
+        tp = (np.arange(len(seg)) - seg_first[seg] + 1).astype(float)
+        fp = fp.astype(float)
+        pr = tp / (fp + tp + np.spacing(1))  # at each true positive, as pycocotools computes it
+        # the max from each true positive to its segment's end: a position that is not a true
+        # positive has the recall of the true positive before it and no higher precision
+        best = _suffix_max(pr, seg, AT * K)
+
+        # the first position whose recall reaches threshold r is the need-th true positive
+        # (need 0: the category's first position, whatever it is)
+        ntp = n_tp[:, :, None]
+        reached = np.where(need_rows == 0, (nd > 0)[None, :, None], need_rows <= ntp)
+        entry = seg_first[:-1].reshape(AT, K)[:, :, None] + np.maximum(need_rows - 1, 0)
+        entry = np.where(reached & (ntp > 0), entry, 0)
+        q = np.where(reached & (ntp > 0), best[entry] if len(best) else 0.0, 0.0)
+        at = np.where(need_rows == 0, first[:-1][None, :, None], pos[entry] if len(pos) else 0)
+        ss = np.where(reached, s_m[np.minimum(at, max(len(s_m) - 1, 0))] if len(s_m) else 0.0, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rc = np.where(nd > 0, n_tp / np.repeat(npig.T, T, axis=0), 0.0)  # (AT, K)
+        cell = has_gt[None, None]  # (1, 1, K, A)
+        precision[..., m] = np.where(cell, q.reshape(A, T, K, R).transpose(1, 3, 2, 0), -1.0)
+        scores[..., m] = np.where(cell, ss.reshape(A, T, K, R).transpose(1, 3, 2, 0), -1.0)
+        recall[..., m] = np.where(has_gt[None], rc.reshape(A, T, K).transpose(1, 2, 0), -1.0)
     return Accumulated(
         params=params,
         category_ids=np.asarray(category_ids, np.int64),
@@ -113,9 +115,43 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
     )
 
 
-def _first_reaching(npig: int, rec_thrs: np.ndarray) -> np.ndarray:
-    """For each recall threshold, the least integer ``tp`` with ``tp / npig >= threshold`` as
-    floating point computes it (``npig + 1`` where none does): pycocotools compares the ratios,
-    and a ratio of integers grows with its numerator, so comparing the counts is the same."""
-    ratios = np.arange(npig + 1) / npig if npig else np.zeros(1)
-    return np.searchsorted(ratios, rec_thrs, side="left") if npig else np.full(len(rec_thrs), 1)
+def _needed(npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+    """``(K, A, R)``: for each recall threshold the least integer ``tp`` with ``tp / npig >=
+    threshold`` as floating point computes it (``npig + 1`` where none does). pycocotools
+    compares the ratios; a ratio of integers grows with its numerator, so counts compare alike."""
+    out = np.zeros(npig.shape + (len(rec_thrs),), np.int64)
+    for n in np.unique(npig[npig > 0]).tolist():
+        out[npig == n] = np.searchsorted(np.arange(n + 1) / n, rec_thrs, side="left")
+    return out
+
+
+def _true_positives(
+    codes: np.ndarray, sel: np.ndarray, cat: np.ndarray, first: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The true positives of the rows of ``codes (AT, N)`` over columns ``sel`` (positions in
+    category order, category ``cat``, categories starting at ``first``): their row, position and
+    the false positives of their category up to them; a few rows at a time (bounded memory)."""
+    rows, positions, fps = [], [], []
+    step = max(1, (1 << 21) // max(len(sel), 1))
+    for r0 in range(0, len(codes), step):
+        x = np.take(codes[r0:r0 + step], sel, axis=1)
+        r, p = np.nonzero(x == CODE_TP)
+        cs = np.cumsum(x == CODE_FP, axis=1, dtype=np.int32)
+        start = first[cat[p]]
+        fps.append(cs[r, p] - np.where(start > 0, cs[r, np.maximum(start - 1, 0)], 0))
+        rows.append(r + r0)
+        positions.append(p)
+    if not rows:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), z.copy()
+    return np.concatenate(rows), np.concatenate(positions), np.concatenate(fps)
+
+
+def _suffix_max(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndarray:
+    """The running maximum of ``values`` from each element to the end of its segment (``seg``
+    non-decreasing), exactly: on integer ranks, each segment lifted above the later ones."""
+    if len(values) == 0:
+        return values
+    uniq, rank = np.unique(values, return_inverse=True)
+    lift = (n_seg - seg).astype(np.int64) * len(uniq)
+    return uniq[np.maximum.accumulate((rank.reshape(-1) + lift)[::-1])[::-1] - lift]
