@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import fsspec
+import orjson
 
 from mrcnn_batch.evaluate.errors import EvalInputError
 
@@ -26,6 +27,12 @@ def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: 
         raise EvalInputError(f"{what} {url}: no such file") from None
     except OSError as e:
         raise EvalInputError(f"{what} {url}: cannot be read: {e}") from e
+    if not _may_hold_long_integer(data):
+        try:  # orjson: faster on a results file; what it refuses (NaN, deep nesting, lone
+            # surrogates), the standard parser reads or words the error
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(data)
     except RecursionError:
@@ -35,6 +42,18 @@ def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: 
         ) from None
     except ValueError as e:  # malformed, not UTF-8, or an integer of more digits than Python converts
         raise EvalInputError(f"{what} {url}: not valid JSON: {e}") from None
+
+
+# Characters that may precede a JSON number ("0"), digits ("1"), anything else ("2").
+_NUMBER_CHARS = bytes(
+    ord("1") if chr(i).isdigit() and i < 128 else ord("0") if chr(i) in ":,[ \t\r\n-" else ord("2") for i in range(256)
+)
+
+
+def _may_hold_long_integer(data: bytes) -> bool:
+    """Whether ``data`` may hold an integer of 19 digits or more: orjson reads one beyond
+    64 bits as a float, the standard parser as an integer (which the id checks then name)."""
+    return data.translate(_NUMBER_CHARS).find(b"0" + b"1" * 19) >= 0
 
 
 def is_int(v: Any) -> bool:
