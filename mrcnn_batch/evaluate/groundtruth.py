@@ -144,6 +144,10 @@ def ground_truth_from_dict(
     known_images = set(image_ids.tolist())
     need_bbox = "bbox" in iou_types or "keypoints" in iou_types
     need_crowd = "bbox" in iou_types or masks
+    fast = None if "keypoints" in iou_types else _fast_annotations(anns, image_ids, categories, masks=masks)
+    if fast is not None:
+        ann_id, ann_img, ann_cat, area, iscrowd, bbox, segm = fast
+        anns = []  # checked in bulk
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
             raise EvalInputError(f"ground truth {source}: annotations[{i}] is not an object")
@@ -229,6 +233,46 @@ def ground_truth_from_dict(
             "matched to it as a false positive, and so does this evaluation", source
         )
     return _take(gt, order) if not np.all(order == np.arange(n)) else gt
+
+
+def _fast_annotations(anns: list[Any], image_ids: np.ndarray, categories: tuple[Category, ...], *,
+                      masks: bool) -> tuple | None:
+    """The columns of well-formed annotations (ids, area, iscrowd and bbox present; polygons or
+    valid RLEs), checked in bulk, as the itemwise loop would read them; None: let it speak."""
+    try:
+        if set(map(type, anns)) != {dict}:
+            return None
+        ids = []
+        for key in ("id", "image_id", "category_id"):
+            values = [a[key] for a in anns]
+            if set(map(type, values)) != {int}:
+                return None
+            ids.append(np.array(values))
+            if ids[-1].dtype != np.int64:  # beyond 64 bits: the loop names it
+                return None
+        area, crowd = [a["area"] for a in anns], [a["iscrowd"] for a in anns]
+        boxes = [a["bbox"] for a in anns]
+        if not set(map(type, area)) <= {int, float} or not set(map(type, crowd)) <= {int, bool}:
+            return None
+        if set(map(type, boxes)) != {list} or {len(b) for b in boxes} != {4} or not {type(v) for b in boxes for v in b} <= {int, float}:
+            return None
+        segm = [a["segmentation"] for a in anns] if masks else None
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    if not (np.isin(ids[1], image_ids).all() and np.isin(ids[2], [c.id for c in categories]).all()):
+        return None
+    if segm is not None:
+        polygons = [s for s in segm if type(s) is list]
+        if any(not s or type(s[0]) is not list or len(s[0]) <= 4 for s in polygons):
+            return None
+        if any(type(p) is not list for s in polygons for p in s[1:]):
+            return None
+        if not {type(v) for s in polygons for p in s for v in p} <= {int, float}:
+            return None
+        if any(_segmentation_problem(s) for s in segm if type(s) is not list):
+            return None
+    return (*ids, np.array(area, np.float64), (np.array(crowd) != 0).astype(np.int8),
+            np.array(boxes, np.float64), segm)
 
 
 def _take(gt: GroundTruth, rows: np.ndarray) -> GroundTruth:

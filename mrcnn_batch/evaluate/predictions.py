@@ -41,7 +41,7 @@ class Detections:
     category_id: np.ndarray  # (N,) int64
     score: np.ndarray  # (N,) float64
     area: np.ndarray  # (N,) float64
-    bbox: np.ndarray | None = None  # (N, 4) float64
+    bbox: np.ndarray | None = None  # (N, 4) float64 (mask results without boxes, for a mask IoU type: NaN)
     segm_counts: pa.Array | None = None  # (N,) string/binary
     segm_size: np.ndarray | None = None  # (N, 2) int64 [height, width]
     kp_offsets: np.ndarray | None = None  # (N + 1,) int64
@@ -156,7 +156,9 @@ def detections_from_results(
         area = boxes[:, 2] * boxes[:, 3]
     elif mode == "segm":
         area = rle_area(rles)
-        missing = np.isnan(boxes[:, 0])
+        # boxes of masks without one (loadRes' toBbox), for a bbox evaluation of mask results;
+        # a mask evaluation reads none (they stay NaN)
+        missing = np.isnan(boxes[:, 0]) if iou_type not in MASK_IOU_TYPES else np.zeros(n, bool)
         if missing.all():
             boxes = mask_utils.toBbox(rles).astype(np.float64)
         elif missing.any():
