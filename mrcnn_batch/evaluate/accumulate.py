@@ -69,10 +69,16 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
     order = np.lexsort((result.rank, result.image_id, result.category_index))
     order = order[np.lexsort((-result.score[order], result.category_index[order]))]
     cat, rank, score = result.category_index[order], result.rank[order], result.score[order]
-    codes = result.codes.reshape(len(order), AT).T  # (AT, N) view: one row per (area range, threshold)
+    # one row per (area range, threshold), positions in that order
+    codes = np.ascontiguousarray(result.codes.reshape(len(order), AT)[order].T)
+    every: int | None = None  # a maxDet that keeps every detection (the others equal it)
     for m, max_det in enumerate(params.max_dets):
-        sel = order[rank < max_det]  # still in (category, score) order
         keep = rank < max_det
+        sel = None if keep.all() else np.flatnonzero(keep)  # still in (category, score) order
+        if sel is None and every is not None:
+            precision[..., m], scores[..., m], recall[..., m] = precision[..., every], scores[..., every], recall[..., every]
+            continue
+        every = m if sel is None else every
         c_m, s_m = cat[keep].astype(np.int64), score[keep]
         first = np.searchsorted(c_m, np.arange(K + 1))  # each category's positions
         nd = np.diff(first)
@@ -126,15 +132,15 @@ def _needed(npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
 
 
 def _true_positives(
-    codes: np.ndarray, sel: np.ndarray, cat: np.ndarray, first: np.ndarray
+    codes: np.ndarray, sel: np.ndarray | None, cat: np.ndarray, first: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The true positives of the rows of ``codes (AT, N)`` over columns ``sel`` (positions in
+    """The true positives of the rows of ``codes (AT, N)`` over columns ``sel`` (None: all; in
     category order, category ``cat``, categories starting at ``first``): their row, position and
     the false positives of their category up to them; a few rows at a time (bounded memory)."""
     rows, positions, fps = [], [], []
-    step = max(1, (1 << 21) // max(len(sel), 1))
+    step = max(1, (1 << 21) // max(len(cat), 1))
     for r0 in range(0, len(codes), step):
-        x = np.take(codes[r0:r0 + step], sel, axis=1)
+        x = codes[r0:r0 + step] if sel is None else np.take(codes[r0:r0 + step], sel, axis=1)
         r, p = np.nonzero(x == CODE_TP)
         cs = np.cumsum(x == CODE_FP, axis=1, dtype=np.int32)
         start = first[cat[p]]
