@@ -7,6 +7,11 @@ and false positives, recall ``tp / npig`` and precision ``tp / (tp + fp + eps)``
 non-increasing from the right, and reads it at the 101 recall thresholds with
 ``searchsorted(side="left")`` (0 past the last reached recall). Settings without any non-ignored
 ground truth stay -1. The same arrays in the same order give the same floating-point numbers.
+
+Computed on the true positives only: a position that is not one has the recall of the true
+positive before it and no higher precision, so the running maximum is taken over true positives
+(on integer ranks, exactly), and the first position reaching recall threshold r is the
+``need``-th true positive, ``need`` the least count whose ratio to the ground truth reaches r.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ pycocotools' rules, reproduced exactly:
 
 The sequential greedy loop runs over detection ranks only, vectorised over every (image,
 category) group, area range and threshold; detections and objects that reach no threshold are
-left out of it, as they can neither match nor change another match.
+left out of it, as they can neither match nor change another match. A group left with one
+candidate object (most groups) needs no loop: at each threshold the first detection reaching it
+takes it, or every one that does if it is a crowd. A detection without a candidate is a false
+positive (ignored outside the area range) without further work.
 
 ``boundary`` is ``segm`` with each pair's similarity from ``boundary.boundary_similarity``.
 """
