@@ -17,6 +17,9 @@ CUDA_STACK := ^(torch|torchvision|triton|nvidia-|cuda-)
 # datumaro (the COCO export's importer test) pins older pandas/pyarrow/pillow: its own environment.
 DATUMARO_VENV ?= .venv-datumaro
 DATUMARO_STAMP := $(DATUMARO_VENV)/.installed
+# the references of tests/test_eval_tide.py and test_eval_lvis.py, installed without their requirement
+# opencv-python, whose cv2 (Qt, libGL) would overwrite the headless one (see pyproject.toml)
+REFERENCE_TOOLS := tidecv==1.0.1 lvis==0.5.3
 
 .PHONY: setup environments demo test test-fast bench lock clean
 
@@ -33,9 +36,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	-$(if $(TORCH_INDEX),,$(PY) -m pip install --quiet --no-compile --no-deps -r $(VENV)/lock-torch.txt &) \
 		$(PY) -m pip install --quiet --no-compile --no-deps -r $(VENV)/lock-rest.txt; wait
 	$(PY) -m pip install --quiet --no-compile -e '.[test]'
-# the references of tests/test_eval_tide.py and test_eval_lvis.py, without their requirement
-# opencv-python, whose cv2 (Qt, libGL) would overwrite the headless one (see pyproject.toml)
-	$(PY) -m pip install --quiet --no-compile --no-deps tidecv==1.0.1 lvis==0.5.3
+	$(PY) -m pip install --quiet --no-compile --no-deps $(REFERENCE_TOOLS)
 	touch $(STAMP)
 
 demo: setup
@@ -67,7 +68,7 @@ bench: setup
 lock:
 	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock && $(VENV)-lock/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)-lock/bin/python -m pip install --quiet --no-compile -e '.[test]'
-	$(VENV)-lock/bin/python -m pip install --quiet --no-compile --no-deps tidecv==1.0.1 lvis==0.5.3
+	$(VENV)-lock/bin/python -m pip install --quiet --no-compile --no-deps $(REFERENCE_TOOLS)
 	{ sed -n '1,3p' $(LOCK); $(VENV)-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 	rm -rf $(VENV)-lock
 

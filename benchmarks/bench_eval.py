@@ -1,7 +1,9 @@
 """Benchmark: COCO evaluation wall time, CPU time and peak memory, mrcnn-batch vs pycocotools,
 faster-coco-eval, hotcoco and ultrafast-pycocotools (the last two: `pip install -e '.[bench]'`;
 a tool that is not installed is left out, said on stderr), on a generated COCO-scale set (default 5,000 images of 640x480, ~35k
-ground-truth objects over 80 categories with ~1% crowds, 100 detections per image), bbox and segm.
+ground-truth objects over 80 categories with ~1% crowds, 100 detections per image), bbox and segm;
+``--iou-types keypoints`` measures a people set of the same images (COCO's 17 keypoints, ~3
+people per image, some unlabelled, 20 detections per image).
 
 Each measurement runs in a fresh subprocess (peak RSS = that process's ``ru_maxrss``; for Ray,
 the driver's, plus the workers' summed peaks) and counts everything from the files on disk to
@@ -90,6 +92,55 @@ def generate(out: Path, *, images: int, dets_per_image: int, seed: int = 0) -> N
               model={"name": "bench", "has_masks": True, "has_keypoints": False})
 
 
+def generate_keypoints(out: Path, *, images: int, dets_per_image: int = 20, seed: int = 0) -> None:
+    """``kp/gt.json`` (people with COCO's 17 keypoints, some unlabelled, ~1% crowds),
+    ``kp/keypoints.json`` (``dets_per_image`` people per image, a third near an object) and ``kp/run``."""
+    from eval_fixtures import write_run
+
+    rng = np.random.default_rng(seed + 1)
+    H, W, K = 480, 640, 17
+    cats = [{"id": 1, "name": "person", "keypoints": [f"k{i}" for i in range(K)], "skeleton": []}]
+    imgs, anns, res = [], [], []
+    aid = 1
+    for img_id in range(1, images + 1):
+        imgs.append({"id": img_id, "height": H, "width": W, "file_name": f"{img_id:012d}.jpg"})
+        gts = []
+        for _ in range(int(rng.poisson(3))):
+            bw, bh = rng.uniform(20, 200), rng.uniform(40, 400)
+            x, y = rng.uniform(0, W - bw), rng.uniform(0, H - bh)
+            kx, ky = x + rng.uniform(0, bw, K), y + rng.uniform(0, bh, K)
+            v = rng.choice([0, 1, 2], K, p=[0.3, 0.2, 0.5]) * (rng.random() > 0.05)  # some people unlabelled
+            kps = np.stack([np.where(v > 0, kx, 0), np.where(v > 0, ky, 0), v], 1).round(1).reshape(-1)
+            a = {"id": aid, "image_id": img_id, "category_id": 1, "iscrowd": int(rng.random() < 0.01),
+                 "bbox": [round(float(t), 2) for t in (x, y, bw, bh)], "area": round(float(bw * bh * 0.6), 2),
+                 "keypoints": [float(t) if i % 3 < 2 else int(t) for i, t in enumerate(kps)], "num_keypoints": int((v > 0).sum())}
+            aid += 1
+            gts.append(a)
+        anns += gts
+        for _ in range(dets_per_image):
+            if gts and rng.random() < 0.35:
+                g = gts[int(rng.integers(len(gts)))]
+                x, y, bw, bh = g["bbox"]
+                kx = np.array(g["keypoints"][0::3]) + rng.normal(0, 0.05 * bw, K)
+                ky = np.array(g["keypoints"][1::3]) + rng.normal(0, 0.05 * bh, K)
+                kx, ky = np.where(np.array(g["keypoints"][2::3]) > 0, kx, x + rng.uniform(0, bw, K)), ky
+            else:
+                bw, bh = rng.uniform(20, 200), rng.uniform(40, 400)
+                x, y = rng.uniform(0, W - bw), rng.uniform(0, H - bh)
+                kx, ky = x + rng.uniform(0, bw, K), y + rng.uniform(0, bh, K)
+            kps = np.stack([kx, ky, np.ones(K)], 1).reshape(-1)
+            res.append({"image_id": img_id, "category_id": 1, "score": _f32(round(float(rng.random()), 3)),
+                        "keypoints": [_f32(round(float(t), 2)) for t in kps],
+                        "bbox": [_f32(round(float(t), 2)) for t in (kx.min(), ky.min(), kx.max() - kx.min(), ky.max() - ky.min())]})
+    kp = out / "kp"
+    kp.mkdir(parents=True, exist_ok=True)
+    (kp / "gt.json").write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
+    (kp / "keypoints.json").write_text(json.dumps([{k: r[k] for k in ("image_id", "category_id", "score", "keypoints")} for r in res]))
+    ids = list(range(1, images + 1))
+    write_run(kp / "run", {"images": imgs, "categories": cats}, res, shards=[ids[i:i + 256] for i in range(0, images, 256)],
+              kind="keypoints", model={"name": "bench", "has_masks": False, "has_keypoints": True})
+
+
 # the other evaluators: tool name -> the module it imports
 OTHERS = {"pycocotools": "pycocotools", "faster-coco-eval": "faster_coco_eval", "hotcoco": "hotcoco",
           "ultrafast-pycocotools": "ultrafast_pycocotools"}
@@ -107,7 +158,8 @@ def _f32(v: float) -> float:
 
 def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
     """One measurement, in this (fresh) process."""
-    gt_file, dt_file = str(data / "gt.json"), str(data / f"{'segm' if iou_type == 'boundary' else iou_type}.json")
+    base = data / "kp" if iou_type == "keypoints" else data  # the people set
+    gt_file, dt_file = str(base / "gt.json"), str(base / f"{'segm' if iou_type == 'boundary' else iou_type}.json")
     extra: dict = {}
     if tool in OTHERS:
         if tool == "pycocotools":
@@ -153,7 +205,7 @@ def measure(tool: str, iou_type: str, data: Path, workers: int) -> dict:
             dets = load_results_json(dt_file, gt=gt, iou_type=iou_type)
             out = evaluate_detections({iou_type: dets}, gt, workers=workers)
         else:
-            out, _ = evaluate_run(str(data / "run"), gt, iou_types=(iou_type,), workers=workers)
+            out, _ = evaluate_run(str(base / "run"), gt, iou_types=(iou_type,), workers=workers)
         wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
         stats = [float(x) for x in out[iou_type].stats]
         if workers:
@@ -221,6 +273,8 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(data, images=args.images, dets_per_image=args.dets)
         print(f"generated {data} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    if "keypoints" in args.iou_types.split(",") and not (data / "kp" / "run" / "_SUCCESS").exists():
+        generate_keypoints(data, images=args.images)
     gt = json.loads((data / "gt.json").read_text())
     info = {"images": len(gt["images"]), "gt_objects": len(gt["annotations"]),
             "crowd": sum(a["iscrowd"] for a in gt["annotations"]), "detections": args.images * args.dets,

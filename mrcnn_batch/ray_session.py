@@ -117,14 +117,23 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _host_port(target: str) -> tuple[str, int] | None:
+    """``(host, port)`` of an address of the form ``[scheme://]host:port`` (an empty host: this
+    machine), or None for other forms (``auto``)."""
+    host, sep, port = target.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def check_token(target: str) -> None:
     """Raise Ray's ``AuthenticationError`` at once where the cluster at a ``host:port`` address
     refuses this process's token (or its lack of one): ``ray.init`` retries such a cluster for 20 s
     before it gives up with a ``ConnectionError``. One handshake with the cluster's GCS (Ray's own
     client) tells; anything else it meets (an older Ray without token authentication, another
     error) is left to ``ray.init``."""
-    hostport = target.split("://", 1)[-1]
-    if "://" in target or not hostport.rpartition(":")[2].isdigit():
+    hp = _host_port(target)
+    if hp is None or "://" in target:
         return
     try:
         from ray._raylet import GcsClient
@@ -132,7 +141,7 @@ def check_token(target: str) -> None:
     except ImportError:  # a Ray without token authentication
         return
     try:
-        GcsClient(address=hostport)
+        GcsClient(address=target)
     except AuthenticationError:
         raise
     except Exception:  # noqa: BLE001 - not this check's to judge: ray.init says what it is
@@ -142,12 +151,11 @@ def check_token(target: str) -> None:
 def check_listening(target: str, timeout: float = 5.0) -> None:
     """Fail at once where nothing listens at a ``host:port`` address (Ray itself retries a stopped
     cluster for minutes). Other forms (``auto``) are left to Ray."""
-    hostport = target.split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    hp = _host_port(target)
+    if hp is None:
         return
     try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+        socket.create_connection(hp, timeout=timeout).close()
     except OSError as e:
         raise UsageError(f"could not join the Ray cluster at {target}: nothing answers there ({e.strerror or e}). "
                          f"Start it (`ray start --head`) or give the address `ray start` printed "

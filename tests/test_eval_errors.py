@@ -188,7 +188,7 @@ def test_short_polygons_pycocotools_can_rasterise_are_kept_exactly():
     assert_same_as_pycoco(ev.evaluate()["segm"], pycoco(doc, preds, "segm"))
 
 
-@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+@pytest.mark.parametrize("iou_type", ["bbox", "segm", "keypoints"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bulk_checked_ground_truth_equals_itemwise(monkeypatch, iou_type, seed):
     """Well-formed annotations are read in bulk; the result is what the itemwise loop reads."""
@@ -201,7 +201,8 @@ def test_bulk_checked_ground_truth_equals_itemwise(monkeypatch, iou_type, seed):
     doc["annotations"][0]["iscrowd"] = True  # a bool, as the loop takes it
     doc["annotations"][1]["bbox"] = [int(v) for v in doc["annotations"][1]["bbox"]]
     assert groundtruth._fast_annotations(doc["annotations"], np.array([i["id"] for i in doc["images"]]),
-                                         groundtruth._categories(doc["categories"], "t"), masks=iou_type == "segm")
+                                         groundtruth._categories(doc["categories"], "t"), masks=iou_type == "segm",
+                                         keypoints=iou_type == "keypoints")
     bad = copy.deepcopy(doc)
     bad["annotations"][2]["image_id"] = 10**6  # not an image: the bulk check declines, the loop names it
     with pytest.raises(EvalInputError, match="is not in 'images'"):
@@ -209,7 +210,8 @@ def test_bulk_checked_ground_truth_equals_itemwise(monkeypatch, iou_type, seed):
     bulk = ground_truth_from_dict(copy.deepcopy(doc), iou_types=(iou_type,))
     monkeypatch.setattr(groundtruth, "_fast_annotations", lambda *a, **k: None)
     itemwise = ground_truth_from_dict(copy.deepcopy(doc), iou_types=(iou_type,))
-    for f in ("ann_id", "ann_image_id", "ann_category_id", "area", "iscrowd", "bbox"):
+    for f in ("ann_id", "ann_image_id", "ann_category_id", "area", "iscrowd", "bbox", "num_keypoints", "kp_offsets",
+              "kp_values"):
         np.testing.assert_array_equal(getattr(bulk, f), getattr(itemwise, f), err_msg=f)
         assert getattr(bulk, f).dtype == getattr(itemwise, f).dtype, f
     assert bulk.segmentation == itemwise.segmentation

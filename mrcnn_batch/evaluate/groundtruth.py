@@ -144,9 +144,11 @@ def ground_truth_from_dict(
     known_images = set(image_ids.tolist())
     need_bbox = "bbox" in iou_types or "keypoints" in iou_types
     need_crowd = "bbox" in iou_types or masks
-    fast = None if "keypoints" in iou_types else _fast_annotations(anns, image_ids, categories, masks=masks)
+    fast = _fast_annotations(anns, image_ids, categories, masks=masks, keypoints="keypoints" in iou_types)
     if fast is not None:
-        ann_id, ann_img, ann_cat, area, iscrowd, bbox, segm = fast
+        ann_id, ann_img, ann_cat, area, iscrowd, bbox, segm, kp = fast
+        if kp is not None:
+            num_kp, kp_lens, kp_lists = kp
         anns = []  # checked in bulk
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
@@ -236,9 +238,10 @@ def ground_truth_from_dict(
 
 
 def _fast_annotations(anns: list[Any], image_ids: np.ndarray, categories: tuple[Category, ...], *,
-                      masks: bool) -> tuple | None:
+                      masks: bool, keypoints: bool = False) -> tuple | None:
     """The columns of well-formed annotations (ids, area, iscrowd and bbox present; polygons or
-    valid RLEs), checked in bulk, as the itemwise loop would read them; None: let it speak."""
+    valid RLEs; keypoint lists of their category's length), checked in bulk, as the itemwise
+    loop would read them; None: let it speak."""
     try:
         if set(map(type, anns)) != {dict}:
             return None
@@ -257,6 +260,9 @@ def _fast_annotations(anns: list[Any], image_ids: np.ndarray, categories: tuple[
         if set(map(type, boxes)) != {list} or {len(b) for b in boxes} != {4} or not {type(v) for b in boxes for v in b} <= {int, float}:
             return None
         segm = [a["segmentation"] for a in anns] if masks else None
+        kp = _fast_keypoints(anns, categories) if keypoints else None
+        if keypoints and kp is None:
+            return None
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
     if not (np.isin(ids[1], image_ids).all() and np.isin(ids[2], [c.id for c in categories]).all()):
@@ -272,7 +278,28 @@ def _fast_annotations(anns: list[Any], image_ids: np.ndarray, categories: tuple[
         if any(_segmentation_problem(s) for s in segm if type(s) is not list):
             return None
     return (*ids, np.array(area, np.float64), (np.array(crowd) != 0).astype(np.int8),
-            np.array(boxes, np.float64), segm)
+            np.array(boxes, np.float64), segm, kp)
+
+
+def _fast_keypoints(anns: list[Any], categories: tuple[Category, ...]) -> tuple | None:
+    """``num_keypoints``, list lengths and lists of the annotations that carry keypoints (those
+    of keypoint categories, and any with a ``keypoints`` field), checked in bulk; None: declined."""
+    widths = {c.id: 3 * len(c.keypoints) for c in categories if c.keypoints}
+    which = [i for i, a in enumerate(anns) if a["category_id"] in widths or "keypoints" in a]
+    lists = [anns[i]["keypoints"] for i in which]
+    counts = [anns[i]["num_keypoints"] for i in which]
+    if not set(map(type, lists)) <= {list} or not set(map(type, counts)) <= {int}:
+        return None
+    if not {type(v) for k in lists for v in k} <= {int, float}:
+        return None
+    lens = np.array([len(k) for k in lists], np.int64)
+    need = np.array([widths.get(anns[i]["category_id"], -1) for i in which], np.int64)
+    if (lens % 3).any() or ((need >= 0) & (lens != need)).any():
+        return None
+    nk = np.array(counts, np.int64) if counts else np.zeros(0, np.int64)  # beyond 64 bits: OverflowError
+    num_kp, kp_lens = np.full(len(anns), -1, np.int64), np.zeros(len(anns), np.int64)
+    num_kp[which], kp_lens[which] = nk, lens
+    return num_kp, kp_lens, lists
 
 
 def _take(gt: GroundTruth, rows: np.ndarray) -> GroundTruth:

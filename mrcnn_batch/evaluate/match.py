@@ -35,7 +35,7 @@ from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.params import MASK_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections
-from mrcnn_batch.evaluate.similarity import mask_iou, oks, pair_box_iou
+from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou
 
 CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
 _CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
@@ -186,33 +186,58 @@ def _similar_pairs(
         z = np.zeros(0, np.int64)
         return z, z.copy(), np.zeros(0)
     gs, gc, ds, dc = gs[gi], gc[gi], ds[di], dc[di]
-    if params.iou_type == "bbox":
-        sizes = dc * gc
-        owner = np.repeat(np.arange(len(both)), sizes)
-        within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        pd = ds[owner] + within // gc[owner]
-        pg = gs[owner] + within % gc[owner]
-        pv = pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
-        return pd, pg, pv
     if params.iou_type in MASK_IOU_TYPES:
         return _mask_pairs(gt, dets, params, g_rows, crowd, d_rows, both // len(category_ids), (ds, dc), (gs, gc), tmin)
-    out_d, out_g, out_v = [], [], []
-    for b in range(len(both)):
-        dl = np.arange(ds[b], ds[b] + dc[b])
-        gl = np.arange(gs[b], gs[b] + gc[b])
-        cat = int(category_ids[both[b] % len(category_ids)])
-        sim = oks(
-            _kp_matrix(dets.kp_offsets, dets.kp_values, d_rows[dl], f"detections of category {cat}"),
-            _kp_matrix(gt.kp_offsets, gt.kp_values, g_rows[gl], f"ground truth of category {cat}"),
-            gt.bbox[g_rows[gl]],
-            gt.area[g_rows[gl]],
-            _sigmas_for(sigmas, cat, dets, d_rows[dl]),
-        )
-        hit = np.nonzero(sim >= tmin)
-        out_d.append(dl[hit[0]])
-        out_g.append(gl[hit[1]])
-        out_v.append(sim[hit])
-    return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
+    sizes = dc * gc  # every (detection, object) pair of each group
+    owner = np.repeat(np.arange(len(both)), sizes)
+    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    pd = ds[owner] + within // gc[owner]
+    pg = gs[owner] + within % gc[owner]
+    if params.iou_type == "bbox":
+        return pd, pg, pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
+    return pd, pg, _oks_pairs(gt, dets, d_rows[pd], g_rows[pg], category_ids[both[owner] % len(category_ids)], sigmas)
+
+
+def _oks_pairs(
+    gt: GroundTruth,
+    dets: Detections,
+    d_rows: np.ndarray,
+    g_rows: np.ndarray,
+    pair_cat: np.ndarray,
+    sigmas: dict[int, np.ndarray] | None,
+) -> np.ndarray:
+    """OKS of (detection, object) row pairs, ``similarity.oks`` over all pairs at once: the same
+    operations per pair, each pair's sum over its object's labelled keypoints taken by pairs of
+    equal count (a row sum of a contiguous ``(pairs, count)`` array, as over one pair)."""
+    out = np.zeros(len(d_rows))
+    for cat in np.unique(pair_cat).tolist():
+        at = np.flatnonzero(pair_cat == cat)
+        ud, d_inv = np.unique(d_rows[at], return_inverse=True)
+        ug, g_inv = np.unique(g_rows[at], return_inverse=True)
+        dk = _kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}")
+        gk = _kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}")
+        variances = (_sigmas_for(sigmas, cat, dets, ud[:1]) * 2) ** 2
+        step = max(1, (1 << 20) // max(len(variances), 1))
+        for lo in range(0, len(at), step):
+            c = slice(lo, lo + step)
+            d, g = dk[d_inv[c]], gk[g_inv[c]]
+            xd, yd = d[:, 0::3], d[:, 1::3]
+            xg, yg, visible = g[:, 0::3], g[:, 1::3], g[:, 2::3] > 0
+            labelled = visible.sum(axis=1)
+            bb, area = gt.bbox[ug[g_inv[c]]], gt.area[ug[g_inv[c]]]
+            x0, x1 = (bb[:, 0] - bb[:, 2])[:, None], (bb[:, 0] + bb[:, 2] * 2)[:, None]
+            y0, y1 = (bb[:, 1] - bb[:, 3])[:, None], (bb[:, 1] + bb[:, 3] * 2)[:, None]
+            none = (labelled == 0)[:, None]  # no labelled keypoint: distances to the box, doubled
+            dx = np.where(none, np.maximum(0, x0 - xd) + np.maximum(0, xd - x1), xd - xg)
+            dy = np.where(none, np.maximum(0, y0 - yd) + np.maximum(0, yd - y1), yd - yg)
+            e = (dx**2 + dy**2) / variances / (area[:, None] + np.spacing(1)) / 2
+            sim = np.empty(len(e))
+            for k in np.unique(labelled).tolist():
+                rows = labelled == k
+                ek = e[rows] if k == 0 else e[rows][visible[rows]].reshape(-1, k)
+                sim[rows] = np.sum(np.exp(-ek), axis=1) / ek.shape[1]
+            out[at[c]] = sim
+    return out
 
 
 def _mask_pairs(
