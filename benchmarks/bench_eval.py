@@ -123,7 +123,7 @@ def generate_keypoints(out: Path, *, images: int, dets_per_image: int = 20, seed
                 x, y, bw, bh = g["bbox"]
                 kx = np.array(g["keypoints"][0::3]) + rng.normal(0, 0.05 * bw, K)
                 ky = np.array(g["keypoints"][1::3]) + rng.normal(0, 0.05 * bh, K)
-                kx, ky = np.where(np.array(g["keypoints"][2::3]) > 0, kx, x + rng.uniform(0, bw, K)), ky
+                kx = np.where(np.array(g["keypoints"][2::3]) > 0, kx, x + rng.uniform(0, bw, K))
             else:
                 bw, bh = rng.uniform(20, 200), rng.uniform(40, 400)
                 x, y = rng.uniform(0, W - bw), rng.uniform(0, H - bh)
