@@ -72,3 +72,39 @@ def test_oks_and_box_iou_bit_identical_to_pycocotools():
         ours = oks(np.array([dts[i]["keypoints"] for i in order]), np.array([g["keypoints"] for g in gts], float),
                    np.array([g["bbox"] for g in gts]), np.array([g["area"] for g in gts]), np.array(CUSTOM_SIGMAS))
         np.testing.assert_array_equal(ours, ious)
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_keypoint_pairs_are_computeOks_and_pruning_keeps_every_pair_that_may_match(seed):
+    """All (detection, object) pairs at once: OKS equal to pycocotools' ``computeOks`` bit for
+    bit, and the extent test drops no pair whose OKS reaches the lowest threshold."""
+    from pycocotools.cocoeval import COCOeval
+
+    from eval_fixtures import pycoco as _pycoco
+    from mrcnn_batch.evaluate import match
+
+    gt_doc, results = random_case(seed, iou_type="keypoints", n_images=10)
+    e: COCOeval = _pycoco(gt_doc, results, "keypoints", sigmas=CUSTOM_SIGMAS)
+    gt = ground_truth_from_dict(gt_doc, iou_types=("keypoints",))
+    dets = detections_from_results(results, gt=gt, iou_type="keypoints")
+    row_of_ann = {int(a): i for i, a in enumerate(gt.ann_id)}
+    d_rows, g_rows, cats, ref = [], [], [], []
+    for (img, cat), ious in e.ious.items():
+        if len(ious) == 0:
+            continue
+        gts, dts = e._gts[img, cat], e._dts[img, cat]
+        order = np.argsort([-d["score"] for d in dts], kind="mergesort")[:20]
+        for a, i in enumerate(order):
+            for b, g in enumerate(gts):
+                d_rows.append(dts[i]["id"] - 1)  # loadRes numbers results from 1, in file order
+                g_rows.append(row_of_ann[g["id"]])
+                cats.append(cat)
+                ref.append(ious[a, b])
+    d_rows, g_rows, cats, ref = (np.array(x) for x in (d_rows, g_rows, cats, ref))
+    sigmas = {int(c): np.array(CUSTOM_SIGMAS) for c in np.unique(cats)}
+    np.testing.assert_array_equal(match._oks_pairs(gt, dets, d_rows, g_rows, cats, sigmas), ref)
+    assert (ref >= 0.5).sum() >= 5  # pairs that match
+    for tmin in (0.05, 0.3, 0.5, 0.75, 0.95):
+        keep = match._may_reach(gt, dets, d_rows, g_rows, cats, sigmas, tmin)
+        assert keep[ref >= tmin].all(), tmin
+    assert not match._may_reach(gt, dets, d_rows, g_rows, cats, sigmas, 0.5).all()  # it does prune

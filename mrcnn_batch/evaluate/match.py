@@ -195,7 +195,63 @@ def _similar_pairs(
     pg = gs[owner] + within % gc[owner]
     if params.iou_type == "bbox":
         return pd, pg, pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
-    return pd, pg, _oks_pairs(gt, dets, d_rows[pd], g_rows[pg], category_ids[both[owner] % len(category_ids)], sigmas)
+    pair_cat = category_ids[both[owner] % len(category_ids)]
+    near = _may_reach(gt, dets, d_rows[pd], g_rows[pg], pair_cat, sigmas, tmin)
+    pd, pg, pair_cat = pd[near], pg[near], pair_cat[near]
+    return pd, pg, _oks_pairs(gt, dets, d_rows[pd], g_rows[pg], pair_cat, sigmas)
+
+
+def _may_reach(
+    gt: GroundTruth,
+    dets: Detections,
+    d_rows: np.ndarray,
+    g_rows: np.ndarray,
+    pair_cat: np.ndarray,
+    sigmas: dict[int, np.ndarray] | None,
+    tmin: float,
+) -> np.ndarray:
+    """Pairs whose OKS may reach ``tmin``; the others cannot. OKS is a mean of ``exp(-e_i)``
+    over the object's labelled keypoints, so it reaches ``tmin`` only if some ``e_i <= -ln
+    tmin``, i.e. keypoint ``i`` of the detection lies within ``r = sqrt(2 (-ln tmin) var_i
+    (area + eps))`` of the object's in x and in y: the detection's keypoints' extent must meet the
+    object's labelled keypoints' extent grown by ``r`` (taken with the largest variance, and a
+    margin). Objects without labelled keypoints, or with a non-positive area, are always kept."""
+    keep = np.ones(len(d_rows), bool)
+    if tmin <= 0 or not len(d_rows) or not sigmas:
+        return keep
+    var = np.array([float(((sigmas[c] * 2) ** 2).max()) if c in sigmas and len(sigmas[c]) else np.inf
+                    for c in pair_cat.tolist()]) if len(np.unique(pair_cat)) > 1 else None
+    if var is None:
+        c = int(pair_cat[0])
+        var = float(((sigmas[c] * 2) ** 2).max()) if c in sigmas and len(sigmas[c]) else np.inf
+    ud, d_inv = np.unique(d_rows, return_inverse=True)
+    ug, g_inv = np.unique(g_rows, return_inverse=True)
+    dx0, dy0, dx1, dy1 = _extent(dets.kp_offsets, dets.kp_values, ud, labelled_only=False)
+    gx0, gy0, gx1, gy1 = _extent(gt.kp_offsets, gt.kp_values, ug, labelled_only=True)
+    area = gt.area[ug][g_inv] + np.spacing(1)
+    with np.errstate(invalid="ignore"):
+        r = np.sqrt(2 * -np.log(tmin) * var * area) * 1.001 + 1e-9
+    g_any = np.isfinite(gx0)[g_inv] & (area > 0)  # some labelled keypoint, a usable radius
+    meets = ((dx0[d_inv] <= gx1[g_inv] + r) & (dx1[d_inv] >= gx0[g_inv] - r)
+             & (dy0[d_inv] <= gy1[g_inv] + r) & (dy1[d_inv] >= gy0[g_inv] - r))
+    keep &= ~g_any | meets | ~np.isfinite(r)
+    return keep
+
+
+def _extent(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, *, labelled_only: bool) -> tuple[np.ndarray, ...]:
+    """``(x0, y0, x1, y1)`` of each row's keypoints, NaN left out (``labelled_only``: those with v > 0; +inf /
+    -inf where there is none)."""
+    lengths = (offsets[rows + 1] - offsets[rows]) // 3
+    idx = np.repeat(offsets[rows] // 3 - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+    x, y, v = values[0::3][idx], values[1::3][idx], values[2::3][idx]
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    use = (v > 0) if labelled_only else np.ones(len(idx), bool)
+    out = []
+    for arr, fill, fn in ((x, np.inf, np.fmin), (y, np.inf, np.fmin), (x, -np.inf, np.fmax), (y, -np.inf, np.fmax)):
+        o = np.full(len(rows), fill)
+        fn.at(o, owner[use], arr[use])
+        out.append(o)
+    return tuple(out)
 
 
 def _oks_pairs(
@@ -221,21 +277,33 @@ def _oks_pairs(
         for lo in range(0, len(at), step):
             c = slice(lo, lo + step)
             d, g = dk[d_inv[c]], gk[g_inv[c]]
-            xd, yd = d[:, 0::3], d[:, 1::3]
-            xg, yg, visible = g[:, 0::3], g[:, 1::3], g[:, 2::3] > 0
+            area = gt.area[ug[g_inv[c]]]
+            visible = g[:, 2::3] > 0
             labelled = visible.sum(axis=1)
-            bb, area = gt.bbox[ug[g_inv[c]]], gt.area[ug[g_inv[c]]]
-            x0, x1 = (bb[:, 0] - bb[:, 2])[:, None], (bb[:, 0] + bb[:, 2] * 2)[:, None]
-            y0, y1 = (bb[:, 1] - bb[:, 3])[:, None], (bb[:, 1] + bb[:, 3] * 2)[:, None]
-            none = (labelled == 0)[:, None]  # no labelled keypoint: distances to the box, doubled
-            dx = np.where(none, np.maximum(0, x0 - xd) + np.maximum(0, xd - x1), xd - xg)
-            dy = np.where(none, np.maximum(0, y0 - yd) + np.maximum(0, yd - y1), yd - yg)
-            e = (dx**2 + dy**2) / variances / (area[:, None] + np.spacing(1)) / 2
-            sim = np.empty(len(e))
-            for k in np.unique(labelled).tolist():
-                rows = labelled == k
-                ek = e[rows] if k == 0 else e[rows][visible[rows]].reshape(-1, k)
-                sim[rows] = np.sum(np.exp(-ek), axis=1) / ek.shape[1]
+            sim = np.empty(len(d))
+            none = np.flatnonzero(labelled == 0)  # no labelled keypoint: distances to the box, doubled
+            if len(none):
+                bb, xd, yd = gt.bbox[ug[g_inv[c]][none]], d[none, 0::3], d[none, 1::3]
+                x0, x1 = (bb[:, 0] - bb[:, 2])[:, None], (bb[:, 0] + bb[:, 2] * 2)[:, None]
+                y0, y1 = (bb[:, 1] - bb[:, 3])[:, None], (bb[:, 1] + bb[:, 3] * 2)[:, None]
+                dx = np.maximum(0, x0 - xd) + np.maximum(0, xd - x1)
+                dy = np.maximum(0, y0 - yd) + np.maximum(0, yd - y1)
+                e = (dx**2 + dy**2) / variances / (area[none][:, None] + np.spacing(1)) / 2
+                sim[none] = np.sum(np.exp(-e), axis=1) / e.shape[1]
+            # the others: their labelled keypoints only, pairs in order of labelled count, so
+            # that those of one count are one contiguous (pairs, count) block
+            rows = np.flatnonzero(labelled > 0)
+            rows = rows[np.argsort(labelled[rows], kind="stable")]
+            r, k = np.nonzero(visible[rows])
+            dx = d[rows[r], 3 * k] - g[rows[r], 3 * k]
+            dy = d[rows[r], 3 * k + 1] - g[rows[r], 3 * k + 1]
+            e = (dx**2 + dy**2) / variances[k] / (area[rows[r]] + np.spacing(1)) / 2
+            counts, n_rows = np.unique(labelled[rows], return_counts=True)
+            row_at, e_at = 0, 0
+            for count, n in zip(counts.tolist(), n_rows.tolist()):
+                block = np.exp(-e[e_at:e_at + count * n]).reshape(n, count)
+                sim[rows[row_at:row_at + n]] = np.sum(block, axis=1) / count
+                row_at, e_at = row_at + n, e_at + count * n
             out[at[c]] = sim
     return out
 
