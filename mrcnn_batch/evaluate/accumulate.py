@@ -69,10 +69,9 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
     need = _needed(npig, params.rec_thrs_array())  # (K, A, R)
     need_rows = np.repeat(need.transpose(1, 0, 2), T, axis=0)  # (AT, K, R), row a * T + t
 
-    # pycocotools' concatenation order: category, then image id, then rank within the image;
-    # then its stable score sort within each category.
-    order = np.lexsort((result.rank, result.image_id, result.category_index))
-    order = order[np.lexsort((-result.score[order], result.category_index[order]))]
+    # pycocotools' order within a category: its stable score sort of the concatenation by image
+    # id, then rank within the image (equal scores keep that order)
+    order = np.lexsort((result.rank, result.image_id, -result.score, result.category_index))
     cat, rank, score = result.category_index[order], result.rank[order], result.score[order]
     # one row per (area range, threshold), positions in that order
     codes = np.ascontiguousarray(result.codes.reshape(len(order), AT)[order].T)

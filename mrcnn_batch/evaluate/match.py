@@ -431,7 +431,7 @@ def _greedy_match(
         sp = sp[np.argsort(cd_inv[sp], kind="stable")]
         det, grp = cd_inv[sp], pair_grp[sp]
         ok = pv[sp][:, None] >= thr  # (n, T)
-        reached = np.cumsum(ok, axis=0)
+        reached = np.cumsum(ok, axis=0, dtype=np.int32)
         starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
         reached -= np.repeat(reached[starts] - ok[starts], np.diff(np.r_[starts, len(grp)]), axis=0)
         take = ok & (crowd[cg[g_first[grp]]][:, None] | (reached == 1))
