@@ -80,6 +80,17 @@ WITHOUT_TORCH = [sys.executable, "-c", ("import sys; sys.modules['torch'] = None
                                         "from mrcnn_batch.cli import main; main()")]
 
 
+def test_unknown_class_of_a_registered_model_exits_2_before_torch_loads(tmp_path, image_dir):
+    """The model's own categories are known without torch: a misspelt --classes is said at once."""
+    out = tmp_path / "out"
+    for model, names in (("demo", "ellipse, rectangle, triangle"), ("maskrcnn_resnet50_fpn", "airplane, apple")):
+        cmd = [*WITHOUT_TORCH, "infer", image_dir, out, "--model", model, "--classes", "unicorn"]
+        res = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, check=False)
+        assert res.returncode == 2, res.stderr
+        assert "unknown class name(s) 'unicorn'" in res.stderr and names in res.stderr, res.stderr
+    assert not out.exists()
+
+
 def test_other_settings_on_an_existing_run_exit_3_before_torch_loads(tmp_path, image_dir, mask_weights):
     import mrcnn_batch as mb
 

@@ -92,9 +92,15 @@ def infer(
 
     refine = None if refine_masks == "none" else refine_masks
     try:
-        registry.get_spec(model)
+        spec = registry.get_spec(model)
     except KeyError as e:
         fail(str(e.args[0]), EXIT_USAGE)
+    class_names = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else ()
+    if weights is None:  # the model's own categories (a checkpoint's are known once it is read)
+        try:
+            spec.keep_labels(class_names)
+        except ValueError as e:
+            fail(str(e), EXIT_USAGE)
     try:
         check_method(refine)
         # under `ray job submit`, a relative path would land in Ray's temporary copy of the job's folder
@@ -131,7 +137,7 @@ def infer(
             rpn_proposals=rpn_proposals,
             min_size=min_size,
             max_size=max_size,
-            classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else (),
+            classes=class_names,
             batch_size=batch_size,
             device=device,
             amp=amp,
