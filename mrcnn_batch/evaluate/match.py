@@ -219,11 +219,9 @@ def _may_reach(
     keep = np.ones(len(d_rows), bool)
     if tmin <= 0 or not len(d_rows) or not sigmas:
         return keep
+    cats, cat_of = np.unique(pair_cat, return_inverse=True)
     var = np.array([float(((sigmas[c] * 2) ** 2).max()) if c in sigmas and len(sigmas[c]) else np.inf
-                    for c in pair_cat.tolist()]) if len(np.unique(pair_cat)) > 1 else None
-    if var is None:
-        c = int(pair_cat[0])
-        var = float(((sigmas[c] * 2) ** 2).max()) if c in sigmas and len(sigmas[c]) else np.inf
+                    for c in cats.tolist()])[cat_of]  # the largest per category (none: keep all)
     ud, d_inv = np.unique(d_rows, return_inverse=True)
     ug, g_inv = np.unique(g_rows, return_inverse=True)
     dx0, dy0, dx1, dy1 = _extent(dets.kp_offsets, dets.kp_values, ud, labelled_only=False)
