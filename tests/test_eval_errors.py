@@ -119,6 +119,11 @@ def test_wrong_keypoint_count_in_predictions():
     ev = COCOEvaluator(gt, iou_types=("keypoints",), kpt_sigmas=[0.1, 0.2])
     with pytest.raises(EvalInputError, match="detections of category 2 have 3 keypoints, the OKS sigmas 2"):
         ev.process([{"image_id": 2, "category_id": 2, "score": 1, "keypoints": [3, 3, 2] * 3}], image_ids=[1, 2])
+    # a second detection of the right count first, the wrong one far away (no pair of it would be scored)
+    ev = COCOEvaluator(gt, iou_types=("keypoints",), kpt_sigmas=[0.1, 0.2])
+    with pytest.raises(EvalInputError, match="detections of category 2 have 3 keypoints, the OKS sigmas 2"):
+        ev.process([{"image_id": 2, "category_id": 2, "score": 1, "keypoints": [3, 3, 2] * 2},
+                    {"image_id": 2, "category_id": 2, "score": 0.5, "keypoints": [1e6, 1e6, 2] * 3}], image_ids=[1, 2])
 
 
 def test_polygon_and_uncompressed_segm_results_are_rasterised():

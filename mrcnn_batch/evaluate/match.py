@@ -196,6 +196,8 @@ def _similar_pairs(
     if params.iou_type == "bbox":
         return pd, pg, pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
     pair_cat = category_ids[both[owner] % len(category_ids)]
+    for cat in np.unique(pair_cat).tolist():  # every detection's count against the sigmas, first
+        _sigmas_for(sigmas, cat, dets, np.unique(d_rows[pd[pair_cat == cat]]))
     near = _may_reach(gt, dets, d_rows[pd], g_rows[pg], pair_cat, sigmas, tmin)
     pd, pg, pair_cat = pd[near], pg[near], pair_cat[near]
     return pd, pg, _oks_pairs(gt, dets, d_rows[pd], g_rows[pg], pair_cat, sigmas)
@@ -270,7 +272,7 @@ def _oks_pairs(
         ug, g_inv = np.unique(g_rows[at], return_inverse=True)
         dk = _kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}")
         gk = _kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}")
-        variances = (_sigmas_for(sigmas, cat, dets, ud[:1]) * 2) ** 2
+        variances = (_sigmas_for(sigmas, cat, dets, ud) * 2) ** 2
         step = max(1, (1 << 20) // max(len(variances), 1))
         for lo in range(0, len(at), step):
             c = slice(lo, lo + step)
@@ -387,9 +389,10 @@ def _sigmas_for(sigmas: dict[int, np.ndarray] | None, cat: int, dets: Detections
     if not sigmas or cat not in sigmas:
         raise EvalInputError(f"no OKS sigmas for keypoint category {cat}")
     s = sigmas[cat]
-    k = int(dets.kp_offsets[d_rows[0] + 1] - dets.kp_offsets[d_rows[0]]) // 3
-    if k != len(s):
-        raise EvalInputError(f"detections of category {cat} have {k} keypoints, the OKS sigmas {len(s)}")
+    counts = (dets.kp_offsets[d_rows + 1] - dets.kp_offsets[d_rows]) // 3
+    wrong = np.flatnonzero(counts != len(s))
+    if len(wrong):
+        raise EvalInputError(f"detections of category {cat} have {int(counts[wrong[0]])} keypoints, the OKS sigmas {len(s)}")
     return s
 
 
