@@ -148,8 +148,11 @@ def write_run(
     model: dict | None = None,
     commit: list[int] | None = None,
     run_id: str = "test-run",
+    mask_area: bool = True,
 ) -> Path:
     """A run directory as ``infer`` writes it, from COCO results (one shard per image list).
+
+    ``mask_area``: ``area`` is the mask's pixel count, as ``infer`` writes it (False: the box's).
 
     ``kind``: "instances" (results with bbox and segmentation) or "keypoints".
     ``commit``: the shards that get a commit marker (default: all).
@@ -181,7 +184,8 @@ def write_run(
                        "category": names.get(r["category_id"], "?"), "score": r["score"], "bbox": r["bbox"]}
                 if kind == "instances":
                     seg = r.get("segmentation")
-                    inst_rows.append({**row, "area": float(r["bbox"][2] * r["bbox"][3]),
+                    area = float(mask_utils.area(seg)) if seg is not None and mask_area else float(r["bbox"][2] * r["bbox"][3])
+                    inst_rows.append({**row, "area": area,
                                       "mask": None if seg is None else {"size": seg["size"], "counts": seg["counts"]}})
                 else:
                     kp_rows.append({**row, "keypoints": r["keypoints"], "keypoint_scores": [1.0] * (len(r["keypoints"]) // 3),

@@ -62,6 +62,25 @@ def test_shard_layout_does_not_change_numbers(instances_case, tmp_path):
             np.testing.assert_array_equal(got[t].accumulated.precision, ref[t].accumulated.precision)
 
 
+def test_mask_areas_come_from_the_masks_where_the_area_column_disagrees(instances_case, tmp_path, caplog):
+    """The segm evaluation reads each mask's pixel count from the ``area`` column only once it
+    agrees with the masks on a sample; a table whose areas are something else (here the boxes')
+    is counted from the masks, with a warning, and the numbers are still pycocotools'."""
+    import logging
+
+    gt_doc, results, gt_path, run = instances_case
+    boxes = write_run(tmp_path / "boxes", gt_doc, results, shards=_shards(gt_doc, 3), mask_area=False)
+    gt = load_ground_truth(str(gt_path), iou_types=("segm",))
+    with caplog.at_level(logging.WARNING):
+        got, _ = evaluate_run(str(boxes), gt, iou_types=("segm",), workers=0)
+    assert "area column differs from the masks' pixel counts" in caplog.text
+    assert_same_as_pycoco(got["segm"], pycoco(gt_doc, as_run_results(results, iou_type="segm"), "segm"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluate_run(str(run), gt, iou_types=("segm",), workers=0)  # areas as infer writes them
+    assert "area column" not in caplog.text
+
+
 def test_keypoint_run_uses_model_sigmas(tmp_path):
     gt_doc, results = random_case(4, iou_type="keypoints", n_images=10)
     for c in gt_doc["categories"]:

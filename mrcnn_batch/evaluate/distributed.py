@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 _TABLE_COLUMNS = {
     "bbox": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox"]),
-    "segm": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask"]),
-    "boundary": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask"]),
+    "segm": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask", "area"]),
+    "boundary": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask", "area"]),
     "keypoints": ("keypoints", ["image_id", "instance_id", "category_id", "score", "bbox", "keypoints"]),
 }
 _IMAGES_PER_TASK = 50_000  # bound on one task's images (its memory)
