@@ -144,7 +144,7 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
     from mrcnn_batch.evaluate.distributed import evaluate_detections, evaluate_run
     from mrcnn_batch.evaluate.errors import EvalInputError
     from mrcnn_batch.evaluate.groundtruth import load_ground_truth
-    from mrcnn_batch.evaluate.jsonio import read_json, results_iou_types
+    from mrcnn_batch.evaluate.jsonio import read_results, results_iou_types
     from mrcnn_batch.evaluate.outputs import metrics_document, write_outputs
     from mrcnn_batch.evaluate.params import BOUNDARY_DILATION_RATIO
     from mrcnn_batch.evaluate.predictions import detections_from_results
@@ -153,7 +153,7 @@ def _evaluate(*, run, annotations, iou_types, predictions, out_dir, allow_partia
 
     t0 = time.perf_counter()
     if predictions is not None:
-        doc = read_json(predictions, storage_options=options, what="predictions")
+        doc = read_results(predictions, storage_options=options)
         if iou_types is None:
             iou_types = results_iou_types(doc)
         tide_types = _tide_types(iou_types) if tide else ()
@@ -198,7 +198,7 @@ def _evaluate_lvis(*, run, annotations, iou_types, predictions, out_dir, allow_p
     """LVIS's federated evaluation (evaluate/lvis.py), in this process; outputs written."""
     import posixpath
 
-    from mrcnn_batch.evaluate.jsonio import read_json, results_iou_types
+    from mrcnn_batch.evaluate.jsonio import read_results, results_iou_types
     from mrcnn_batch.evaluate.lvis import (
         LVIS_IOU_TYPES,
         load_lvis_ground_truth,
@@ -210,7 +210,7 @@ def _evaluate_lvis(*, run, annotations, iou_types, predictions, out_dir, allow_p
     from mrcnn_batch.run.layout import EVAL_DIR, open_run
 
     t0 = time.perf_counter()
-    doc = read_json(predictions, storage_options=options, what="predictions") if predictions is not None else None
+    doc = read_results(predictions, storage_options=options) if predictions is not None else None
     if iou_types is None:
         if doc is not None:
             found = results_iou_types(doc)

@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
-from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_json
+from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_results
 from mrcnn_batch.evaluate.params import MASK_IOU_TYPES
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def load_results_json(
     unknown_categories: str = "error",
 ) -> Detections:
     """Read a COCO results file (``[{image_id, category_id, score, bbox|segmentation|keypoints}]``)."""
-    doc = read_json(url, storage_options=storage_options, what="predictions")
+    doc = read_results(url, storage_options=storage_options)
     return detections_from_results(
         doc, gt=gt, iou_type=iou_type, source=url, unknown_categories=unknown_categories
     )
@@ -116,7 +116,12 @@ def detections_from_results(
     source: str = "<results>",
     unknown_categories: str = "error",
 ) -> Detections:
-    """:func:`load_results_json` for an already parsed list of result dicts."""
+    """:func:`load_results_json` for an already parsed list of result dicts (or the Arrow table
+    of ``jsonio.results_table``)."""
+    table = None
+    if isinstance(anns, pa.Table):
+        table = anns
+        anns = table.slice(0, 1).to_pylist()  # the first result decides the mode, as loadRes
     if not isinstance(anns, list):
         raise EvalInputError(f"predictions {source}: expected a JSON list of results, found {type(anns).__name__}")
     if not anns:
@@ -136,8 +141,12 @@ def detections_from_results(
     if iou_type in MASK_IOU_TYPES and mode == "keypoints":
         raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for {iou_type}")
 
-    n = len(anns)
-    fast = _fast_columns(anns, mode=mode, iou_type=iou_type)
+    fast = None if table is None else _table_columns(table, mode=mode, iou_type=iou_type)
+    if table is not None and fast is None:
+        anns = table.to_pylist()  # every result has every field: the parsed list's dicts
+    n = len(anns) if fast is None else table.num_rows
+    if fast is None:
+        fast = _fast_columns(anns, mode=mode, iou_type=iou_type)
     if fast is None:
         fast = _checked_columns(anns, mode=mode, iou_type=iou_type, source=source)
     image_id, category_id, score, boxes, segms, kps = fast
@@ -147,7 +156,11 @@ def detections_from_results(
     rles: list[dict[str, Any]] = []
     if segms:
         segm_counts, segm_size, rles = _fast_rles(segms, image_id, gt) or _rles_from_results(segms, image_id, gt, source)
-    if kps:
+    if isinstance(kps, pa.ListArray):  # from the table: already offsets and values
+        kp_offsets = kps.offsets.to_numpy().astype(np.int64)
+        kp_values = kps.values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[kp_offsets[0]:kp_offsets[-1]]
+        kp_offsets = kp_offsets - kp_offsets[0]
+    elif kps:
         lens = np.fromiter((len(k) for k in kps), np.int64, count=n)
         kp_offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lens, out=kp_offsets[1:])
@@ -170,6 +183,37 @@ def detections_from_results(
         boxes = np.stack([kx0, ky0, kx1 - kx0, ky1 - ky0], axis=1)
     dets = Detections(iou_type, image_id, category_id, score, area, boxes, segm_counts, segm_size, kp_offsets, kp_values)
     return dets if keep is None else dets.take(keep)
+
+
+def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None:
+    """:func:`_fast_columns` from the Arrow table of a results file, for box results evaluated as
+    boxes and keypoint results (without boxes) as keypoints; None: anything else."""
+    n, names = table.num_rows, table.column_names
+    numeric = (pa.types.is_int64, pa.types.is_float64)
+
+    def numbers(name: str) -> bool:
+        t = table[name].type
+        return any(f(t) for f in numeric) or (pa.types.is_list(t) and any(f(t.value_type) for f in numeric))
+
+    if not numbers("score") or (mode, iou_type) not in (("bbox", "bbox"), ("keypoints", "keypoints")):
+        return None
+    score = table["score"].to_numpy().astype(np.float64)
+    if not np.isfinite(score).all():
+        return None
+    image_id = table["image_id"].to_numpy().astype(np.int64)
+    category_id = table["category_id"].to_numpy().astype(np.int64)
+    if mode == "bbox":
+        boxes = table["bbox"].combine_chunks()
+        if not numbers("bbox") or boxes.values.null_count or (boxes.value_lengths().to_numpy() != 4).any():
+            return None
+        return image_id, category_id, score, _fixed_list(boxes, 4), [], []
+    if "bbox" in names or "keypoints" not in names or not numbers("keypoints"):
+        return None
+    kps = table["keypoints"].combine_chunks()
+    lens = kps.value_lengths().to_numpy()
+    if kps.values.null_count or (lens == 0).any() or (lens % 3).any():
+        return None
+    return image_id, category_id, score, np.full((n, 4), np.nan), [], kps
 
 
 def _fast_columns(anns: list[Any], *, mode: str, iou_type: str) -> tuple | None:
