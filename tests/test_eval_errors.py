@@ -222,20 +222,20 @@ def test_bulk_checked_ground_truth_equals_itemwise(monkeypatch, iou_type, seed):
     assert bulk.segmentation == itemwise.segmentation
 
 
-@pytest.mark.parametrize("iou_type", ["bbox", "keypoints"])
-def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path, iou_type):
+@pytest.mark.parametrize("case", ["bbox", "keypoints", "segm", "segm with boxes"])
+def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path, case):
     """A plain results file is read by Arrow's JSON reader; the detections are those of the
     parsed list, with extra fields, ints among floats and the compact separator too."""
     import numpy as np
     import pyarrow as pa
-    from eval_fixtures import random_case
+    from eval_fixtures import random_case, with_boxes
 
     from mrcnn_batch.evaluate.jsonio import read_results
     from mrcnn_batch.evaluate.predictions import load_results_json
 
+    iou_type = case.split()[0]
     gt_doc, results = random_case(3, iou_type=iou_type)
-    results = [{k: v for k, v in r.items() if k != ("bbox" if iou_type == "keypoints" else "segmentation")}
-               for r in results]
+    results = with_boxes(results) if case == "segm with boxes" else results
     results[0]["id"], results[1]["score"] = 7, 1  # a field evaluation does not read; an integer score
     gt = ground_truth_from_dict(gt_doc, iou_types=(iou_type,))
     for sep in (", ", ","):
@@ -244,8 +244,10 @@ def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path
         assert isinstance(read_results(str(path)), pa.Table)
         got = load_results_json(str(path), gt=gt, iou_type=iou_type)
         ref = detections_from_results(json.loads(path.read_text()), gt=gt, iou_type=iou_type)
-        for f in ("image_id", "category_id", "score", "area", "bbox", "kp_offsets", "kp_values"):
+        for f in ("image_id", "category_id", "score", "area", "bbox", "kp_offsets", "kp_values", "segm_size"):
             np.testing.assert_array_equal(getattr(got, f), getattr(ref, f), err_msg=f)
+        if iou_type == "segm":
+            assert got.segm_counts.to_pylist() == ref.segm_counts.to_pylist()
 
 
 @pytest.mark.parametrize("text", [
@@ -254,6 +256,8 @@ def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path
     '[{"image_id": 1.0, "category_id": 2, "score": 0.5, "bbox": [1, 2, 3, 4]}]',
     '[{"image_id": 1, "category_id": 2, "score": true, "bbox": [1, 2, 3, 4]}]',
     '[{"image_id": 1, "category_id": 2, "score": 0.5,\n "bbox": [1, 2, 3, 4]}]',
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": [[1, 2, 3, 4, 5, 6]]}]',  # a polygon
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": {"size": [2, 2], "counts": [0, 4]}}]',
     '[]',
 ])
 def test_results_not_plain_enough_for_a_table_are_parsed_as_before(tmp_path, text):
@@ -273,3 +277,15 @@ def test_a_nan_score_read_as_a_table_is_refused_as_before(tmp_path):
     gt = ground_truth_from_dict(GT, iou_types=("bbox",))
     with pytest.raises(EvalInputError, match=r"results\[0\]: 'score' missing or not a finite number"):
         load_results_json(str(path), gt=gt, iou_type="bbox")
+
+
+def test_a_mask_of_another_size_read_as_a_table_is_refused_as_before(tmp_path):
+    from mrcnn_batch.evaluate.jsonio import read_results
+    from mrcnn_batch.evaluate.predictions import load_results_json
+
+    path = tmp_path / "r.json"
+    path.write_text('[{"image_id": 1, "category_id": 1, "score": 0.5, "segmentation": {"size": [5, 5], "counts": "05"}}]')
+    assert not isinstance(read_results(str(path)), list)  # the table, then the itemwise check
+    gt = ground_truth_from_dict(GT, iou_types=("segm",))
+    with pytest.raises(EvalInputError, match=r"mask size \[5, 5\] differs from image 1's \[20, 30\]"):
+        load_results_json(str(path), gt=gt, iou_type="segm")

@@ -25,7 +25,7 @@ def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: 
 
 
 def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> Any:
-    """A COCO results file: an Arrow table where it is a plain array of box or keypoint results
+    """A COCO results file: an Arrow table where it is a plain array of results
     (see :func:`results_table`), otherwise the parsed list, as :func:`read_json` gives it."""
     data = _read_bytes(url, storage_options, "predictions")
     table = results_table(data)
@@ -35,8 +35,8 @@ def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> 
 def results_table(data: bytes) -> pa.Table | None:
     """``data`` read by Arrow's JSON reader, one column per field, with no Python object per
     result (less time and memory), where it is a one-line array of objects that all have the
-    same fields, ids as integers, without masks (``segmentation``: read as Python objects); the
-    fields evaluation reads (``_RESULT_FIELDS``), the others left out. None otherwise: then the
+    same fields, ids as integers, masks (if any) as compressed RLE; the fields evaluation reads
+    (``_RESULT_FIELDS``), the others left out. None otherwise: then the
     document is parsed as usual, which checks it result by result. The array's objects are cut
     apart at ``}, {`` and ``},{``: a cut inside a string leaves a line that is not a JSON object,
     which the reader refuses, as it refuses a line of two objects, so a table is returned only
@@ -48,7 +48,7 @@ def results_table(data: bytes) -> pa.Table | None:
         last -= 1
     if last - first < 4 or data[first:first + 1] != b"[" or data[last - 1:last] != b"]":
         return None
-    if data.find(b"\n", first, last) >= 0 or data.find(b'"segmentation"', first, last) >= 0:
+    if data.find(b"\n", first, last) >= 0:
         return None
     lines = data.replace(b"}, {", b"}\n{")  # json.dump's separator; then the compact one
     lines = lines.replace(b"},{", b"}\n{") if lines.find(b"},{", first, last) >= 0 else lines
@@ -77,7 +77,8 @@ def results_table(data: bytes) -> pa.Table | None:
 # The fields a result's evaluation reads (others are left out), with the types that read every
 # block alike (an integer where a float is expected is read as one; a float id is refused).
 _RESULT_FIELDS = pa.schema([("image_id", pa.int64()), ("category_id", pa.int64()), ("score", pa.float64()),
-                            ("bbox", pa.list_(pa.float64())), ("keypoints", pa.list_(pa.float64()))])
+                            ("bbox", pa.list_(pa.float64())), ("keypoints", pa.list_(pa.float64())),
+                            ("segmentation", pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())]))])
 
 
 def _read_bytes(url: str, storage_options: dict[str, Any] | None, what: str) -> bytes:

@@ -142,6 +142,8 @@ def detections_from_results(
         raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for {iou_type}")
 
     fast = None if table is None else _table_columns(table, mode=mode, iou_type=iou_type)
+    if fast is not None and isinstance(fast[4], pa.StructArray) and not _sizes_are_images(fast[4], fast[0], gt):
+        fast = None  # the itemwise check names the mask whose size is not its image's
     if table is not None and fast is None:
         anns = table.to_pylist()  # every result has every field: the parsed list's dicts
     n = len(anns) if fast is None else table.num_rows
@@ -153,8 +155,10 @@ def detections_from_results(
 
     keep = check_ids(image_id, category_id, gt=gt, source=source, unknown_categories=unknown_categories)
     segm_counts = segm_size = kp_offsets = kp_values = None
-    rles: list[dict[str, Any]] = []
-    if segms:
+    rles: list[dict[str, Any]] | None = []
+    if isinstance(segms, pa.StructArray):  # from the table: the strings and sizes as they are
+        segm_counts, segm_size, rles = segms.field("counts"), _fixed_list(segms.field("size"), 2).astype(np.int64), None
+    elif segms:
         segm_counts, segm_size, rles = _fast_rles(segms, image_id, gt) or _rles_from_results(segms, image_id, gt, source)
     if isinstance(kps, pa.ListArray):  # from the table: already offsets and values
         kp_offsets = kps.offsets.to_numpy().astype(np.int64)
@@ -167,6 +171,8 @@ def detections_from_results(
         kp_values = np.fromiter((x for k in kps for x in k), np.float64, count=int(kp_offsets[-1]))
     if mode == "bbox":
         area = boxes[:, 2] * boxes[:, 3]
+    elif mode == "segm" and rles is None:  # from the table, for a mask evaluation
+        area = table_rle_area(segm_counts, segm_size)
     elif mode == "segm":
         area = rle_area(rles)
         # boxes of masks without one (loadRes' toBbox), for a bbox evaluation of mask results;
@@ -187,7 +193,8 @@ def detections_from_results(
 
 def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None:
     """:func:`_fast_columns` from the Arrow table of a results file, for box results evaluated as
-    boxes and keypoint results (without boxes) as keypoints; None: anything else."""
+    boxes, keypoint results (without boxes) as keypoints and mask results (with or without
+    boxes) as masks; None: anything else."""
     n, names = table.num_rows, table.column_names
     numeric = (pa.types.is_int64, pa.types.is_float64)
 
@@ -195,18 +202,30 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
         t = table[name].type
         return any(f(t) for f in numeric) or (pa.types.is_list(t) and any(f(t.value_type) for f in numeric))
 
-    if not numbers("score") or (mode, iou_type) not in (("bbox", "bbox"), ("keypoints", "keypoints")):
+    masks = iou_type in MASK_IOU_TYPES
+    if not numbers("score") or not ((mode, iou_type) in (("bbox", "bbox"), ("keypoints", "keypoints"))
+                                    or (masks and mode in ("bbox", "segm") and "segmentation" in names)):
         return None
     score = table["score"].to_numpy().astype(np.float64)
     if not np.isfinite(score).all():
         return None
     image_id = table["image_id"].to_numpy().astype(np.int64)
     category_id = table["category_id"].to_numpy().astype(np.int64)
+    segms: Any = []
+    if masks:  # compressed RLEs: {"size": [h, w], "counts": str}, every part present
+        segms = table["segmentation"].combine_chunks()
+        size = segms.field("size")
+        if segms.field("counts").null_count or size.null_count or size.values.null_count:
+            return None
+        if (size.value_lengths().to_numpy() != 2).any():
+            return None
+    if mode == "segm":
+        return None if "bbox" in names else (image_id, category_id, score, np.full((n, 4), np.nan), segms, [])
     if mode == "bbox":
         boxes = table["bbox"].combine_chunks()
         if not numbers("bbox") or boxes.values.null_count or (boxes.value_lengths().to_numpy() != 4).any():
             return None
-        return image_id, category_id, score, _fixed_list(boxes, 4), [], []
+        return image_id, category_id, score, _fixed_list(boxes, 4), segms, []
     if "bbox" in names or "keypoints" not in names or not numbers("keypoints"):
         return None
     kps = table["keypoints"].combine_chunks()
@@ -214,6 +233,16 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     if kps.values.null_count or (lens == 0).any() or (lens % 3).any():
         return None
     return image_id, category_id, score, np.full((n, 4), np.nan), [], kps
+
+
+def _sizes_are_images(segms: pa.StructArray, image_id: np.ndarray, gt: GroundTruth) -> bool:
+    """Whether every mask's size is its (known) image's, as :func:`_fast_rles` requires."""
+    at = np.searchsorted(gt.image_ids, image_id)
+    if len(gt.image_ids) == 0 or (at >= len(gt.image_ids)).any() or (gt.image_ids[np.minimum(at, len(gt.image_ids) - 1)] != image_id).any():
+        return False
+    hw = gt.image_sizes[at]
+    sizes = _fixed_list(segms.field("size"), 2)
+    return not (hw < 0).any() and bool((sizes == hw).all())
 
 
 def _fast_columns(anns: list[Any], *, mode: str, iou_type: str) -> tuple | None:
