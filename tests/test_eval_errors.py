@@ -230,7 +230,7 @@ def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path
     import pyarrow as pa
     from eval_fixtures import random_case, with_boxes
 
-    from mrcnn_batch.evaluate.jsonio import read_results
+    from mrcnn_batch.evaluate.jsonio import read_results, results_table
     from mrcnn_batch.evaluate.predictions import load_results_json
 
     iou_type = case.split()[0]
@@ -241,7 +241,9 @@ def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path
     for sep in (", ", ","):
         path = tmp_path / f"r{len(sep)}.json"
         path.write_text(json.dumps(results, separators=(sep, ": ")))
-        assert isinstance(read_results(str(path)), pa.Table)
+        table = read_results(str(path))
+        assert isinstance(table, pa.Table)
+        assert results_table(path.read_bytes(), piece=300).equals(table)  # cut into pieces of ~300 bytes
         got = load_results_json(str(path), gt=gt, iou_type=iou_type)
         ref = detections_from_results(json.loads(path.read_text()), gt=gt, iou_type=iou_type)
         for f in ("image_id", "category_id", "score", "area", "bbox", "kp_offsets", "kp_values", "segm_size"):

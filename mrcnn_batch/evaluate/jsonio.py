@@ -32,15 +32,15 @@ def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> 
     return table if table is not None else _parse(data, url, "predictions")
 
 
-def results_table(data: bytes) -> pa.Table | None:
+def results_table(data: bytes, *, piece: int = 1 << 24) -> pa.Table | None:
     """``data`` read by Arrow's JSON reader, one column per field, with no Python object per
     result (less time and memory), where it is a one-line array of objects that all have the
     same fields, ids as integers, masks (if any) as compressed RLE; the fields evaluation reads
-    (``_RESULT_FIELDS``), the others left out. None otherwise: then the
-    document is parsed as usual, which checks it result by result. The array's objects are cut
-    apart at ``}, {`` and ``},{``: a cut inside a string leaves a line that is not a JSON object,
-    which the reader refuses, as it refuses a line of two objects, so a table is returned only
-    where every line is one of the results."""
+    (``_RESULT_FIELDS``), the others left out. None otherwise: then the document is parsed as
+    usual, which checks it result by result. The array's objects are cut apart at ``}, {`` and
+    ``},{``, about ``piece`` bytes at a time (a copy of one piece at once): a cut inside a string
+    leaves a line that is not a JSON object, which the reader refuses, as it refuses a line of
+    two objects, so a table is returned only where every line is one of the results."""
     first, last = 0, len(data)  # the document without surrounding whitespace: data[first:last]
     while first < last and data[first] in b" \t\r\n":
         first += 1
@@ -50,24 +50,31 @@ def results_table(data: bytes) -> pa.Table | None:
         return None
     if data.find(b"\n", first, last) >= 0:
         return None
-    lines = data.replace(b"}, {", b"}\n{")  # json.dump's separator; then the compact one
-    lines = lines.replace(b"},{", b"}\n{") if lines.find(b"},{", first, last) >= 0 else lines
-    shift = len(lines) - len(data)  # each "}, {" became one byte shorter, all before the last "]"
-    lo, hi = first + 1, last - 1 + shift
-    inner = pa.py_buffer(lines).slice(lo, hi - lo)  # the array's content, not copied
     import pyarrow.json as pj
 
+    parts, rows, at, end = [], 0, first + 1, last - 1
+    options = {"read_options": pj.ReadOptions(block_size=1 << 22), "memory_pool": pa.system_memory_pool(),
+               "parse_options": pj.ParseOptions(explicit_schema=_RESULT_FIELDS, unexpected_field_behavior="ignore")}
     try:
-        table = pj.read_json(pa.BufferReader(inner), read_options=pj.ReadOptions(block_size=1 << 22),
-                             parse_options=pj.ParseOptions(explicit_schema=_RESULT_FIELDS, unexpected_field_behavior="ignore"),
-                             memory_pool=pa.system_memory_pool())
+        while at < end:
+            cut = min((c for c in (data.find(b"}, {", at + piece, end), data.find(b"},{", at + piece, end)) if c >= 0),
+                      default=end - 1) + 1  # just after a "}" that ends an object
+            lines = data[at:cut].replace(b"}, {", b"}\n{").replace(b"},{", b"}\n{")
+            parts.append(pj.read_json(pa.BufferReader(lines), **options))
+            rows += lines.count(b"\n") + 1
+            if cut >= end:
+                break
+            at = data.find(b"{", cut, end)  # the next object, past ", "
+            if at < 0 or data[cut:at].strip() != b",":
+                return None
+        table = pa.concat_tables(parts)
     except (pa.ArrowException, ValueError):
         return None
     finally:
         pa.system_memory_pool().release_unused()  # the parser's freed blocks, back to the system
     table = table.select([c for c in table.column_names if table[c].null_count < table.num_rows])  # fields present
     names = table.column_names
-    if table.num_rows != lines.count(b"\n", lo, hi) + 1 or not {"image_id", "category_id", "score"} <= set(names):
+    if table.num_rows != rows or not {"image_id", "category_id", "score"} <= set(names):
         return None
     if any(table[c].null_count for c in names):  # a field some results lack
         return None
