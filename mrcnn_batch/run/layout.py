@@ -32,16 +32,18 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from mrcnn_batch.errors import RunDamaged, StorageError
 from mrcnn_batch.schemas import PLAN, TABLES
+
+if TYPE_CHECKING:  # imported where used: pyarrow.dataset imports pandas where it is installed (~0.2 s)
+    import pyarrow.dataset as ds
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +409,8 @@ class RunDir:
         """A committed table as a pyarrow dataset (only shards with a marker)."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        import pyarrow.dataset as ds
+
         shards = self.committed_shards() if shards is None else shards
         paths = [self.path(table_path(table, s)) for s in shards]
         return ds.dataset(paths, schema=TABLES[table], format="parquet", filesystem=self.fs)
