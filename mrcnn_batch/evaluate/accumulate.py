@@ -66,7 +66,7 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
     scores = -np.ones((T, R, K, A, M))
     npig = result.npig.astype(np.int64)
     has_gt = npig > 0  # (K, A); cells without ground truth stay -1
-    need = _needed(npig, params.rec_thrs_array())  # (K, A, R)
+    need = needed_true_positives(npig, params.rec_thrs_array())  # (K, A, R)
     need_rows = np.repeat(need.transpose(1, 0, 2), T, axis=0)  # (AT, K, R), row a * T + t
 
     # pycocotools' order within a category: its stable score sort of the concatenation by image
@@ -96,7 +96,7 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
         pr = tp / (fp + tp + np.spacing(1))  # at each true positive, as pycocotools computes it
         # the max from each true positive to its segment's end: a position that is not a true
         # positive has the recall of the true positive before it and no higher precision
-        best = _suffix_max(pr, seg, AT * K)
+        best = suffix_max(pr, seg, AT * K)
 
         # the first position whose recall reaches threshold r is the need-th true positive
         # (need 0: the category's first position, whatever it is)
@@ -125,8 +125,8 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
     )
 
 
-def _needed(npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
-    """``(K, A, R)``: for each recall threshold the least integer ``tp`` with ``tp / npig >=
+def needed_true_positives(npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+    """``npig.shape + (R,)``: for each recall threshold the least integer ``tp`` with ``tp / npig >=
     threshold`` as floating point computes it (``npig + 1`` where none does). pycocotools
     compares the ratios; a ratio of integers grows with its numerator, so counts compare alike."""
     out = np.zeros(npig.shape + (len(rec_thrs),), np.int64)
@@ -157,7 +157,7 @@ def _true_positives(
     return np.concatenate(rows), np.concatenate(positions), np.concatenate(fps)
 
 
-def _suffix_max(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndarray:
+def suffix_max(values: np.ndarray, seg: np.ndarray, n_seg: int) -> np.ndarray:
     """The running maximum of ``values`` from each element to the end of its segment (``seg``
     non-decreasing), exactly: on integer ranks, each segment lifted above the later ones."""
     if len(values) == 0:

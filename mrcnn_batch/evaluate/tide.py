@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from mrcnn_batch.evaluate.accumulate import needed_true_positives, suffix_max
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import Category, GroundTruth
 from mrcnn_batch.evaluate.match import gt_rles
@@ -393,20 +394,10 @@ def _class_aps(cat, score, tp, key, n_gt, K) -> np.ndarray:
     tpc = cs - np.r_[0, cs][starts[c]]  # true positives so far within the category
     precision = tpc / (np.arange(len(c)) - starts[c] + 1)
     # the max of the precisions from each point to its category's end, exactly (integer ranks)
-    uniq, rank = np.unique(precision, return_inverse=True)
-    lift = (K - c).astype(np.int64) * len(uniq)
-    precision = uniq[np.maximum.accumulate((rank + lift)[::-1])[::-1] - lift]
+    precision = suffix_max(precision, c, K)
     # the first point with recall tpc / n >= x is the first with tpc >= need (exact: fl(t / n)
     # grows with t, so need is the least t whose float quotient reaches x)
-    n = n_gt[ks].astype(np.float64)[None, :]
-    x = _RECALLS[:, None]
-    need = np.ceil(x * n)
-    while True:
-        down = (need > 0) & ((need - 1) / n >= x)
-        up = need / n < x
-        if not (down.any() or up.any()):
-            break
-        need = need - down + up
+    need = needed_true_positives(n_gt[ks].astype(np.int64), _RECALLS).T  # (R, len(ks))
     width = int(max(tpc.max(), need.max())) + 2
     at = np.searchsorted(c.astype(np.int64) * width + tpc, ks[None, :] * width + need.astype(np.int64))
     y = np.where(at < starts[ks + 1][None, :], precision[np.minimum(at, len(c) - 1)], 0.0)
