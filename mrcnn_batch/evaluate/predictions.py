@@ -142,7 +142,8 @@ def detections_from_results(
         raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for {iou_type}")
 
     fast = None if table is None else _table_columns(table, mode=mode, iou_type=iou_type)
-    if fast is not None and isinstance(fast[4], pa.StructArray) and not _sizes_are_images(fast[4], fast[0], gt):
+    if fast is not None and isinstance(fast[4], pa.StructArray) and not _sizes_are_images(
+            _fixed_list(fast[4].field("size"), 2), fast[0], gt):
         fast = None  # the itemwise check names the mask whose size is not its image's
     if table is not None and fast is None:
         anns = table.to_pylist()  # every result has every field: the parsed list's dicts
@@ -235,13 +236,13 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     return image_id, category_id, score, np.full((n, 4), np.nan), [], kps
 
 
-def _sizes_are_images(segms: pa.StructArray, image_id: np.ndarray, gt: GroundTruth) -> bool:
-    """Whether every mask's size is its (known) image's, as :func:`_fast_rles` requires."""
+def _sizes_are_images(sizes: np.ndarray, image_id: np.ndarray, gt: GroundTruth) -> bool:
+    """Whether every mask's ``[height, width]`` is its image's (an image the ground truth has,
+    with a size); where not, the itemwise check names the first that is not."""
     at = np.searchsorted(gt.image_ids, image_id)
     if len(gt.image_ids) == 0 or (at >= len(gt.image_ids)).any() or (gt.image_ids[np.minimum(at, len(gt.image_ids) - 1)] != image_id).any():
         return False
     hw = gt.image_sizes[at]
-    sizes = _fixed_list(segms.field("size"), 2)
     return not (hw < 0).any() and bool((sizes == hw).all())
 
 
@@ -358,8 +359,7 @@ def _fast_rles(segms: list[Any], image_id: np.ndarray, gt: GroundTruth) -> tuple
         return None
     if sizes.shape != (len(segms), 2) or sizes.dtype.kind != "i" or set(map(type, counts)) != {str}:
         return None
-    hw = gt.image_sizes[np.searchsorted(gt.image_ids, image_id)]
-    if (hw < 0).any() or (sizes != hw).any():
+    if not _sizes_are_images(sizes, image_id, gt):
         return None
     return pa.array(counts, pa.string()), sizes.astype(np.int64), segms
 
