@@ -101,10 +101,10 @@ def test_keypoint_pairs_are_computeOks_and_pruning_keeps_every_pair_that_may_mat
                 cats.append(cat)
                 ref.append(ious[a, b])
     d_rows, g_rows, cats, ref = (np.array(x) for x in (d_rows, g_rows, cats, ref))
-    sigmas = {int(c): np.array(CUSTOM_SIGMAS) for c in np.unique(cats)}
-    np.testing.assert_array_equal(match._oks_pairs(gt, dets, d_rows, g_rows, cats, sigmas), ref)
+    variances = {int(c): (np.array(CUSTOM_SIGMAS) * 2) ** 2 for c in np.unique(cats)}  # OKS's (2 sigma)^2
+    np.testing.assert_array_equal(match._oks_pairs(gt, dets, d_rows, g_rows, cats, variances), ref)
     assert (ref >= 0.5).sum() >= 5  # pairs that match
     for tmin in (0.05, 0.3, 0.5, 0.75, 0.95):
-        keep = match._may_reach(gt, dets, d_rows, g_rows, cats, sigmas, tmin)
+        keep = match._may_reach(gt, dets, d_rows, g_rows, cats, variances, tmin)
         assert keep[ref >= tmin].all(), tmin
-    assert not match._may_reach(gt, dets, d_rows, g_rows, cats, sigmas, 0.5).all()  # it does prune
+    assert not match._may_reach(gt, dets, d_rows, g_rows, cats, variances, 0.5).all()  # it does prune

@@ -196,11 +196,12 @@ def _similar_pairs(
     if params.iou_type == "bbox":
         return pd, pg, pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
     pair_cat = category_ids[both[owner] % len(category_ids)]
-    for cat in np.unique(pair_cat).tolist():  # every detection's count against the sigmas, first
-        _sigmas_for(sigmas, cat, dets, np.unique(d_rows[pd[pair_cat == cat]]))
-    near = _may_reach(gt, dets, d_rows[pd], g_rows[pg], pair_cat, sigmas, tmin)
+    # OKS's per-keypoint variances, each detection's keypoint count checked against them first
+    variances = {cat: (_sigmas_for(sigmas, cat, dets, np.unique(d_rows[pd[pair_cat == cat]])) * 2) ** 2
+                 for cat in np.unique(pair_cat).tolist()}
+    near = _may_reach(gt, dets, d_rows[pd], g_rows[pg], pair_cat, variances, tmin)
     pd, pg, pair_cat = pd[near], pg[near], pair_cat[near]
-    return pd, pg, _oks_pairs(gt, dets, d_rows[pd], g_rows[pg], pair_cat, sigmas)
+    return pd, pg, _oks_pairs(gt, dets, d_rows[pd], g_rows[pg], pair_cat, variances)
 
 
 def _may_reach(
@@ -209,7 +210,7 @@ def _may_reach(
     d_rows: np.ndarray,
     g_rows: np.ndarray,
     pair_cat: np.ndarray,
-    sigmas: dict[int, np.ndarray] | None,
+    variances: dict[int, np.ndarray],
     tmin: float,
 ) -> np.ndarray:
     """Pairs whose OKS may reach ``tmin``; the others cannot. OKS is a mean of ``exp(-e_i)``
@@ -217,13 +218,13 @@ def _may_reach(
     tmin``, i.e. keypoint ``i`` of the detection lies within ``r = sqrt(2 (-ln tmin) var_i
     (area + eps))`` of the object's in x and in y: the detection's keypoints' extent must meet the
     object's labelled keypoints' extent grown by ``r`` (taken with the largest variance, and a
-    margin). Objects without labelled keypoints, or with a non-positive area, are always kept."""
+    margin). Objects without labelled keypoints, or with a non-positive area, are always kept.
+    ``variances``: OKS's ``(2 sigma)^2`` per keypoint, by category."""
     keep = np.ones(len(d_rows), bool)
-    if tmin <= 0 or not len(d_rows) or not sigmas:
+    if tmin <= 0 or not len(d_rows):
         return keep
     cats, cat_of = np.unique(pair_cat, return_inverse=True)
-    var = np.array([float(((sigmas[c] * 2) ** 2).max()) if c in sigmas and len(sigmas[c]) else np.inf
-                    for c in cats.tolist()])[cat_of]  # the largest per category (none: keep all)
+    var = np.array([float(variances[c].max()) for c in cats.tolist()])[cat_of]  # the largest per category
     ud, d_inv = np.unique(d_rows, return_inverse=True)
     ug, g_inv = np.unique(g_rows, return_inverse=True)
     dx0, dy0, dx1, dy1 = _extent(dets.kp_offsets, dets.kp_values, ud, labelled_only=False)
@@ -242,7 +243,7 @@ def _extent(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, *, labell
     """``(x0, y0, x1, y1)`` of each row's keypoints, NaN left out (``labelled_only``: those with v > 0; +inf /
     -inf where there is none)."""
     lengths = (offsets[rows + 1] - offsets[rows]) // 3
-    idx = np.repeat(offsets[rows] // 3 - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+    idx = _ranges(offsets[rows] // 3, lengths)  # the rows' keypoints
     x, y, v = values[0::3][idx], values[1::3][idx], values[2::3][idx]
     owner = np.repeat(np.arange(len(rows)), lengths)
     use = (v > 0) if labelled_only else np.ones(len(idx), bool)
@@ -260,7 +261,7 @@ def _oks_pairs(
     d_rows: np.ndarray,
     g_rows: np.ndarray,
     pair_cat: np.ndarray,
-    sigmas: dict[int, np.ndarray] | None,
+    variances: dict[int, np.ndarray],
 ) -> np.ndarray:
     """OKS of (detection, object) row pairs, ``similarity.oks`` over all pairs at once: the same
     operations per pair, each pair's sum over its object's labelled keypoints taken by pairs of
@@ -272,8 +273,8 @@ def _oks_pairs(
         ug, g_inv = np.unique(g_rows[at], return_inverse=True)
         dk = _kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}")
         gk = _kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}")
-        variances = (_sigmas_for(sigmas, cat, dets, ud) * 2) ** 2
-        step = max(1, (1 << 20) // max(len(variances), 1))
+        var = variances[cat]
+        step = max(1, (1 << 20) // max(len(var), 1))
         for lo in range(0, len(at), step):
             c = slice(lo, lo + step)
             d, g = dk[d_inv[c]], gk[g_inv[c]]
@@ -288,7 +289,7 @@ def _oks_pairs(
                 y0, y1 = (bb[:, 1] - bb[:, 3])[:, None], (bb[:, 1] + bb[:, 3] * 2)[:, None]
                 dx = np.maximum(0, x0 - xd) + np.maximum(0, xd - x1)
                 dy = np.maximum(0, y0 - yd) + np.maximum(0, yd - y1)
-                e = (dx**2 + dy**2) / variances / (area[none][:, None] + np.spacing(1)) / 2
+                e = (dx**2 + dy**2) / var / (area[none][:, None] + np.spacing(1)) / 2
                 sim[none] = np.sum(np.exp(-e), axis=1) / e.shape[1]
             # the others: their labelled keypoints only, pairs in order of labelled count, so
             # that those of one count are one contiguous (pairs, count) block
@@ -297,7 +298,7 @@ def _oks_pairs(
             r, k = np.nonzero(visible[rows])
             dx = d[rows[r], 3 * k] - g[rows[r], 3 * k]
             dy = d[rows[r], 3 * k + 1] - g[rows[r], 3 * k + 1]
-            e = (dx**2 + dy**2) / variances[k] / (area[rows[r]] + np.spacing(1)) / 2
+            e = (dx**2 + dy**2) / var[k] / (area[rows[r]] + np.spacing(1)) / 2
             counts, n_rows = np.unique(labelled[rows], return_counts=True)
             row_at, e_at = 0, 0
             for count, n in zip(counts.tolist(), n_rows.tolist()):
