@@ -6,7 +6,8 @@
 
 For 640x480 and 1920x1080 with 10 and 100 detections it prints, side by side, the median wall
 time and the median CPU time (``time.process_time``: all threads of the process) of both, the
-speed-ups, and whether the RLE strings are identical. The machine may be shared and noisy, so
+speed-ups, and whether the RLE strings are identical; beside them the same function on torch
+ops (``compiled=False``: what runs where the compiled kernel could not be built). The machine may be shared and noisy, so
 CPU time is the steadier figure. Then the throughput of ``paste_and_encode`` on a batch of
 images with one and with two Python threads (torch held to one intra-op thread), which shows
 whether the work runs outside the GIL. ``--impl`` loads ``paste_and_encode`` from another file
@@ -97,7 +98,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = []
     print(f"torch threads: {args.threads}; median of {args.repeats}; ms")
-    print(f"{'size':>10} {'dets':>4} | {'baseline wall':>13} {'cpu':>7} | {'ours wall':>9} {'cpu':>6} | {'speed-up wall':>13} {'cpu':>6} | identical")
+    from mrcnn_batch.encode.masks import COMPILED, paste_and_encode
+
+    print(f"compiled kernel: {'built' if COMPILED else 'NOT built (ours = torch ops)'}")
+    print(f"{'size':>10} {'dets':>4} | {'baseline wall':>13} {'cpu':>7} | {'ours wall':>9} {'cpu':>6} | {'speed-up wall':>13} {'cpu':>6} | identical"
+          f" | {'torch ops cpu':>13} {'speed-up':>8}")
     for h, w in SIZES:
         for n in DETECTIONS:
             masks, boxes = detections(h, w, n, seed=h + n)
@@ -105,12 +110,16 @@ def main() -> None:
             same = baseline(masks, boxes, h, w) == ours()
             bw, bc = timed(lambda: baseline(masks, boxes, h, w), args.repeats)
             ow, oc = timed(ours, args.repeats * 4)
+            torch_ops = lambda: [r["counts"] for r in paste_and_encode(masks, boxes, height=h, width=w, compiled=False)[0]]  # noqa: E731
+            same = same and torch_ops() == ours()
+            _, tc = timed(torch_ops, args.repeats * 4)
             results.append({
                 "height": h, "width": w, "detections": n, "identical": same,
                 "baseline_wall_s": bw, "baseline_cpu_s": bc, "ours_wall_s": ow, "ours_cpu_s": oc,
-                "speedup_wall": bw / ow, "speedup_cpu": bc / oc,
+                "speedup_wall": bw / ow, "speedup_cpu": bc / oc, "torch_ops_cpu_s": tc, "torch_ops_speedup_cpu": bc / tc,
             })
-            print(f"{w:>5}x{h:<4} {n:>4} | {bw * 1e3:>13.1f} {bc * 1e3:>7.1f} | {ow * 1e3:>9.2f} {oc * 1e3:>6.2f} | {bw / ow:>12.1f}x {bc / oc:>5.1f}x | {same}")
+            print(f"{w:>5}x{h:<4} {n:>4} | {bw * 1e3:>13.1f} {bc * 1e3:>7.1f} | {ow * 1e3:>9.2f} {oc * 1e3:>6.2f} | {bw / ow:>12.1f}x {bc / oc:>5.1f}x | {str(same):>9}"
+                  f" | {tc * 1e3:>13.2f} {bc / tc:>7.1f}x")
 
     torch.set_num_threads(1)
     scaling = []
@@ -120,7 +129,7 @@ def main() -> None:
         scaling.append({"height": h, "width": w, "detections": 100, "images_per_s_1_thread": one, "images_per_s_2_threads": two})
         print(f"{w:>5}x{h:<4} 100 dets, torch 1 thread: {one:6.1f} images/s with 1 Python thread, {two:6.1f} with 2 ({two / one:.2f}x)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "impl": args.impl or "mrcnn_batch", "results": results, "thread_scaling": scaling}, indent=2))
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "impl": args.impl or "mrcnn_batch", "compiled": COMPILED, "results": results, "thread_scaling": scaling}, indent=2))
 
 
 if __name__ == "__main__":

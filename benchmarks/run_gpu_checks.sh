@@ -14,6 +14,11 @@ fi
 OUT=$(realpath "$OUT")
 rm -rf /tmp/checkout && cp -r . /tmp/checkout && cp -r schemas /tmp/checkout/mrcnn_batch/schemas && cd /tmp/checkout || exit 1
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+# the compiled mask kernel, as pip would build it (the torch ops run where this fails)
+INC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+SUFFIX=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+gcc -O2 -ffp-contract=off -shared -fPIC -I"$INC" mrcnn_batch/encode/_paste.c -o "mrcnn_batch/encode/_paste$SUFFIX" -lm \
+  || echo "the compiled mask kernel could not be built here: the torch ops encode" >&2
 nvidia-smi -L
 python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
 # CUDA tests, and the encoder's exactness against this torch's CPU paste

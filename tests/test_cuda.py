@@ -22,7 +22,7 @@ from test_encode_masks import detections, inside, near_threshold, reference
 
 import mrcnn_batch as mb
 from mrcnn_batch.datasets.shapes import HELDOUT_SEED, write_dataset
-from mrcnn_batch.encode.masks import paste_and_encode
+from mrcnn_batch.encode.masks import COMPILED, paste_and_encode
 from mrcnn_batch.read import decode_image
 from mrcnn_batch.read.gpu_decode import decode_on_device
 
@@ -33,10 +33,13 @@ CUDA = torch.device("cuda")
 # -- the encoder: the same bits on the GPU as torchvision's CPU paste + pycocotools ------------------
 def check_on_cuda(masks, boxes, h, w, thr=0.5):
     keep = inside(boxes, h, w)
-    ours, areas = paste_and_encode(masks.to(CUDA), boxes.to(CUDA), height=h, width=w, threshold=thr)
+    # the torch ops on the GPU (and the compiled kernel, fed from it, where built)
+    ours, areas = paste_and_encode(masks.to(CUDA), boxes.to(CUDA), height=h, width=w, threshold=thr, compiled=False)
     on_cpu, cpu_areas = paste_and_encode(masks, boxes, height=h, width=w, threshold=thr)
     assert ours == on_cpu
     np.testing.assert_array_equal(areas, cpu_areas)
+    if COMPILED:
+        assert paste_and_encode(masks.to(CUDA), boxes.to(CUDA), height=h, width=w, threshold=thr)[0] == on_cpu
     _, ref = reference(masks[keep], boxes[keep], h, w, thr)
     for o, r in zip([x for x, k in zip(ours, keep.tolist()) if k], ref):
         assert o["counts"] == r["counts"].decode()

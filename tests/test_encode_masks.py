@@ -1,6 +1,9 @@
-"""Paste + RLE against torchvision's paste_masks_in_image and pycocotools' encode, exactly."""
+"""Paste + RLE against torchvision's paste_masks_in_image and pycocotools' encode, exactly: the
+compiled kernel and the torch ops, each."""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +14,9 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_masks_in_image
 
-from mrcnn_batch.encode.masks import paste_and_encode
+from mrcnn_batch.encode.masks import COMPILED, paste_and_encode
+
+IMPLEMENTATIONS = (False, True) if COMPILED else (False,)  # compiled=
 
 
 def reference(masks, boxes, h, w, thr):
@@ -31,8 +36,13 @@ def inside(boxes, h, w):
 
 
 def check(masks, boxes, h, w, thr=0.5):
+    for compiled in IMPLEMENTATIONS:
+        check_one(masks, boxes, h, w, thr, compiled)
+
+
+def check_one(masks, boxes, h, w, thr, compiled):
     keep = inside(boxes, h, w)
-    rles, areas = paste_and_encode(masks, boxes, height=h, width=w, threshold=thr)
+    rles, areas = paste_and_encode(masks, boxes, height=h, width=w, threshold=thr, compiled=compiled)
     for i in (~keep).nonzero().flatten().tolist():
         assert areas[i] == 0 and rles[i]["counts"] == mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))["counts"].decode()
     rles = [r for r, k in zip(rles, keep.tolist()) if k]
@@ -109,10 +119,35 @@ def test_all_ones_and_all_zeros():
     check(masks, boxes, h, w)
 
 
-def test_box_outside_image_is_an_empty_mask():
-    rles, areas = paste_and_encode(torch.ones(1, 1, 28, 28), torch.tensor([[50.0, 50, 60, 60]]), height=10, width=10)
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+def test_box_outside_image_is_an_empty_mask(compiled):
+    rles, areas = paste_and_encode(torch.ones(1, 1, 28, 28), torch.tensor([[50.0, 50, 60, 60]]), height=10, width=10, compiled=compiled)
     assert areas.tolist() == [0]
     assert mask_utils.decode({"size": [10, 10], "counts": rles[0]["counts"].encode()}).sum() == 0
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here to build it")
+def test_the_compiled_kernel_is_built_where_a_compiler_is():
+    # installing the package builds encode/_paste.c; where that silently failed, only the torch
+    # ops would be tested and run
+    assert COMPILED, "mrcnn_batch/encode/_paste.c was not built: pip install -e . (see its output)"
+
+
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+def test_a_box_far_outside_is_refused(compiled):
+    with pytest.raises(ValueError, match="within"):
+        paste_and_encode(torch.ones(1, 1, 28, 28), torch.tensor([[0.0, 0, 3e7, 5]]), height=10, width=10, compiled=compiled)
+
+
+def test_values_that_are_not_probabilities():
+    # NaN, infinities and negative values take the exact path: the same strings as torchvision
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(4, 1, 28, 28, generator=g) * 4 - 2
+    masks[0, 0, 5:9, 5:9] = float("nan")
+    masks[1, 0, 10:12, :] = float("inf")
+    masks[2, 0, :, 3] = -float("inf")
+    boxes = torch.tensor([[2.0, 3, 90, 70], [0, 0, 40, 30], [10, 5, 20, 100], [5, 5, 200, 150]])
+    check(masks, boxes, 120, 160, 0.25)
 
 
 def test_an_image_without_detections_encodes_to_no_rows():

@@ -33,7 +33,14 @@ of a column if it is on and the row below its last row if that is on. A change a
 ``x * H + y`` at the bottom of one column and another at the top of the next cancel where a box
 spans the height of the image.
 
-All tensor steps are torch ops on the masks' device, vectorised over all masks of an image: no
+Two implementations give the same strings. The compiled kernel (``_paste.c``, built when the
+package is installed; the default where it was) takes the padded masks and the rounded boxes
+on the host and walks each mask's box columns: source cells whose four corners clear the
+threshold by far more than any rounding give all their pixels, the rest are computed pixel by
+pixel with the arithmetic above (C's ``fmaf``), and the runs become pycocotools' string
+directly. It releases the GIL. The torch ops below are the fallback (and run on any device).
+
+The torch ops run on the masks' device, vectorised over all masks of an image: no
 op and no host sync per mask. An image takes six small syncs (sizes; one more where some value
 is too close to call from ``t``) and one transfer of the change positions. The host side (numpy,
 pycocotools) turns those into runs, areas and strings.
@@ -45,8 +52,16 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+try:  # the compiled kernel (_paste.c), built when the package is installed
+    from mrcnn_batch.encode import _paste
+except ImportError:  # a checkout run from its folder, or installed where nothing compiles
+    _paste = None
+
+COMPILED = _paste is not None
 
 SMALL_BOX_SIDES = 128  # torch's CPU kernel takes the four-product route when h + w <= this
 DELTA_SCALE = 2.0**-19  # margin, relative to the largest |probability|: 32 float32 ulps of it,
@@ -56,12 +71,16 @@ MAX_SIDE = 2**24  # box coordinates beyond this are refused (float32 sizes, int3
 
 
 def paste_and_encode(
-    masks: torch.Tensor, boxes: torch.Tensor, *, height: int, width: int, threshold: float = 0.5
+    masks: torch.Tensor, boxes: torch.Tensor, *, height: int, width: int, threshold: float = 0.5,
+    compiled: bool | None = None,
 ) -> tuple[list[dict], np.ndarray]:
     """COCO RLEs and pixel areas of ``masks`` (N x 1 x M x M probabilities) in their ``boxes``.
 
     ``boxes`` are (x1, y1, x2, y2) in the pixels of the ``height`` x ``width`` image. Masks are
-    taken in float32; a box that misses the image gives an empty mask.
+    taken in float32; a box that misses the image gives an empty mask. ``compiled``: the
+    compiled kernel (``_paste.c``, one pass over the box columns on the CPU, the GIL released)
+    or the torch ops below (on the masks' device); by default the kernel where it was built.
+    Both give the same strings.
     """
     if threshold < 0:
         raise ValueError(f"mask threshold must be >= 0 (pixels outside boxes are 0), got {threshold}")
@@ -70,8 +89,70 @@ def paste_and_encode(
     n = masks.shape[0]
     if n == 0:
         return [], np.zeros(0, dtype=np.int64)
+    if compiled is None:
+        compiled = COMPILED
+    if compiled:
+        if _paste is None:
+            raise RuntimeError("the compiled paste kernel was not built: reinstall the package where a C compiler is at hand")
+        return _encode_compiled(masks, boxes, height=height, width=width, threshold=threshold)
+    finite = torch.isfinite(masks.reshape(n, -1)).all(1)
+    if not bool(finite.all()):  # NaN or infinities (a diverged model): those masks by torchvision's paste
+        return _encode_in_parts(masks, boxes, finite.cpu().numpy(), height=height, width=width, threshold=threshold)
     positions, owners = change_positions(masks, boxes, height=height, width=width, threshold=threshold)
     return runs_to_rles(positions, owners, n, height=height, width=width)
+
+
+def _encode_in_parts(masks, boxes, finite: np.ndarray, *, height: int, width: int, threshold: float):
+    """The torch ops for the finite masks; torchvision's paste on the CPU and pycocotools for the
+    others (the windows of ``change_positions`` assume finite values)."""
+    rles: list = [None] * len(finite)
+    areas = np.zeros(len(finite), dtype=np.int64)
+    keep = np.flatnonzero(finite)
+    if len(keep):
+        index = torch.from_numpy(keep).to(masks.device)
+        part, part_areas = paste_and_encode(masks[index], boxes[index], height=height, width=width, threshold=threshold, compiled=False)
+        for i, rle in zip(keep.tolist(), part):
+            rles[i] = rle
+        areas[keep] = part_areas
+    for i in np.flatnonzero(~finite).tolist():
+        one = masks[i : i + 1].float().cpu()
+        box = boxes[i : i + 1].float().cpu()
+        pasted = _paste_one(one, box, height, width) > threshold
+        rle = mask_utils.encode(np.asfortranarray(pasted.numpy().astype(np.uint8)))
+        rles[i] = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+        areas[i] = int(pasted.sum())
+    return rles, areas
+
+
+def _encode_compiled(
+    masks: torch.Tensor, boxes: torch.Tensor, *, height: int, width: int, threshold: float
+) -> tuple[list[dict], np.ndarray]:
+    """``paste_and_encode`` by the compiled kernel: torchvision pads the masks and expands and
+    rounds the boxes, the kernel interpolates, thresholds and encodes (one copy to the host)."""
+    padded, scale = expand_masks(masks.float(), padding=1)
+    box = expand_boxes(boxes.to(padded.device, torch.float32), scale).to(torch.int64)
+    grid = padded[:, 0].contiguous().cpu().numpy()
+    box = box.cpu().numpy()
+    if np.abs(box).max() > MAX_SIDE:
+        raise ValueError(f"mask boxes must lie within {MAX_SIDE} pixels of the image, got a coordinate of {np.abs(box).max()}")
+    strings, areas = _paste.encode(grid, len(grid), grid.shape[-1], box, height, width, threshold)
+    return [{"size": [height, width], "counts": s} for s in strings], np.frombuffer(areas, dtype=np.int64).copy()
+
+
+def _paste_one(mask: torch.Tensor, box: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """torchvision's paste of one mask (1 x 1 x M x M, CPU) into the image; empty where its box
+    misses the image (torchvision's own raises there)."""
+    padded, scale = expand_masks(mask, padding=1)
+    x0, y0, x1, y1 = expand_boxes(box, scale).to(torch.int64)[0].tolist()
+    if max(abs(x0), abs(y0), abs(x1), abs(y1)) > MAX_SIDE:
+        raise ValueError(f"mask boxes must lie within {MAX_SIDE} pixels of the image, got {[x0, y0, x1, y1]}")
+    out = torch.zeros(height, width)
+    xa, xb, ya, yb = max(x0, 0), min(x1 + 1, width), max(y0, 0), min(y1 + 1, height)
+    if xa < xb and ya < yb:
+        size = (max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
+        resized = F.interpolate(padded, size=size, mode="bilinear", align_corners=False)[0, 0]
+        out[ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    return out
 
 
 class Columns(NamedTuple):

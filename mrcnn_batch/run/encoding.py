@@ -16,6 +16,7 @@ model's batch (an event) rather than the model waiting for it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -26,9 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrcnn_batch.encode.masks import COMPILED
 from mrcnn_batch.encode.rows import Columns, encode_detections
 from mrcnn_batch.predict.predictor import ImageDetections
 from mrcnn_batch.schemas import TABLES  # the tables a shard writes, by name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ class Encoder:
         self.device = device
         self._streams = threading.local()  # each encoder thread's CUDA stream
         self._pool: Executor
+        if not COMPILED:
+            log.warning("the compiled mask encoder (mrcnn_batch/encode/_paste.c) was not built where the "
+                        "package was installed (no C compiler?): masks are encoded by torch ops, the same "
+                        "rows at about a third of the speed")
         if processes:
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_one_thread)
