@@ -12,6 +12,9 @@ Computed on the true positives only: a position that is not one has the recall o
 positive before it and no higher precision, so the running maximum is taken over true positives
 (on integer ranks, exactly), and the first position reaching recall threshold r is the
 ``need``-th true positive, ``need`` the least count whose ratio to the ground truth reaches r.
+The loop over (category, row, detection) runs in a compiled kernel (``_accumulate.c``, built
+when the package is installed; one pass over each category's detections, every row at once)
+or, where it was not built, in numpy passes below; both give the same arrays.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import numpy as np
 
 from mrcnn_batch.evaluate.match import CODE_FP, CODE_TP, MatchResult
 from mrcnn_batch.evaluate.params import EvalParams
+
+try:  # the compiled inner loop (_accumulate.c), built when the package is installed
+    from mrcnn_batch.evaluate import _accumulate
+except ImportError:  # a checkout run from its folder, or installed where nothing compiles
+    _accumulate = None
+
+COMPILED = _accumulate is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +67,14 @@ def merge(results: list[MatchResult]) -> MatchResult:
     )
 
 
-def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndarray) -> Accumulated:
+def accumulate(
+    result: MatchResult, *, params: EvalParams, category_ids: np.ndarray, compiled: bool | None = None
+) -> Accumulated:
+    """``compiled``: the compiled kernel or the numpy passes (default: the kernel where built)."""
+    if compiled is None:
+        compiled = COMPILED
+    if compiled and _accumulate is None:
+        raise RuntimeError("the compiled accumulation kernel was not built: reinstall the package where a C compiler is at hand")
     T, R = len(params.iou_thrs), len(params.rec_thrs)
     K, A, M = len(category_ids), len(params.area_rngs), len(params.max_dets)
     AT = A * T
@@ -73,8 +90,11 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
     # id, then rank within the image (equal scores keep that order)
     order = np.lexsort((result.rank, result.image_id, -result.score, result.category_index))
     cat, rank, score = result.category_index[order], result.rank[order], result.score[order]
-    # one row per (area range, threshold), positions in that order
-    codes = np.ascontiguousarray(result.codes.reshape(len(order), AT)[order].T)
+    if compiled:
+        flat = np.ascontiguousarray(result.codes.reshape(len(order), AT), dtype=np.uint8)
+        codes = None
+    else:  # one row per (area range, threshold), positions in that order
+        codes = np.ascontiguousarray(result.codes.reshape(len(order), AT)[order].T)
     every: int | None = None  # a maxDet that keeps every detection (the others equal it)
     for m, max_det in enumerate(params.max_dets):
         keep = rank < max_det
@@ -86,27 +106,13 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
         c_m, s_m = cat[keep].astype(np.int64), score[keep]
         first = np.searchsorted(c_m, np.arange(K + 1))  # each category's positions
         nd = np.diff(first)
-        row, pos, fp = _true_positives(codes, sel, c_m, first)
-        k = c_m[pos]
-        seg = row * K + k  # (row, category) segments, in order
-        seg_first = np.searchsorted(seg, np.arange(AT * K + 1))
-        n_tp = np.diff(seg_first).reshape(AT, K)
-        tp = (np.arange(len(seg)) - seg_first[seg] + 1).astype(float)
-        fp = fp.astype(float)
-        pr = tp / (fp + tp + np.spacing(1))  # at each true positive, as pycocotools computes it
-        # the max from each true positive to its segment's end: a position that is not a true
-        # positive has the recall of the true positive before it and no higher precision
-        best = suffix_max(pr, seg, AT * K)
-
-        # the first position whose recall reaches threshold r is the need-th true positive
-        # (need 0: the category's first position, whatever it is)
-        ntp = n_tp[:, :, None]
-        reached = np.where(need_rows == 0, (nd > 0)[None, :, None], need_rows <= ntp)
-        entry = seg_first[:-1].reshape(AT, K)[:, :, None] + np.maximum(need_rows - 1, 0)
-        entry = np.where(reached & (ntp > 0), entry, 0)
-        q = np.where(reached & (ntp > 0), best[entry] if len(best) else 0.0, 0.0)
-        at = np.where(need_rows == 0, first[:-1][None, :, None], pos[entry] if len(pos) else 0)
-        ss = np.where(reached, s_m[np.minimum(at, max(len(s_m) - 1, 0))] if len(s_m) else 0.0, 0.0)
+        if compiled:
+            q, ss, n_tp = np.empty((AT, K, R)), np.empty((AT, K, R)), np.empty((AT, K), np.int64)
+            kept = order if sel is None else order[sel]
+            _accumulate.accumulate(flat, kept, first.astype(np.int64), np.ascontiguousarray(s_m, dtype=np.float64),
+                                   need_rows, q, ss, n_tp, AT, K, R)
+        else:
+            q, ss, n_tp = _precision_at_thresholds(codes, sel, c_m, s_m, first, need_rows, AT, K)
         with np.errstate(divide="ignore", invalid="ignore"):
             rc = np.where(nd > 0, n_tp / np.repeat(npig.T, T, axis=0), 0.0)  # (AT, K)
         cell = has_gt[None, None]  # (1, 1, K, A)
@@ -123,6 +129,34 @@ def accumulate(result: MatchResult, *, params: EvalParams, category_ids: np.ndar
         npig=result.npig,
         num_detections=len(result),
     )
+
+
+def _precision_at_thresholds(codes, sel, c_m, s_m, first, need_rows, AT: int, K: int):
+    """The numpy passes: ``q`` and ``ss`` (AT, K, R), precision and score at each recall
+    threshold, and ``n_tp`` (AT, K), for the detections ``sel`` of ``codes`` (AT, N)."""
+    nd = np.diff(first)
+    row, pos, fp = _true_positives(codes, sel, c_m, first)
+    k = c_m[pos]
+    seg = row * K + k  # (row, category) segments, in order
+    seg_first = np.searchsorted(seg, np.arange(AT * K + 1))
+    n_tp = np.diff(seg_first).reshape(AT, K)
+    tp = (np.arange(len(seg)) - seg_first[seg] + 1).astype(float)
+    fp = fp.astype(float)
+    pr = tp / (fp + tp + np.spacing(1))  # at each true positive, as pycocotools computes it
+    # the max from each true positive to its segment's end: a position that is not a true
+    # positive has the recall of the true positive before it and no higher precision
+    best = suffix_max(pr, seg, AT * K)
+
+    # the first position whose recall reaches threshold r is the need-th true positive
+    # (need 0: the category's first position, whatever it is)
+    ntp = n_tp[:, :, None]
+    reached = np.where(need_rows == 0, (nd > 0)[None, :, None], need_rows <= ntp)
+    entry = seg_first[:-1].reshape(AT, K)[:, :, None] + np.maximum(need_rows - 1, 0)
+    entry = np.where(reached & (ntp > 0), entry, 0)
+    q = np.where(reached & (ntp > 0), best[entry] if len(best) else 0.0, 0.0)
+    at = np.where(need_rows == 0, first[:-1][None, :, None], pos[entry] if len(pos) else 0)
+    ss = np.where(reached, s_m[np.minimum(at, max(len(s_m) - 1, 0))] if len(s_m) else 0.0, 0.0)
+    return q, ss, n_tp
 
 
 def needed_true_positives(npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,21 @@
+"""The package's two compiled kernels; everything else is in pyproject.toml.
+
+The mask encoder's paste + RLE (``mrcnn_batch/encode/masks.py`` says what it computes) and
+evaluation's accumulation loop (``mrcnn_batch/evaluate/accumulate.py``). Both optional: where
+they cannot be built (no C compiler), the package does the same computations in torch ops and
+numpy, several times slower. ``-ffp-contract=off``: the compiler fuses no multiply-add the
+source does not ask for (exactness depends on it).
+"""
+
+from setuptools import Extension, setup
+
+FLAGS = ["-O2", "-ffp-contract=off"]
+
+setup(
+    ext_modules=[
+        Extension("mrcnn_batch.encode._paste", ["mrcnn_batch/encode/_paste.c"], extra_compile_args=FLAGS,
+                  libraries=["m"], optional=True),
+        Extension("mrcnn_batch.evaluate._accumulate", ["mrcnn_batch/evaluate/_accumulate.c"],
+                  extra_compile_args=FLAGS, optional=True),
+    ]
+)
