@@ -49,6 +49,9 @@ static int run(Job *j) {
         for (int64_t a = 0; a < rows; a++) tp[a] = fp[a] = 0;
         for (int64_t i = start; i < end; i++) {
             const uint8_t *code = j->codes + j->order[i] * rows;
+#if defined(__GNUC__)
+            if (i + 16 < end) __builtin_prefetch(j->codes + j->order[i + 16] * rows); /* positions jump */
+#endif
             for (int64_t a = 0; a < rows; a++) {
                 if (code[a] == CODE_TP) {
                     int64_t n = tp[a]++;
