@@ -1,9 +1,10 @@
-"""The package's two compiled kernels; everything else is in pyproject.toml.
+"""The package's compiled kernels; everything else is in pyproject.toml.
 
-The mask encoder's paste + RLE (``mrcnn_batch/encode/masks.py`` says what it computes) and
-evaluation's accumulation loop (``mrcnn_batch/evaluate/accumulate.py``). Both optional: where
-they cannot be built (no C compiler), the package does the same computations in torch ops and
-numpy, several times slower. ``-ffp-contract=off``: the compiler fuses no multiply-add the
+The mask encoder's paste + RLE (``mrcnn_batch/encode/masks.py`` says what it computes),
+evaluation's accumulation loop (``mrcnn_batch/evaluate/accumulate.py``) and its mask IoU and
+area on RLE strings (``mrcnn_batch/evaluate/similarity.py``). All optional: where they cannot
+be built (no C compiler), the package does the same computations in torch ops, numpy and
+pycocotools, several times slower. ``-ffp-contract=off``: the compiler fuses no multiply-add the
 source does not ask for (exactness depends on it).
 """
 
@@ -17,5 +18,7 @@ setup(
                   libraries=["m"], optional=True),
         Extension("mrcnn_batch.evaluate._accumulate", ["mrcnn_batch/evaluate/_accumulate.c"],
                   extra_compile_args=FLAGS, optional=True),
+        Extension("mrcnn_batch.evaluate._rle", ["mrcnn_batch/evaluate/_rle.c"], extra_compile_args=FLAGS, libraries=["m"],
+                  optional=True),
     ]
 )

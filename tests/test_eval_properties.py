@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from eval_fixtures import CUSTOM_SIGMAS, assert_same_as_pycoco, pycoco, random_case
 from mrcnn_batch.evaluate import COCOEvaluator
-from mrcnn_batch.evaluate import accumulate as accumulation
 from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
 from mrcnn_batch.evaluate.predictions import detections_from_results
 
@@ -34,24 +33,6 @@ def test_random_sets_equal_pycocotools(iou_type, seed):
     r = _ours(gt_doc, results, iou_type)
     e = pycoco(gt_doc, results, iou_type, sigmas=CUSTOM_SIGMAS if iou_type == "keypoints" else None)
     assert_same_as_pycoco(r, e)
-
-
-@pytest.mark.skipif(not accumulation.COMPILED, reason="the compiled accumulation kernel was not built (no C compiler)")
-@pytest.mark.parametrize("iou_type,seed", [(t, s) for t, seeds in SEEDS.items() for s in seeds])
-def test_compiled_accumulation_equals_the_numpy_passes(iou_type, seed):
-    # the suite runs the kernel (the default where built) against pycocotools; this holds the
-    # numpy passes, which run where it is not built, to the same arrays, bit for bit
-    gt_doc, results = random_case(seed, iou_type=iou_type)
-    gt = ground_truth_from_dict(gt_doc, iou_types=(iou_type,))
-    ev = COCOEvaluator(gt, iou_types=(iou_type,))
-    ev.process(detections_from_results(results, gt=gt, iou_type=iou_type), image_ids=gt.image_ids)
-    matches = ev.matches(iou_type)
-    kw = {"params": ev.setup.params[iou_type], "category_ids": ev.setup.category_ids[iou_type]}
-    kernel = accumulation.accumulate(matches, compiled=True, **kw)
-    passes = accumulation.accumulate(matches, compiled=False, **kw)
-    for name in ("precision", "recall", "scores"):
-        np.testing.assert_array_equal(getattr(kernel, name), getattr(passes, name))
-    assert (kernel.precision >= 0).any()  # the sets are not trivial
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -29,13 +29,15 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
+import pyarrow as pa
 
 from mrcnn_batch.evaluate.boundary import boundary_similarity
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.params import MASK_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections
-from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou
+from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
+from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou, pair_mask_iou
 
 CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
 _CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
@@ -325,6 +327,8 @@ def _mask_pairs(
     detections and objects of all its groups (a pair's IoU does not depend on the others in the
     call; pairs of different categories are dropped), the RLE objects built once."""
     (ds, dc), (gs, gc) = d_groups, g_groups
+    if params.iou_type == "segm" and COMPILED_RLE:
+        return _mask_pairs_compiled(gt, dets, g_rows, crowd, d_rows, d_groups, g_groups, tmin)
     d_list, g_list = _ranges(ds, dc), _ranges(gs, gc)
     d_grp, g_grp = np.repeat(np.arange(len(dc)), dc), np.repeat(np.arange(len(gc)), gc)
     all_d, all_g = dets.rles(d_rows[d_list]), gt_rles(gt, g_rows[g_list])
@@ -342,6 +346,48 @@ def _mask_pairs(
         out_d.append(d_list[d0 + hit[0]])
         out_g.append(g_list[g0 + hit[1]])
         out_v.append(sim[hit])
+    return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
+
+
+def _mask_pairs_compiled(
+    gt: GroundTruth,
+    dets: Detections,
+    g_rows: np.ndarray,
+    crowd: np.ndarray,
+    d_rows: np.ndarray,
+    d_groups: tuple[np.ndarray, np.ndarray],
+    g_groups: tuple[np.ndarray, np.ndarray],
+    tmin: float,
+    *,
+    block: int = 1 << 15,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_mask_pairs` for segm by the compiled kernel: every (detection, object) pair of
+    each group, the detections' strings straight from their Arrow column, groups of about
+    ``block`` detections at a time (the decoded runs of a block are held at once)."""
+    (ds, dc), (gs, gc) = d_groups, g_groups
+    bounds = np.unique(np.r_[0, np.searchsorted(np.cumsum(dc), np.arange(block, int(dc.sum()), block)), len(dc)])
+    out_d, out_g, out_v = [], [], []
+    for s, e in pairwise(bounds.tolist()):
+        d_list, g_list = _ranges(ds[s:e], dc[s:e]), _ranges(gs[s:e], gc[s:e])
+        g_objs = gt_rles(gt, g_rows[g_list])
+        g_counts = pa.array([o["counts"] if isinstance(o["counts"], bytes) else o["counts"].encode() for o in g_objs],
+                            pa.large_binary())
+        sizes = dc[s:e] * gc[s:e]
+        owner = np.repeat(np.arange(e - s), sizes)
+        within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        d_at, g_at = np.cumsum(dc[s:e]) - dc[s:e], np.cumsum(gc[s:e]) - gc[s:e]
+        pd = d_at[owner] + within // gc[s:e][owner]
+        pg = g_at[owner] + within % gc[s:e][owner]
+        rows = d_rows[d_list]
+        sim = pair_mask_iou(dets.segm_counts.take(pa.array(rows)), dets.segm_size[rows], g_counts,
+                            np.array([o["size"] for o in g_objs], np.int64).reshape(-1, 2), pd, pg, crowd[g_list])
+        hit = sim >= tmin
+        out_d.append(d_list[pd[hit]])
+        out_g.append(g_list[pg[hit]])
+        out_v.append(sim[hit])
+    if not out_d:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), np.zeros(0)
     return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
 
 

@@ -28,6 +28,8 @@ from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_results
 from mrcnn_batch.evaluate.params import MASK_IOU_TYPES
+from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
+from mrcnn_batch.evaluate.similarity import rle_areas
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +419,11 @@ def rle_objects(counts: pa.Array, sizes: np.ndarray) -> list[dict[str, Any]]:
 
 
 def table_rle_area(counts: pa.Array, sizes: np.ndarray, *, block: int = 1 << 16) -> np.ndarray:
-    """:func:`rle_area` of compressed RLE strings, ``block`` masks at a time (bounded memory)."""
+    """:func:`rle_area` of compressed RLE strings, ``block`` masks at a time (bounded memory);
+    by the compiled kernel where it was built."""
+    if COMPILED_RLE:
+        return np.concatenate([np.zeros(0)] + [rle_areas(counts.slice(i, block)).astype(np.float64)
+                                               for i in range(0, len(counts), block)])
     return np.concatenate([np.zeros(0)] + [rle_area(rle_objects(counts.slice(i, block), sizes[i:i + block]))
                                            for i in range(0, len(counts), block)])
 

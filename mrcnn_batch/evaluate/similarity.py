@@ -5,6 +5,9 @@ Each function reproduces pycocotools bit for bit:
 * :func:`box_iou` is ``maskApi.c: bbIou`` vectorised (same double operations in the same
   order; a crowd's union is the detection's own area), checked against ``maskUtils.iou``;
 * :func:`mask_iou` *is* ``maskUtils.iou`` on compressed RLE (crowd handled by pycocotools);
+  :func:`pair_mask_iou` computes the same numbers for many (detection, object) pairs at once
+  in a compiled kernel (``_rle.c``, built when the package is installed) on the strings as they
+  lie in an Arrow column;
 * :func:`oks` is ``COCOeval.computeOks``, vectorised over detections only, so that every sum
   is taken over the same elements in the same order.
 
@@ -16,7 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pycocotools import mask as mask_utils
+
+try:  # the compiled RLE kernel (_rle.c), built when the package is installed
+    from mrcnn_batch.evaluate import _rle
+except ImportError:  # a checkout run from its folder, or installed where nothing compiles
+    _rle = None
+
+COMPILED = _rle is not None
 
 
 def box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
@@ -43,6 +54,40 @@ def mask_iou(dt: list[dict[str, Any]], gt: list[dict[str, Any]], crowd: np.ndarr
     if not dt or not gt:
         return np.zeros((len(dt), len(gt)))
     return np.asarray(mask_utils.iou(dt, gt, [int(c) for c in crowd]), dtype=np.float64).reshape(len(dt), len(gt))
+
+
+def pair_mask_iou(
+    d_counts: pa.Array, d_size: np.ndarray, g_counts: pa.Array, g_size: np.ndarray,
+    pd: np.ndarray, pg: np.ndarray, crowd: np.ndarray,
+) -> np.ndarray:
+    """``maskUtils.iou`` of each pair ``(pd[k], pg[k])`` of detection and object masks, by the
+    compiled kernel: compressed RLE strings (Arrow binary or string, no nulls), sizes ``(N, 2)``,
+    ``crowd`` per object."""
+    d_data, d_off = string_buffers(d_counts)
+    g_data, g_off = string_buffers(g_counts)
+    out = _rle.iou(d_data, d_off, np.ascontiguousarray(d_size, np.int64), g_data, g_off,
+                   np.ascontiguousarray(g_size, np.int64), np.ascontiguousarray(pd, np.int64),
+                   np.ascontiguousarray(pg, np.int64), np.ascontiguousarray(crowd, np.uint8))
+    return np.frombuffer(out, np.float64)
+
+
+def rle_areas(counts: pa.Array) -> np.ndarray:
+    """Pixel counts of compressed RLE strings (``maskUtils.area``), by the compiled kernel."""
+    data, offsets = string_buffers(counts)
+    return np.frombuffer(_rle.areas(data, offsets), np.int64)
+
+
+def string_buffers(strings: pa.Array) -> tuple[Any, np.ndarray]:
+    """The data buffer and int64 offsets of an Arrow binary or string array without nulls."""
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    if strings.null_count:
+        raise ValueError("RLE strings must not be null")
+    if not pa.types.is_large_binary(strings.type):
+        strings = strings.cast(pa.large_binary())
+    _, offsets, data = strings.buffers()
+    at = np.frombuffer(offsets, np.int64)[strings.offset : strings.offset + len(strings) + 1]
+    return (b"" if data is None else data), np.ascontiguousarray(at)
 
 
 def oks(

@@ -1,0 +1,107 @@
+"""The compiled kernels of evaluation against what they replace: accumulation's numpy passes,
+and pycocotools' ``maskUtils.iou`` / ``area`` for the RLE kernel; each bit for bit. (The rest
+of the suite runs the kernels, the default where built, against pycocotools end to end.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+
+from eval_fixtures import random_case
+from mrcnn_batch.evaluate import COCOEvaluator
+from mrcnn_batch.evaluate import accumulate as accumulation
+from mrcnn_batch.evaluate import match, similarity
+from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
+from mrcnn_batch.evaluate.predictions import detections_from_results
+
+SEEDS = {"bbox": range(40), "segm": range(16), "keypoints": range(40)}
+CASES = [(t, s) for t, seeds in SEEDS.items() for s in seeds]
+
+
+def _processed(iou_type, seed):
+    gt_doc, results = random_case(seed, iou_type=iou_type)
+    gt = ground_truth_from_dict(gt_doc, iou_types=(iou_type,))
+    ev = COCOEvaluator(gt, iou_types=(iou_type,))
+    ev.process(detections_from_results(results, gt=gt, iou_type=iou_type), image_ids=gt.image_ids)
+    return ev
+
+
+@pytest.mark.skipif(not accumulation.COMPILED, reason="the compiled accumulation kernel was not built (no C compiler)")
+@pytest.mark.parametrize("iou_type,seed", CASES)
+def test_compiled_accumulation_equals_the_numpy_passes(iou_type, seed):
+    ev = _processed(iou_type, seed)
+    matches = ev.matches(iou_type)
+    kw = {"params": ev.setup.params[iou_type], "category_ids": ev.setup.category_ids[iou_type]}
+    kernel = accumulation.accumulate(matches, compiled=True, **kw)
+    passes = accumulation.accumulate(matches, compiled=False, **kw)
+    for name in ("precision", "recall", "scores"):
+        np.testing.assert_array_equal(getattr(kernel, name), getattr(passes, name))
+    assert (kernel.precision >= 0).any()  # the sets are not trivial
+
+
+@pytest.mark.skipif(not similarity.COMPILED, reason="the compiled RLE kernel was not built (no C compiler)")
+@pytest.mark.parametrize("seed", SEEDS["segm"])
+def test_segm_matching_by_the_kernel_equals_pycocotools_iou(seed, monkeypatch):
+    kernel = _processed("segm", seed).matches("segm")
+    monkeypatch.setattr(match, "COMPILED_RLE", False)  # maskUtils.iou, image by image
+    reference = _processed("segm", seed).matches("segm")
+    for name in ("image_id", "rank", "score", "codes", "npig"):
+        np.testing.assert_array_equal(getattr(kernel, name), getattr(reference, name))
+    assert (kernel.codes == match.CODE_TP).any()
+
+
+def _strings(rles):
+    return pa.array([r["counts"] for r in rles], pa.binary())
+
+
+@st.composite
+def masks(draw):
+    """Masks of a few sizes: random blobs, empty, full, a single pixel, ones at either end."""
+    sizes = [(draw(st.integers(1, 40)), draw(st.integers(1, 40))) for _ in range(2)]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    out = []
+    for _ in range(draw(st.integers(1, 8))):
+        h, w = sizes[draw(st.integers(0, 1))]
+        kind = draw(st.sampled_from(["blob", "noise", "empty", "full", "pixel", "ends"]))
+        m = np.zeros((h, w), np.uint8)
+        if kind == "blob":
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            m[y0 : y0 + rng.integers(1, h + 1), x0 : x0 + rng.integers(1, w + 1)] = 1
+        elif kind == "noise":
+            m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        elif kind == "full":
+            m[:] = 1
+        elif kind == "pixel":
+            m[rng.integers(0, h), rng.integers(0, w)] = 1
+        elif kind == "ends":
+            m[0, 0] = m[-1, -1] = 1
+        out.append(mask_utils.encode(np.asfortranarray(m)))
+    return out
+
+
+@pytest.mark.skipif(not similarity.COMPILED, reason="the compiled RLE kernel was not built (no C compiler)")
+@settings(max_examples=200, deadline=None)
+@given(masks(), masks(), st.data())
+def test_pair_iou_and_area_are_pycocotools(dt, gt, data):
+    crowd = np.array(data.draw(st.lists(st.booleans(), min_size=len(gt), max_size=len(gt))))
+    pd, pg = (v.reshape(-1) for v in np.meshgrid(np.arange(len(dt)), np.arange(len(gt)), indexing="ij"))
+    ours = similarity.pair_mask_iou(_strings(dt), np.array([r["size"] for r in dt]), _strings(gt),
+                                    np.array([r["size"] for r in gt]), pd, pg, crowd)
+    theirs = np.asarray(mask_utils.iou(dt, gt, crowd.astype(int).tolist()), np.float64).reshape(len(dt), len(gt))
+    np.testing.assert_array_equal(ours.reshape(len(dt), len(gt)), theirs)  # -1 where sizes differ
+    np.testing.assert_array_equal(similarity.rle_areas(_strings(dt)), mask_utils.area(dt).astype(np.int64))
+
+
+@pytest.mark.skipif(not similarity.COMPILED, reason="the compiled RLE kernel was not built (no C compiler)")
+def test_a_malformed_string_is_an_error_not_a_number():
+    good = mask_utils.encode(np.asfortranarray(np.ones((4, 4), np.uint8)))
+    bad = pa.array([b"0" * 20, b"\x7f!"], pa.binary())
+    with pytest.raises(ValueError, match="malformed"):
+        similarity.rle_areas(bad)
+    with pytest.raises(ValueError, match="malformed"):
+        similarity.pair_mask_iou(bad, np.array([[4, 4], [4, 4]]), _strings([good]), np.array([[4, 4]]),
+                                 np.array([0, 1]), np.array([0, 0]), np.array([False]))
