@@ -190,11 +190,7 @@ def _similar_pairs(
     gs, gc, ds, dc = gs[gi], gc[gi], ds[di], dc[di]
     if params.iou_type in MASK_IOU_TYPES:
         return _mask_pairs(gt, dets, params, g_rows, crowd, d_rows, both // len(category_ids), (ds, dc), (gs, gc), tmin)
-    sizes = dc * gc  # every (detection, object) pair of each group
-    owner = np.repeat(np.arange(len(both)), sizes)
-    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    pd = ds[owner] + within // gc[owner]
-    pg = gs[owner] + within % gc[owner]
+    pd, pg, owner = _all_pairs(ds, dc, gs, gc)
     if params.iou_type == "bbox":
         return pd, pg, pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
     pair_cat = category_ids[both[owner] % len(category_ids)]
@@ -372,12 +368,8 @@ def _mask_pairs_compiled(
         g_objs = gt_rles(gt, g_rows[g_list])
         g_counts = pa.array([o["counts"] if isinstance(o["counts"], bytes) else o["counts"].encode() for o in g_objs],
                             pa.large_binary())
-        sizes = dc[s:e] * gc[s:e]
-        owner = np.repeat(np.arange(e - s), sizes)
-        within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        d_at, g_at = np.cumsum(dc[s:e]) - dc[s:e], np.cumsum(gc[s:e]) - gc[s:e]
-        pd = d_at[owner] + within // gc[s:e][owner]
-        pg = g_at[owner] + within % gc[s:e][owner]
+        d_at, g_at = np.cumsum(dc[s:e]) - dc[s:e], np.cumsum(gc[s:e]) - gc[s:e]  # in d_list, g_list
+        pd, pg, _ = _all_pairs(d_at, dc[s:e], g_at, gc[s:e])
         rows = d_rows[d_list]
         sim = pair_mask_iou(dets.segm_counts.take(pa.array(rows)), dets.segm_size[rows], g_counts,
                             np.array([o["size"] for o in g_objs], np.int64).reshape(-1, 2), pd, pg, crowd[g_list])
@@ -389,6 +381,15 @@ def _mask_pairs_compiled(
         z = np.zeros(0, np.int64)
         return z, z.copy(), np.zeros(0)
     return np.concatenate(out_d), np.concatenate(out_g), np.concatenate(out_v)
+
+
+def _all_pairs(ds: np.ndarray, dc: np.ndarray, gs: np.ndarray, gc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (detection, object) pair of each group (``dc`` detections from ``ds``, ``gc``
+    objects from ``gs``), detection-major: their indices and group."""
+    sizes = dc * gc
+    owner = np.repeat(np.arange(len(dc)), sizes)
+    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return ds[owner] + within // gc[owner], gs[owner] + within % gc[owner], owner
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
