@@ -105,3 +105,33 @@ def test_a_malformed_string_is_an_error_not_a_number():
     with pytest.raises(ValueError, match="malformed"):
         similarity.pair_mask_iou(bad, np.array([[4, 4], [4, 4]]), _strings([good]), np.array([[4, 4]]),
                                  np.array([0, 1]), np.array([0, 0]), np.array([False]))
+
+
+@st.composite
+def polygons(draw):
+    """Polygons of 3-12 points: inside the image, on whole and half pixels, far outside it,
+    and with repeated points (an edge of no length)."""
+    h, w = draw(st.integers(1, 300)), draw(st.integers(1, 300))
+    k = draw(st.integers(3, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["inside", "whole", "half", "outside", "repeated"]))
+    if kind == "whole":
+        xy = rng.integers(-5, max(w, h) + 5, size=2 * k).astype(float)
+    elif kind == "half":
+        xy = rng.integers(-10, 2 * max(w, h) + 10, size=2 * k) / 2
+    elif kind == "outside":
+        xy = rng.uniform(-100, 400, size=2 * k)
+    elif kind == "repeated":
+        xy = np.repeat(rng.uniform(-2, max(w, h), size=k), 2)[: 2 * k]
+        xy[::4] = xy[1::4]
+    else:
+        xy = np.stack([rng.uniform(0, w, k), rng.uniform(0, h, k)], 1).reshape(-1)
+    return xy.tolist(), h, w
+
+
+@pytest.mark.skipif(not similarity.COMPILED, reason="the compiled RLE kernel was not built (no C compiler)")
+@settings(max_examples=300, deadline=None)
+@given(st.lists(polygons(), min_size=1, max_size=4))
+def test_polygons_rasterised_as_pycocotools_does(items):
+    ours = similarity.polygon_rles([p for p, _, _ in items], np.array([[h, w] for _, h, w in items])).to_pylist()
+    assert ours == [mask_utils.frPyObjects([p], h, w)[0]["counts"] for p, h, w in items]

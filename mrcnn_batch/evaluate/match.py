@@ -37,7 +37,7 @@ from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.params import MASK_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections
 from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
-from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou, pair_mask_iou
+from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou, pair_mask_iou, polygon_rles
 
 CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
 _CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
@@ -365,14 +365,12 @@ def _mask_pairs_compiled(
     out_d, out_g, out_v = [], [], []
     for s, e in pairwise(bounds.tolist()):
         d_list, g_list = _ranges(ds[s:e], dc[s:e]), _ranges(gs[s:e], gc[s:e])
-        g_objs = gt_rles(gt, g_rows[g_list])
-        g_counts = pa.array([o["counts"] if isinstance(o["counts"], bytes) else o["counts"].encode() for o in g_objs],
-                            pa.large_binary())
+        g_counts, g_size = gt_strings(gt, g_rows[g_list])
         d_at, g_at = np.cumsum(dc[s:e]) - dc[s:e], np.cumsum(gc[s:e]) - gc[s:e]  # in d_list, g_list
         pd, pg, _ = _all_pairs(d_at, dc[s:e], g_at, gc[s:e])
         rows = d_rows[d_list]
-        sim = pair_mask_iou(dets.segm_counts.take(pa.array(rows)), dets.segm_size[rows], g_counts,
-                            np.array([o["size"] for o in g_objs], np.int64).reshape(-1, 2), pd, pg, crowd[g_list])
+        sim = pair_mask_iou(dets.segm_counts.take(pa.array(rows)), dets.segm_size[rows], g_counts, g_size,
+                            pd, pg, crowd[g_list])
         hit = sim >= tmin
         out_d.append(d_list[pd[hit]])
         out_g.append(g_list[pg[hit]])
@@ -422,6 +420,25 @@ def gt_rles(gt: GroundTruth, rows: np.ndarray) -> list[dict]:
         for i, rle in zip(at, mask_utils.frPyObjects([gt.segmentation[rows[i]][0] for i in at], h, w)):
             out[i] = rle
     return out
+
+
+def gt_strings(gt: GroundTruth, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """:func:`gt_rles` as compressed RLE strings (Arrow) and sizes ``(N, 2)``; objects of one
+    polygon rasterised by the compiled kernel, the others by pycocotools."""
+    rows = np.asarray(rows, np.int64)
+    sizes = gt.image_sizes[np.searchsorted(gt.image_ids, gt.ann_image_id[rows])].astype(np.int64).reshape(-1, 2)
+    segms = [gt.segmentation[r] for r in rows.tolist()]
+    single = np.array([isinstance(s, list) and len(s) == 1 and len(s[0]) > 4 for s in segms], bool)
+    if single.all():
+        return polygon_rles([s[0] for s in segms], sizes), sizes
+    counts: list[bytes | None] = [None] * len(rows)
+    at = np.flatnonzero(single)
+    for i, c in zip(at.tolist(), polygon_rles([segms[i][0] for i in at.tolist()], sizes[at]).to_pylist()):
+        counts[i] = c
+    other = np.flatnonzero(~single)
+    for i, rle in zip(other.tolist(), gt_rles(gt, rows[other])):
+        counts[i] = rle["counts"] if isinstance(rle["counts"], bytes) else rle["counts"].encode()
+    return pa.array(counts, pa.large_binary()), sizes
 
 
 def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:

@@ -7,7 +7,8 @@ Each function reproduces pycocotools bit for bit:
 * :func:`mask_iou` *is* ``maskUtils.iou`` on compressed RLE (crowd handled by pycocotools);
   :func:`pair_mask_iou` computes the same numbers for many (detection, object) pairs at once
   in a compiled kernel (``_rle.c``, built when the package is installed) on the strings as they
-  lie in an Arrow column;
+  lie in an Arrow column; the same kernel rasterises polygons as ``frPyObjects`` does
+  (:func:`polygon_rles`) and counts areas (:func:`rle_areas`);
 * :func:`oks` is ``COCOeval.computeOks``, vectorised over detections only, so that every sum
   is taken over the same elements in the same order.
 
@@ -75,6 +76,16 @@ def rle_areas(counts: pa.Array) -> np.ndarray:
     """Pixel counts of compressed RLE strings (``maskUtils.area``), by the compiled kernel."""
     data, offsets = string_buffers(counts)
     return np.frombuffer(_rle.areas(data, offsets), np.int64)
+
+
+def polygon_rles(polygons: list[list[float]], sizes: np.ndarray) -> pa.Array:
+    """Compressed RLE strings of one polygon each (``[x, y, x, y, ...]``) in images of
+    ``sizes (N, 2)``, as ``maskUtils.frPyObjects`` rasterises them, by the compiled kernel."""
+    lengths = np.fromiter((len(p) for p in polygons), np.int64, len(polygons))
+    xy = np.fromiter((v for p in polygons for v in p), np.float64, int(lengths.sum()))
+    data, offsets = _rle.polygons(xy, np.r_[0, np.cumsum(lengths)].astype(np.int64),
+                                  np.ascontiguousarray(sizes, np.int64).reshape(-1, 2))
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(polygons), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def string_buffers(strings: pa.Array) -> tuple[Any, np.ndarray]:
