@@ -11,14 +11,15 @@ source does not ask for (exactness depends on it).
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-ffp-contract=off"]
+STRING = "mrcnn_batch/encode/rle_string.h"  # pycocotools' RLE string, written by two kernels
 
 setup(
     ext_modules=[
-        Extension("mrcnn_batch.encode._paste", ["mrcnn_batch/encode/_paste.c"], extra_compile_args=FLAGS,
+        Extension("mrcnn_batch.encode._paste", ["mrcnn_batch/encode/_paste.c"], depends=[STRING], extra_compile_args=FLAGS,
                   libraries=["m"], optional=True),
         Extension("mrcnn_batch.evaluate._accumulate", ["mrcnn_batch/evaluate/_accumulate.c"],
                   extra_compile_args=FLAGS, optional=True),
-        Extension("mrcnn_batch.evaluate._rle", ["mrcnn_batch/evaluate/_rle.c"], extra_compile_args=FLAGS, libraries=["m"],
-                  optional=True),
+        Extension("mrcnn_batch.evaluate._rle", ["mrcnn_batch/evaluate/_rle.c"], depends=[STRING], extra_compile_args=FLAGS,
+                  libraries=["m"], optional=True),
     ]
 )

@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rle_string.h"
+
 #define SMALL_BOX_SIDES 128 /* torch takes the four-product route when h + w <= this */
 
 typedef struct {
@@ -209,25 +211,6 @@ FMA_CLONES static int encode_one(const float *g, int size, const int64_t *box, i
     }
     if (total > r->last && runs_push(r, total - r->last)) return -1;
     return 0;
-}
-
-/* pycocotools' compressed RLE string of runs (rleToString): each count, less the one two
-   before it from the third on, in 5-bit groups, low first, 0x20 marking more, plus 48. */
-static size_t rle_string(const uint32_t *runs, size_t n, char *out) {
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        int64_t x = (int64_t)runs[i];
-        if (i > 2) x -= (int64_t)runs[i - 2];
-        int more = 1;
-        while (more) {
-            int64_t c = x & 0x1f;
-            x >>= 5; /* arithmetic: negative numbers keep their sign */
-            more = (c & 0x10) ? x != -1 : x != 0;
-            if (more) c |= 0x20;
-            out[k++] = (char)(c + 48);
-        }
-    }
-    return k;
 }
 
 typedef struct {

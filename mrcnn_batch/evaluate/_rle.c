@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "../encode/rle_string.h"
+
 typedef struct {
     uint32_t *runs; /* into the pool */
     int64_t n;
@@ -373,24 +375,6 @@ done:
     return out;
 }
 
-/* pycocotools' compressed RLE string of runs (see the top of this file). */
-static size_t runs_to_string(const uint32_t *runs, int64_t n, char *out) {
-    size_t p = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t x = (int64_t)runs[i];
-        if (i > 2) x -= (int64_t)runs[i - 2];
-        int more = 1;
-        while (more) {
-            int64_t c = x & 0x1f;
-            x >>= 5;
-            more = (c & 0x10) ? x != -1 : x != 0;
-            if (more) c |= 0x20;
-            out[p++] = (char)(c + 48);
-        }
-    }
-    return p;
-}
-
 static PyObject *polygons(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer xy, starts, hw;
@@ -429,7 +413,7 @@ static PyObject *polygons(PyObject *self, PyObject *args) {
             text = grown;
             cap = want;
         }
-        used += runs_to_string(runs, r, text + used);
+        used += rle_string(runs, r, text + used);
         ends[i + 1] = (int64_t)used;
         free(runs);
     }
