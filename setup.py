@@ -1,8 +1,9 @@
 """The package's compiled kernels; everything else is in pyproject.toml.
 
 The mask encoder's paste + RLE (``mrcnn_batch/encode/masks.py`` says what it computes),
-evaluation's accumulation loop (``mrcnn_batch/evaluate/accumulate.py``) and its mask IoU and
-area on RLE strings (``mrcnn_batch/evaluate/similarity.py``). All optional: where they cannot
+evaluation's greedy matching (``mrcnn_batch/evaluate/match.py``), accumulation loop
+(``accumulate.py``) and mask IoU, area and polygon rasterisation on RLE strings
+(``similarity.py``). All optional: where they cannot
 be built (no C compiler), the package does the same computations in torch ops, numpy and
 pycocotools, several times slower. ``-ffp-contract=off``: the compiler fuses no multiply-add the
 source does not ask for (exactness depends on it).
@@ -19,6 +20,7 @@ setup(
                   libraries=["m"], optional=True),
         Extension("mrcnn_batch.evaluate._accumulate", ["mrcnn_batch/evaluate/_accumulate.c"],
                   extra_compile_args=FLAGS, optional=True),
+        Extension("mrcnn_batch.evaluate._match", ["mrcnn_batch/evaluate/_match.c"], extra_compile_args=FLAGS, optional=True),
         Extension("mrcnn_batch.evaluate._rle", ["mrcnn_batch/evaluate/_rle.c"], depends=[STRING], extra_compile_args=FLAGS,
                   libraries=["m"], optional=True),
     ]

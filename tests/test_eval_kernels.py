@@ -1,5 +1,6 @@
-"""The compiled kernels of evaluation against what they replace: accumulation's numpy passes,
-and pycocotools' ``maskUtils.iou`` / ``area`` for the RLE kernel; each bit for bit. (The rest
+"""The compiled kernels of evaluation against what they replace: the greedy matching's and
+accumulation's numpy passes, and pycocotools' ``maskUtils.iou`` / ``area`` / ``frPyObjects``
+for the RLE kernel; each bit for bit. (The rest
 of the suite runs the kernels, the default where built, against pycocotools end to end.)"""
 
 from __future__ import annotations
@@ -52,6 +53,29 @@ def test_segm_matching_by_the_kernel_equals_pycocotools_iou(seed, monkeypatch):
     for name in ("image_id", "rank", "score", "codes", "npig"):
         np.testing.assert_array_equal(getattr(kernel, name), getattr(reference, name))
     assert (kernel.codes == match.CODE_TP).any()
+
+
+@pytest.mark.skipif(match._match is None, reason="the compiled matching kernel was not built (no C compiler)")
+@pytest.mark.parametrize("iou_type,seed", CASES)
+def test_greedy_matching_by_the_kernel_equals_the_numpy_loop(iou_type, seed, monkeypatch):
+    kernel = _processed(iou_type, seed).matches(iou_type)
+    monkeypatch.setattr(match, "_match", None)  # the numpy loop, and np.lexsort for the order
+    reference = _processed(iou_type, seed).matches(iou_type)
+    for name in ("category_index", "image_id", "rank", "score", "codes"):
+        np.testing.assert_array_equal(getattr(kernel, name), getattr(reference, name))
+    assert (kernel.codes == match.CODE_TP).any()
+
+
+@pytest.mark.skipif(match._match is None, reason="the compiled matching kernel was not built (no C compiler)")
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3000), st.integers(1, 50), st.integers(0, 2), st.integers(0, 2**32 - 1))
+def test_detection_order_is_lexsort(n, groups, n_ties, seed):
+    rng = np.random.default_rng(seed)
+    key = rng.integers(0, groups, n)
+    score = np.round(rng.random(n), 1)  # many equal scores
+    ties = [rng.integers(0, 4, n) for _ in range(n_ties)]
+    np.testing.assert_array_equal(match.detection_order(key, score, *ties, groups=groups),
+                                  np.lexsort((*reversed(ties), -score, key)))
 
 
 def _strings(rles):

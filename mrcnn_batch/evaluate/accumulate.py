@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcnn_batch.evaluate.match import CODE_FP, CODE_TP, MatchResult
+from mrcnn_batch.evaluate.match import CODE_FP, CODE_TP, MatchResult, detection_order
 from mrcnn_batch.evaluate.params import EvalParams
 
 try:  # the compiled inner loop (_accumulate.c), built when the package is installed
@@ -88,7 +88,7 @@ def accumulate(
 
     # pycocotools' order within a category: its stable score sort of the concatenation by image
     # id, then rank within the image (equal scores keep that order)
-    order = np.lexsort((result.rank, result.image_id, -result.score, result.category_index))
+    order = detection_order(result.category_index, result.score, result.image_id, result.rank, groups=K)
     cat, rank, score = result.category_index[order], result.rank[order], result.score[order]
     if compiled:
         flat = np.ascontiguousarray(result.codes.reshape(len(order), AT), dtype=np.uint8)

@@ -39,6 +39,11 @@ from mrcnn_batch.evaluate.predictions import Detections
 from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
 from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou, pair_mask_iou, polygon_rles
 
+try:  # the compiled greedy loop (_match.c), built when the package is installed
+    from mrcnn_batch.evaluate import _match
+except ImportError:  # a checkout run from its folder, or installed where nothing compiles
+    _match = None
+
 CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
 _CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
 
@@ -88,7 +93,7 @@ def match_images(
     # Detections: (image, category) groups, score-sorted (stable), first max_det of each.
     d_keep = np.flatnonzero(np.isin(dets.image_id, image_ids) & np.isin(dets.category_id, category_ids))
     d_key = _group_key(dets.image_id[d_keep], dets.category_id[d_keep], image_ids, category_ids)
-    d_order = np.lexsort((-dets.score[d_keep], d_key))
+    d_order = detection_order(d_key, dets.score[d_keep], groups=len(image_ids) * K)
     d_rows, d_key = d_keep[d_order], d_key[d_order]
     rank = _rank_in_group(d_key)
     top = rank < params.max_det
@@ -150,6 +155,17 @@ def ground_truth_counts(
 
 def _group_key(img: np.ndarray, cat: np.ndarray, image_ids: np.ndarray, category_ids: np.ndarray) -> np.ndarray:
     return np.searchsorted(image_ids, img).astype(np.int64) * len(category_ids) + np.searchsorted(category_ids, cat)
+
+
+def detection_order(key: np.ndarray, score: np.ndarray, *ties: np.ndarray, groups: int) -> np.ndarray:
+    """Positions by ``key`` (in ``[0, groups)``), then score descending, then each of ``ties``
+    ascending, then position: ``np.lexsort((*reversed(ties), -score, key))``, pycocotools'
+    stable score order within a group (by the compiled kernel where built)."""
+    if _match is None or len(key) == 0 or groups > max(4 * len(key), 1 << 22):
+        return np.lexsort((*reversed(ties), -score, key))
+    order = _match.group_order(np.ascontiguousarray(key, np.int64), np.ascontiguousarray(score, np.float64),
+                               *(np.ascontiguousarray(t, np.int64) for t in ties), *([b""] * (2 - len(ties))), groups)
+    return np.frombuffer(order, np.int64)
 
 
 def _rank_in_group(sorted_key: np.ndarray) -> np.ndarray:
@@ -488,6 +504,13 @@ def _greedy_match(
     g_grp = np.repeat(np.arange(len(grp_ids)), ngt)
     pair_grp = np.searchsorted(grp_ids, d_key[pd])
     local = np.full((len(cd), A, T), -1, np.int32)
+    if _match is not None:  # the compiled loop, every group at once
+        iou_at = np.r_[0, np.cumsum(ndet * ngt)]
+        iou = np.full(int(iou_at[-1]), -1.0)
+        iou[iou_at[pair_grp] + d_local[cd_inv] * ngt[pair_grp] + g_local[cg_inv]] = pv
+        _match.greedy(iou, iou_at, np.r_[0, np.cumsum(ndet)], np.r_[0, np.cumsum(ngt)], crowd[cg].astype(np.uint8),
+                      np.ascontiguousarray(g_ig[cg], dtype=np.uint8), np.ascontiguousarray(thr, dtype=np.float64), local)
+        return _matched(cd, cg, g_first, ndet, local, A * T)
 
     # A group with one candidate object needs no loop: at each threshold the first detection
     # (in rank order) that reaches it takes it, or every one that does if it is a crowd.
@@ -527,9 +550,14 @@ def _greedy_match(
         ig_b[pos[g_grp[gs]], :, g_local[gs]] = g_ig[cg[gs]]
         _greedy(iou, crowd_b, ig_b, ndet[batch], d_first[batch], thr, local)
         start += size
+    return _matched(cd, cg, g_first, ndet, local, A * T)
+
+
+def _matched(cd, cg, g_first, ndet, local, cells_per_det: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_greedy_match``'s result from ``local`` (each candidate's object per cell, -1: none)."""
     cells = np.flatnonzero(local >= 0)
-    d_grp = np.repeat(np.arange(len(grp_ids)), ndet)
-    return cd, cells, cg[g_first[d_grp[cells // (A * T)]] + local.reshape(-1)[cells]]
+    d_grp = np.repeat(np.arange(len(ndet)), ndet)
+    return cd, cells, cg[g_first[d_grp[cells // cells_per_det]] + local.reshape(-1)[cells]]
 
 
 def _greedy(
