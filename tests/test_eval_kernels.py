@@ -157,5 +157,15 @@ def polygons(draw):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(polygons(), min_size=1, max_size=4))
 def test_polygons_rasterised_as_pycocotools_does(items):
-    ours = similarity.polygon_rles([p for p, _, _ in items], np.array([[h, w] for _, h, w in items])).to_pylist()
-    assert ours == [mask_utils.frPyObjects([p], h, w)[0]["counts"] for p, h, w in items]
+    ours, done = similarity.polygon_rles([p for p, _, _ in items], np.array([[h, w] for _, h, w in items]))
+    assert done.all()
+    assert ours.to_pylist() == [mask_utils.frPyObjects([p], h, w)[0]["counts"] for p, h, w in items]
+
+
+@pytest.mark.skipif(not similarity.COMPILED, reason="the compiled RLE kernel was not built (no C compiler)")
+def test_polygons_far_out_are_left_to_pycocotools():
+    # 5 x 1e9 overflows pycocotools' int conversion: the kernel does not guess what that gives
+    polys = [[0, 0, 10, 0, 10, 10.0], [0, 0, 1e9, 0, 10, 10.0], [0, 0, float("nan"), 0, 10, 10.0], [1, 1, 5, 1, 5, 5.0]]
+    strings, done = similarity.polygon_rles(polys, np.array([[20, 20]] * 4))
+    assert done.tolist() == [True, False, False, True]
+    assert strings.to_pylist()[3] == mask_utils.frPyObjects([polys[3]], 20, 20)[0]["counts"]

@@ -392,10 +392,19 @@ static PyObject *polygons(PyObject *self, PyObject *args) {
     char *text = NULL;
     size_t used = 0, cap = 0;
     int64_t *ends = malloc((n + 1) * sizeof(int64_t));
-    int fail = !ends;
+    uint8_t *done = malloc(n ? n : 1);
+    int fail = !ends || !done;
     Py_BEGIN_ALLOW_THREADS
     if (!fail) ends[0] = 0;
     for (int64_t i = 0; i < n && !fail; i++) {
+        const double *c = (const double *)xy.buf + st[i];
+        int plain = 1; /* finite and well inside int32 once scaled by 5 (else: not done here) */
+        for (int64_t q = 0; q < st[i + 1] - st[i] && plain; q++) plain = c[q] > -1e8 && c[q] < 1e8;
+        done[i] = (uint8_t)plain;
+        if (!plain) {
+            ends[i + 1] = (int64_t)used;
+            continue;
+        }
         uint32_t *runs = NULL;
         int64_t r = polygon_runs((const double *)xy.buf + st[i], (st[i + 1] - st[i]) / 2, size[2 * i], size[2 * i + 1], &runs);
         if (r < 0) {
@@ -421,9 +430,11 @@ static PyObject *polygons(PyObject *self, PyObject *args) {
     if (fail)
         PyErr_NoMemory();
     else
-        result = Py_BuildValue("(y#y#)", text ? text : "", (Py_ssize_t)used, (const char *)ends, (Py_ssize_t)((n + 1) * sizeof(int64_t)));
+        result = Py_BuildValue("(y#y#y#)", text ? text : "", (Py_ssize_t)used, (const char *)ends,
+                               (Py_ssize_t)((n + 1) * sizeof(int64_t)), (const char *)done, (Py_ssize_t)n);
     free(text);
     free(ends);
+    free(done);
 done:
     PyBuffer_Release(&xy);
     PyBuffer_Release(&starts);
@@ -433,9 +444,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"polygons", polygons, METH_VARARGS,
-     "polygons(xy, starts, hw) -> (data, offsets): the compressed RLE string of each polygon xy[starts[i]:starts[i + 1]] "
-     "(float64 x, y pairs) in an image of hw[i] = [h, w] (int64), as pycocotools' frPyObjects gives it; data and the "
-     "int64 offsets (n + 1) as bytes."},
+     "polygons(xy, starts, hw) -> (data, offsets, done): the compressed RLE string of each polygon xy[starts[i]:starts[i + 1]] "
+     "(float64 x, y pairs) in an image of hw[i] = [h, w] (int64), as pycocotools' frPyObjects gives it; data, the "
+     "int64 offsets (n + 1) and a uint8 per polygon (0: a coordinate not finite or 1e8 or more from 0, left out) as bytes."},
     {"areas", areas, METH_VARARGS, "areas(data, offsets) -> bytes of int64: the pixel count of each RLE string data[offsets[i]:offsets[i + 1]]."},
     {"iou", iou, METH_VARARGS,
      "iou(d_data, d_offsets, d_hw, g_data, g_offsets, g_hw, pd, pg, crowd) -> bytes of float64: the IoU of each pair "

@@ -445,12 +445,14 @@ def gt_strings(gt: GroundTruth, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]
     sizes = gt.image_sizes[np.searchsorted(gt.image_ids, gt.ann_image_id[rows])].astype(np.int64).reshape(-1, 2)
     segms = [gt.segmentation[r] for r in rows.tolist()]
     single = np.array([isinstance(s, list) and len(s) == 1 and len(s[0]) > 4 for s in segms], bool)
-    if single.all():
-        return polygon_rles([s[0] for s in segms], sizes), sizes
-    counts: list[bytes | None] = [None] * len(rows)
     at = np.flatnonzero(single)
-    for i, c in zip(at.tolist(), polygon_rles([segms[i][0] for i in at.tolist()], sizes[at]).to_pylist()):
+    strings, done = polygon_rles([segms[i][0] for i in at.tolist()], sizes[at])
+    if done.all() and len(at) == len(rows):
+        return strings, sizes
+    counts: list[bytes | None] = [None] * len(rows)
+    for i, c in zip(at[done].tolist(), strings.filter(pa.array(done)).to_pylist()):
         counts[i] = c
+    single[at[~done]] = False  # coordinates far out: pycocotools' path, whatever it makes of them
     other = np.flatnonzero(~single)
     for i, rle in zip(other.tolist(), gt_rles(gt, rows[other])):
         counts[i] = rle["counts"] if isinstance(rle["counts"], bytes) else rle["counts"].encode()

@@ -78,14 +78,17 @@ def rle_areas(counts: pa.Array) -> np.ndarray:
     return np.frombuffer(_rle.areas(data, offsets), np.int64)
 
 
-def polygon_rles(polygons: list[list[float]], sizes: np.ndarray) -> pa.Array:
+def polygon_rles(polygons: list[list[float]], sizes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
     """Compressed RLE strings of one polygon each (``[x, y, x, y, ...]``) in images of
-    ``sizes (N, 2)``, as ``maskUtils.frPyObjects`` rasterises them, by the compiled kernel."""
+    ``sizes (N, 2)``, as ``maskUtils.frPyObjects`` rasterises them, by the compiled kernel; and
+    which were done: not those with a coordinate that is not finite or lies 10**8 or more from
+    0, where pycocotools' own integer conversions overflow (an empty string there)."""
     lengths = np.fromiter((len(p) for p in polygons), np.int64, len(polygons))
     xy = np.fromiter((v for p in polygons for v in p), np.float64, int(lengths.sum()))
-    data, offsets = _rle.polygons(xy, np.r_[0, np.cumsum(lengths)].astype(np.int64),
-                                  np.ascontiguousarray(sizes, np.int64).reshape(-1, 2))
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(polygons), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    data, offsets, done = _rle.polygons(xy, np.r_[0, np.cumsum(lengths)].astype(np.int64),
+                                        np.ascontiguousarray(sizes, np.int64).reshape(-1, 2))
+    strings = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(polygons), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return strings, np.frombuffer(done, np.uint8).astype(bool)
 
 
 def string_buffers(strings: pa.Array) -> tuple[Any, np.ndarray]:
