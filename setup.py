@@ -1,7 +1,7 @@
 """The package's compiled kernels; everything else is in pyproject.toml.
 
 The mask encoder's paste + RLE (``mrcnn_batch/encode/masks.py`` says what it computes),
-evaluation's greedy matching (``mrcnn_batch/evaluate/match.py``), accumulation loop
+evaluation's greedy matching and OKS terms (``mrcnn_batch/evaluate/match.py``), accumulation loop
 (``accumulate.py``) and mask IoU, area and polygon rasterisation on RLE strings
 (``similarity.py``). All optional: where they cannot
 be built (no C compiler), the package does the same computations in torch ops, numpy and
@@ -21,6 +21,7 @@ setup(
         Extension("mrcnn_batch.evaluate._accumulate", ["mrcnn_batch/evaluate/_accumulate.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("mrcnn_batch.evaluate._match", ["mrcnn_batch/evaluate/_match.c"], extra_compile_args=FLAGS, optional=True),
+        Extension("mrcnn_batch.evaluate._oks", ["mrcnn_batch/evaluate/_oks.c"], extra_compile_args=FLAGS, optional=True),
         Extension("mrcnn_batch.evaluate._rle", ["mrcnn_batch/evaluate/_rle.c"], depends=[STRING], extra_compile_args=FLAGS,
                   libraries=["m"], optional=True),
     ]

@@ -60,6 +60,7 @@ def test_segm_matching_by_the_kernel_equals_pycocotools_iou(seed, monkeypatch):
 def test_greedy_matching_by_the_kernel_equals_the_numpy_loop(iou_type, seed, monkeypatch):
     kernel = _processed(iou_type, seed).matches(iou_type)
     monkeypatch.setattr(match, "_match", None)  # the numpy loop, and np.lexsort for the order
+    monkeypatch.setattr(match, "_oks", None)
     reference = _processed(iou_type, seed).matches(iou_type)
     for name in ("category_index", "image_id", "rank", "score", "codes"):
         np.testing.assert_array_equal(getattr(kernel, name), getattr(reference, name))
@@ -76,6 +77,20 @@ def test_detection_order_is_lexsort(n, groups, n_ties, seed):
     ties = [rng.integers(0, 4, n) for _ in range(n_ties)]
     np.testing.assert_array_equal(match.detection_order(key, score, *ties, groups=groups),
                                   np.lexsort((*reversed(ties), -score, key)))
+
+
+@pytest.mark.skipif(match._oks is None, reason="the compiled OKS kernel was not built (no C compiler)")
+@pytest.mark.parametrize("seed", SEEDS["keypoints"])
+def test_oks_terms_by_the_kernel_give_numpys_oks(seed, monkeypatch):
+    seen = []
+    oks_pairs = match._oks_pairs
+    monkeypatch.setattr(match, "_oks_pairs", lambda *a: seen.append(oks_pairs(*a)) or seen[-1])
+    _processed("keypoints", seed)
+    monkeypatch.setattr(match, "_oks", None)
+    _processed("keypoints", seed)
+    kernel, numpy_only = seen
+    np.testing.assert_array_equal(kernel, numpy_only)
+    assert (kernel > 0.5).any()
 
 
 def _strings(rles):

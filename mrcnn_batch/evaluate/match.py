@@ -39,10 +39,14 @@ from mrcnn_batch.evaluate.predictions import Detections
 from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
 from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou, pair_mask_iou, polygon_rles
 
-try:  # the compiled greedy loop (_match.c), built when the package is installed
+try:  # the compiled kernels (_match.c, _oks.c), built when the package is installed; else the numpy code
     from mrcnn_batch.evaluate import _match
 except ImportError:  # a checkout run from its folder, or installed where nothing compiles
     _match = None
+try:
+    from mrcnn_batch.evaluate import _oks
+except ImportError:
+    _oks = None
 
 CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
 _CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
@@ -285,20 +289,20 @@ def _oks_pairs(
         at = np.flatnonzero(pair_cat == cat)
         ud, d_inv = np.unique(d_rows[at], return_inverse=True)
         ug, g_inv = np.unique(g_rows[at], return_inverse=True)
-        dk = _kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}")
-        gk = _kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}")
+        dk = np.ascontiguousarray(_kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}"), np.float64)
+        gk = np.ascontiguousarray(_kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}"), np.float64)
         var = variances[cat]
+        g_visible = gk[:, 2::3] > 0
         step = max(1, (1 << 20) // max(len(var), 1))
         for lo in range(0, len(at), step):
             c = slice(lo, lo + step)
-            d, g = dk[d_inv[c]], gk[g_inv[c]]
             area = gt.area[ug[g_inv[c]]]
-            visible = g[:, 2::3] > 0
-            labelled = visible.sum(axis=1)
-            sim = np.empty(len(d))
+            labelled = g_visible.sum(axis=1)[g_inv[c]]
+            sim = np.empty(len(labelled))
             none = np.flatnonzero(labelled == 0)  # no labelled keypoint: distances to the box, doubled
             if len(none):
-                bb, xd, yd = gt.bbox[ug[g_inv[c]][none]], d[none, 0::3], d[none, 1::3]
+                d = dk[d_inv[c][none]]
+                bb, xd, yd = gt.bbox[ug[g_inv[c]][none]], d[:, 0::3], d[:, 1::3]
                 x0, x1 = (bb[:, 0] - bb[:, 2])[:, None], (bb[:, 0] + bb[:, 2] * 2)[:, None]
                 y0, y1 = (bb[:, 1] - bb[:, 3])[:, None], (bb[:, 1] + bb[:, 3] * 2)[:, None]
                 dx = np.maximum(0, x0 - xd) + np.maximum(0, xd - x1)
@@ -309,10 +313,16 @@ def _oks_pairs(
             # that those of one count are one contiguous (pairs, count) block
             rows = np.flatnonzero(labelled > 0)
             rows = rows[np.argsort(labelled[rows], kind="stable")]
-            r, k = np.nonzero(visible[rows])
-            dx = d[rows[r], 3 * k] - g[rows[r], 3 * k]
-            dy = d[rows[r], 3 * k + 1] - g[rows[r], 3 * k + 1]
-            e = (dx**2 + dy**2) / var[k] / (area[rows[r]] + np.spacing(1)) / 2
+            if _oks is not None:  # each labelled keypoint's term, pair by pair, compiled
+                e = np.empty(int(labelled[rows].sum()))
+                _oks.terms(dk, gk, d_inv[c][rows], g_inv[c][rows], np.ascontiguousarray(var, np.float64),
+                           np.ascontiguousarray(area[rows], np.float64), e)
+            else:
+                d, g = dk[d_inv[c][rows]], gk[g_inv[c][rows]]
+                r, k = np.nonzero(g_visible[g_inv[c][rows]])
+                dx = d[r, 3 * k] - g[r, 3 * k]
+                dy = d[r, 3 * k + 1] - g[r, 3 * k + 1]
+                e = (dx**2 + dy**2) / var[k] / (area[rows[r]] + np.spacing(1)) / 2
             counts, n_rows = np.unique(labelled[rows], return_counts=True)
             row_at, e_at = 0, 0
             for count, n in zip(counts.tolist(), n_rows.tolist()):
