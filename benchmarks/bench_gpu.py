@@ -12,8 +12,9 @@ s3fs): run it from a checkout with ``PYTHONPATH=.`` on the GPU machine.
   files to committed Parquet shards. Images/s of both, their ratio (the share of the GPU's
   rate the pipeline keeps), the pipeline's process CPU seconds per image and peak GPU memory,
   for batch 1/4/8, float32 and ``--amp``/``--channels-last``; then ``--gpu-decode``.
-* **encoder**: ``encode.masks.paste_and_encode`` of 100 masks per image on the GPU and on the
-  CPU (masks copied over first), one thread and one per CPU; the RLEs of both must be equal.
+* **encoder**: ``encode.masks.paste_and_encode`` of 100 masks per image: its torch ops on the GPU
+  and on the CPU (masks copied over first), and the compiled kernel where it was built (see
+  ``run_gpu_checks.sh``), one thread and one per CPU; the RLEs of all must be equal.
 * **agreement**: the rows of a CUDA run against a CPU run of the same images (the packaged
   ``demo`` model on held-out synthetic images, and the lifted R50 on the real photos), CUDA
   batch 8 against batch 1 on a shard of mixed shapes, ``--amp`` and ``--gpu-decode`` against
@@ -48,7 +49,7 @@ from pycocotools import mask as mask_utils
 import mrcnn_batch as mb
 import mrcnn_batch.run.processor as processor_module
 from mrcnn_batch.datasets.shapes import write_dataset
-from mrcnn_batch.encode.masks import paste_and_encode
+from mrcnn_batch.encode.masks import COMPILED, paste_and_encode
 from mrcnn_batch.models.loaded import build_model
 from mrcnn_batch.plan import shard_ids, shard_rows
 from mrcnn_batch.read import decode_image
@@ -241,9 +242,9 @@ def encoder_rates(images: Path, weights: Path, tmp: Path, n_images: int) -> dict
     cpu_masks = [(d.masks.cpu(), d.boxes.cpu()) for d in dets]
     cuda_masks = [(d.masks, d.boxes) for d in dets]
 
-    def encode(pair):
+    def encode(pair, compiled=False):
         masks, boxes = pair
-        return paste_and_encode(masks, boxes, height=h, width=w)[0]
+        return paste_and_encode(masks, boxes, height=h, width=w, compiled=compiled)[0]
 
     def on_stream(pair):
         if DEVICE != "cuda":
@@ -253,7 +254,11 @@ def encoder_rates(images: Path, weights: Path, tmp: Path, n_images: int) -> dict
 
     out: dict[str, Any] = {"images": f"{w}x{h}", "masks_per_image": int(dets[0].masks.shape[0])}
     rles = {}
-    for name, fn, pairs in (("cuda", on_stream, cuda_masks), ("cpu", encode, cpu_masks)):
+    # the torch ops on each device, and the compiled kernel (masks copied to the host) where built
+    variants = [("cuda", on_stream, cuda_masks), ("cpu", encode, cpu_masks)]
+    if COMPILED:
+        variants.append(("kernel", lambda pair: encode(pair, compiled=True), cuda_masks))
+    for name, fn, pairs in variants:
         for threads in (1, os.cpu_count() or 1):
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(fn, pairs[:threads]))  # warm-up
@@ -268,6 +273,9 @@ def encoder_rates(images: Path, weights: Path, tmp: Path, n_images: int) -> dict
                   f"{1000 * cpu / len(pairs):7.2f} ms CPU per image", flush=True)
     out["rles_equal_cuda_cpu"] = rles["cuda"] == rles["cpu"]
     print(f"  RLEs of the GPU encoder equal the CPU encoder's: {out['rles_equal_cuda_cpu']}", flush=True)
+    if COMPILED:
+        out["rles_equal_kernel_cpu"] = rles["kernel"] == rles["cpu"]
+        print(f"  RLEs of the compiled kernel equal the CPU encoder's: {out['rles_equal_kernel_cpu']}", flush=True)
     return out
 
 
