@@ -20,6 +20,11 @@ candidate object (most groups) needs no loop: at each threshold the first detect
 takes it, or every one that does if it is a crowd. A detection without a candidate is a false
 positive (ignored outside the area range) without further work.
 
+Where the package was built with its C kernels (``setup.py``), the score order and the greedy
+loop of every group (``_match.c``), the OKS terms (``_oks.c``) and the mask IoUs on RLE strings
+with the ground truth's polygons rasterised (``_rle.c``, through ``similarity``) are compiled;
+the numpy code below is the fallback and the kernels' test reference.
+
 ``boundary`` is ``segm`` with each pair's similarity from ``boundary.boundary_similarity``.
 """
 
