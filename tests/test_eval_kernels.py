@@ -136,6 +136,19 @@ def test_pair_iou_and_area_are_pycocotools(dt, gt, data):
 
 
 @pytest.mark.skipif(not similarity.COMPILED, reason="the compiled RLE kernel was not built (no C compiler)")
+def test_table_areas_by_the_kernel_equal_pycocotools(monkeypatch):
+    from mrcnn_batch.evaluate import predictions
+
+    rng = np.random.default_rng(5)
+    rles = [mask_utils.encode(np.asfortranarray((rng.random((30, 20)) < p).astype(np.uint8))) for p in rng.random(300)]
+    counts, sizes = _strings(rles), np.array([r["size"] for r in rles])
+    kernel = predictions.table_rle_area(counts, sizes, block=64)
+    monkeypatch.setattr(predictions, "COMPILED_RLE", False)
+    np.testing.assert_array_equal(kernel, predictions.table_rle_area(counts, sizes, block=64))
+    assert kernel.dtype == np.float64 and kernel.sum() > 0
+
+
+@pytest.mark.skipif(not similarity.COMPILED, reason="the compiled RLE kernel was not built (no C compiler)")
 def test_a_malformed_string_is_an_error_not_a_number():
     good = mask_utils.encode(np.asfortranarray(np.ones((4, 4), np.uint8)))
     bad = pa.array([b"0" * 20, b"\x7f!"], pa.binary())
