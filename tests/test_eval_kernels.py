@@ -5,6 +5,8 @@ of the suite runs the kernels, the default where built, against pycocotools end 
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -20,6 +22,14 @@ from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
 from mrcnn_batch.evaluate.predictions import detections_from_results
 
 SEEDS = {"bbox": range(40), "segm": range(16), "keypoints": range(40)}
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here to build them")
+def test_the_kernels_are_built_where_a_compiler_is():
+    # installing the package builds them; where that silently failed, only the fallbacks would run
+    built = {"_accumulate": accumulation.COMPILED, "_rle": similarity.COMPILED,
+             "_match": match._match is not None, "_oks": match._oks is not None}
+    assert all(built.values()), f"not built: {[k for k, v in built.items() if not v]} (pip install -e . shows why)"
 CASES = [(t, s) for t, seeds in SEEDS.items() for s in seeds]
 
 
