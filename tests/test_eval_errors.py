@@ -230,6 +230,7 @@ def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path
     import pyarrow as pa
     from eval_fixtures import random_case, with_boxes
 
+    from mrcnn_batch.evaluate import jsonio
     from mrcnn_batch.evaluate.jsonio import read_results, results_table
     from mrcnn_batch.evaluate.predictions import load_results_json
 
@@ -244,6 +245,8 @@ def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path
         table = read_results(str(path))
         assert isinstance(table, pa.Table)
         assert results_table(path.read_bytes(), piece=300).equals(table)  # cut into pieces of ~300 bytes
+        if jsonio._results is not None:  # the compiled reader's table (read_results's), Arrow's, equal
+            assert results_table(path.read_bytes()).equals(jsonio.compiled_results_table(path.read_bytes()))
         got = load_results_json(str(path), gt=gt, iou_type=iou_type)
         ref = detections_from_results(json.loads(path.read_text()), gt=gt, iou_type=iou_type)
         for f in ("image_id", "category_id", "score", "area", "bbox", "kp_offsets", "kp_values", "segm_size"):
@@ -252,23 +255,40 @@ def test_results_read_as_a_table_give_the_detections_of_the_parsed_list(tmp_path
             assert got.segm_counts.to_pylist() == ref.segm_counts.to_pylist()
 
 
-@pytest.mark.parametrize("text", [
-    '[{"image_id": 1, "category_id": 2, "score": 0.5, "bbox": [1, 2, 3, 4], "note": "}, {"}]',  # a cut in a string
-    '[{"image_id": 1, "category_id": 2, "score": 0.5, "bbox": [1, 2, 3, 4]}, {"image_id": 1, "category_id": 2, "score": 0.5}]',
-    '[{"image_id": 1.0, "category_id": 2, "score": 0.5, "bbox": [1, 2, 3, 4]}]',
-    '[{"image_id": 1, "category_id": 2, "score": true, "bbox": [1, 2, 3, 4]}]',
-    '[{"image_id": 1, "category_id": 2, "score": 0.5,\n "bbox": [1, 2, 3, 4]}]',
-    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": [[1, 2, 3, 4, 5, 6]]}]',  # a polygon
-    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": {"size": [2, 2], "counts": [0, 4]}}]',
-    '[]',
+@pytest.mark.parametrize("text,compiled_takes", [
+    ('[{"image_id": 1, "category_id": 2, "score": 0.5, "bbox": [1, 2, 3, 4], "note": "}, {"}]', True),  # a cut in a string
+    ('[{"image_id": 1, "category_id": 2, "score": 0.5, "bbox": [1, 2, 3, 4]}, {"image_id": 1, "category_id": 2, "score": 0.5}]', False),
+    ('[{"image_id": 1.0, "category_id": 2, "score": 0.5, "bbox": [1, 2, 3, 4]}]', False),
+    ('[{"image_id": 1, "category_id": 2, "score": true, "bbox": [1, 2, 3, 4]}]', False),
+    ('[{"image_id": 1, "category_id": 2, "score": 0.5,\n "bbox": [1, 2, 3, 4]}]', True),
+    ('[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": [[1, 2, 3, 4, 5, 6]]}]', False),  # a polygon
+    ('[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": {"size": [2, 2], "counts": [0, 4]}}]', False),
+    ('[]', False),
 ])
-def test_results_not_plain_enough_for_a_table_are_parsed_as_before(tmp_path, text):
+def test_results_not_plain_enough_for_a_table_are_parsed_as_before(tmp_path, text, compiled_takes):
+    # Arrow's reader takes none of these; the compiled one (where built) the valid plain ones,
+    # with the detections of the parsed list
+    import numpy as np
+    import pyarrow as pa
+
+    from mrcnn_batch.evaluate import jsonio
     from mrcnn_batch.evaluate.jsonio import read_results, results_table
+    from mrcnn_batch.evaluate.predictions import load_results_json
 
     assert results_table(text.encode()) is None
     path = tmp_path / "r.json"
     path.write_text(text)
-    assert isinstance(read_results(str(path)), list)
+    doc = read_results(str(path))
+    if compiled_takes and jsonio._results is not None:
+        assert isinstance(doc, pa.Table)
+        gt = ground_truth_from_dict(GT, iou_types=("bbox",))
+        got = load_results_json(str(path), gt=gt, iou_type="bbox", unknown_categories="ignore")
+        ref = detections_from_results(json.loads(text), gt=gt, iou_type="bbox", unknown_categories="ignore")
+        assert len(got.score) == 1
+        for f in ("image_id", "category_id", "score", "area", "bbox"):
+            np.testing.assert_array_equal(getattr(got, f), getattr(ref, f), err_msg=f)
+    else:
+        assert isinstance(doc, list)
 
 
 def test_a_nan_score_read_as_a_table_is_refused_as_before(tmp_path):

@@ -1,10 +1,11 @@
 """The compiled kernels of evaluation against what they replace: the greedy matching's and
-accumulation's numpy passes, and pycocotools' ``maskUtils.iou`` / ``area`` / ``frPyObjects``
-for the RLE kernel; each bit for bit. (The rest
+accumulation's numpy passes, pycocotools' ``maskUtils.iou`` / ``area`` / ``frPyObjects`` for
+the RLE kernel, and Python's JSON parser for the results reader; each bit for bit. (The rest
 of the suite runs the kernels, the default where built, against pycocotools end to end.)"""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -17,7 +18,7 @@ from pycocotools import mask as mask_utils
 from eval_fixtures import random_case
 from mrcnn_batch.evaluate import COCOEvaluator
 from mrcnn_batch.evaluate import accumulate as accumulation
-from mrcnn_batch.evaluate import match, similarity
+from mrcnn_batch.evaluate import jsonio, match, similarity
 from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
 from mrcnn_batch.evaluate.predictions import detections_from_results
 
@@ -27,7 +28,7 @@ SEEDS = {"bbox": range(40), "segm": range(16), "keypoints": range(40)}
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here to build them")
 def test_the_kernels_are_built_where_a_compiler_is():
     # installing the package builds them; where that silently failed, only the fallbacks would run
-    built = {"_accumulate": accumulation.COMPILED, "_rle": similarity.COMPILED,
+    built = {"_accumulate": accumulation.COMPILED, "_rle": similarity.COMPILED, "_results": jsonio._results is not None,
              "_match": match._match is not None, "_oks": match._oks is not None}
     assert all(built.values()), f"not built: {[k for k, v in built.items() if not v]} (pip install -e . shows why)"
 CASES = [(t, s) for t, seeds in SEEDS.items() for s in seeds]
@@ -207,3 +208,90 @@ def test_polygons_far_out_are_left_to_pycocotools():
     strings, done = similarity.polygon_rles(polys, np.array([[20, 20]] * 4))
     assert done.tolist() == [True, False, False, True]
     assert strings.to_pylist()[3] == mask_utils.frPyObjects([polys[3]], 20, 20)[0]["counts"]
+
+
+# -- the compiled reader of results files ----------------------------------------------------------
+needs_reader = pytest.mark.skipif(jsonio._results is None, reason="the compiled results reader was not built (no C compiler)")
+
+
+@needs_reader
+@pytest.mark.parametrize("text", [
+    "0", "-0", "-0.0", "1e5", "1E-5", "0.1", "4.35", "0.30000000000000004", "1.0000000000000002", "0.1e1",
+    "123456789012345678901234567890", "1.7976931348623157e308", "5e-324", "2.2250738585072014e-308", "1e400",
+    "-1e400", "9007199254740993", "9007199254740993.0", "0.6499999761581421", "596.2100219726562", "1e-400",
+    "12345678901234567890123e-10", "0.000000000000000000000000000001234", "3.14159265358979323846264338327950288",
+])
+def test_numbers_are_read_as_pythons_parser_reads_them(text):
+    doc = f'[{{"image_id": 1, "category_id": 2, "score": {text}, "bbox": [{text}, 0, 1, 2]}}]'
+    table = jsonio.compiled_results_table(doc.encode())
+    expected = float(json.loads(doc)[0]["score"])  # as the float columns hold it
+    for got in (table["score"][0].as_py(), table["bbox"][0].as_py()[0]):
+        assert got == expected and np.signbit(got) == np.signbit(expected), text
+
+
+@needs_reader
+@pytest.mark.parametrize("doc", [
+    '[{"image_id": 9223372036854775808, "category_id": 2, "score": 0.5}]',  # past int64
+    '[{"image_id": 1.0, "category_id": 2, "score": 0.5}]',
+    '[{"image_id": 1, "category_id": 2, "score": true}]',
+    '[{"image_id": 1, "category_id": 2, "score": NaN}]',
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "score": 0.6}]',  # a repeated key
+    '[{"image_id": 1, "category_id": 2, "score": 0.5}, {"image_id": 1, "category_id": 2}]',  # a field some lack
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "bbox": [1, 2]}, {"image_id": 1, "category_id": 2, "score": 0.5}]',
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": [[1, 2, 3, 4, 5, 6]]}]',
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": {"size": [2, 2], "counts": [0, 4]}}]',
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": {"size": [2, 2], "counts": "04", "x": 1}}]',
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "sc\\u006fre": 0.6}]',  # an escaped key ("score" again)
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "note": "\\x"}]',  # not an escape of JSON
+    '[{"image_id": 1, "category_id": 2, "score": 0.5, "segmentation": {"size": [2, 2], "counts": "0\\n4"}}]',
+    '[{"image_id": 1, "category_id": 2, "score": 0.5}', '[{"image_id": 1, "category_id": 2, "score": 0.5}] x',
+    '[{"image_id": 01, "category_id": 2, "score": 0.5}]', '[]', '{}', '',
+])
+def test_what_the_reader_does_not_take_goes_to_the_slower_paths(doc):
+    assert jsonio.compiled_results_table(doc.encode()) is None
+
+
+@st.composite
+def results_documents(draw):
+    """Results lists (one kind of field each) written with random separators, indentation,
+    key order and extra fields."""
+    kind = draw(st.sampled_from(["bbox", "segm", "keypoints", "segm with boxes"]))
+    number = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=64),
+                       st.floats(allow_nan=False, allow_infinity=False, width=32))
+    extra = st.recursive(st.one_of(st.none(), st.booleans(), number, st.text(max_size=5)),
+                         lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+                         max_leaves=6)
+    results = []
+    for _ in range(draw(st.integers(1, 6))):
+        r = {"image_id": draw(st.integers(-2**63, 2**63 - 1)), "category_id": draw(st.integers(0, 100)), "score": draw(number)}
+        if kind in ("bbox", "segm with boxes"):
+            r["bbox"] = draw(st.lists(number, min_size=4, max_size=4))
+        if kind.startswith("segm"):
+            r["segmentation"] = {"size": [draw(st.integers(1, 99)), draw(st.integers(1, 99))],
+                                 "counts": draw(st.text(alphabet=[chr(c) for c in range(48, 112)], max_size=12))}
+        if kind == "keypoints":
+            r["keypoints"] = draw(st.lists(number, max_size=9))
+        for key in draw(st.lists(st.sampled_from(["id", "area", "note", "iscrowd"]), max_size=2, unique=True)):
+            r[key] = draw(extra)
+        keys = draw(st.permutations(list(r)))
+        results.append({k: r[k] for k in keys})
+    indent = draw(st.sampled_from([None, 0, 2]))
+    seps = draw(st.sampled_from([(", ", ": "), (",", ":"), (" , ", " : ")]))
+    return json.dumps(results, indent=indent, separators=seps)
+
+
+@needs_reader
+@settings(max_examples=300, deadline=None)
+@given(results_documents())
+def test_the_reader_gives_the_parsed_documents_values(doc):
+    table = jsonio.compiled_results_table(doc.encode())
+    assert table is not None
+    parsed = json.loads(doc)
+    rows = table.to_pylist()
+    assert len(rows) == len(parsed)
+    for got, want in zip(rows, parsed):
+        for key, value in got.items():
+            if key == "segmentation":
+                assert value == want[key]
+            else:
+                assert value == want[key] and np.signbit(value).tolist() == np.signbit(want[key]).tolist(), key

@@ -9,10 +9,16 @@ import logging
 from typing import Any
 
 import fsspec
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from mrcnn_batch.evaluate.errors import EvalInputError
+
+try:  # the compiled reader of plain results files (_results.c), built when the package is installed
+    from mrcnn_batch.evaluate import _results
+except ImportError:  # a checkout run from its folder, or installed where nothing compiles
+    _results = None
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +31,47 @@ def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: 
 
 
 def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> Any:
-    """A COCO results file: an Arrow table where it is a plain array of results
-    (see :func:`results_table`), otherwise the parsed list, as :func:`read_json` gives it."""
+    """A COCO results file: an Arrow table where it is a plain array of results (read by the
+    compiled reader, :func:`compiled_results_table`, or else Arrow's, :func:`results_table`),
+    otherwise the parsed list, as :func:`read_json` gives it."""
     data = _read_bytes(url, storage_options, "predictions")
-    table = results_table(data)
+    table = compiled_results_table(data)
+    if table is None:
+        table = results_table(data)
     return table if table is not None else _parse(data, url, "predictions")
+
+
+def compiled_results_table(data: bytes) -> pa.Table | None:
+    """:func:`results_table`'s table read by the compiled reader (``_results.c``: whitespace
+    and key order free, numbers as Python's parser reads them), where it was built and the
+    file is plain enough for it; None otherwise."""
+    if _results is None:
+        return None
+    out = _results.read(data)
+    if out is None:
+        return None
+    rows, present, image, category, score, bbox, bbox_at, kp, kp_at, size, size_at, counts, counts_at = out
+
+    def values(buf: bytes, dtype) -> pa.Array:
+        return pa.array(np.frombuffer(buf, dtype))
+
+    def lists(buf: bytes, at: bytes, dtype) -> pa.Array:
+        return pa.ListArray.from_arrays(values(at, np.int32), values(buf, dtype))
+
+    columns = {"image_id": values(image, np.int64), "category_id": values(category, np.int64),
+               "score": values(score, np.float64)}
+    if present[3]:
+        columns["bbox"] = lists(bbox, bbox_at, np.float64)
+    if present[4]:
+        columns["keypoints"] = lists(kp, kp_at, np.float64)
+    if present[5]:
+        strings = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(counts_at), pa.py_buffer(counts)])
+        try:
+            strings.validate(full=True)  # UTF-8
+        except pa.ArrowInvalid:
+            return None
+        columns["segmentation"] = pa.StructArray.from_arrays([lists(size, size_at, np.int64), strings], names=["size", "counts"])
+    return pa.table(columns).cast(pa.schema([_RESULT_FIELDS.field(c) for c in columns]))
 
 
 def results_table(data: bytes, *, piece: int = 1 << 24) -> pa.Table | None:

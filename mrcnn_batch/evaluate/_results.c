@@ -1,0 +1,393 @@
+/* A COCO results file read straight into columns, compiled: the fast path of
+   mrcnn_batch/evaluate/jsonio.py's read_results for the common file, a JSON array of objects
+   with "image_id" and "category_id" (integers), "score" (a number), and any of "bbox",
+   "keypoints" (arrays of numbers) and "segmentation" (an object of "size", two integers, and
+   "counts", a string: compressed RLE); other fields are skipped (any JSON value). Whitespace and
+   key order are free. Numbers are read as Python's json reads them: integers exactly, the others
+   correctly rounded to the nearest double (Clinger's exact path for up to 19 digits and small
+   exponents, strtod otherwise).
+
+   Anything else gives None and the file takes the slower paths, which read or word it: a field
+   some results lack, a repeated key, a float or out-of-range id, true/false/null where a number
+   is read, NaN or Infinity (not JSON; Python's parser takes them), a mask as polygons or counts
+   as a list, an escape in a key or one other than \\ \" \/ in the counts, an empty array, or
+   malformed JSON. The GIL is
+   released while parsing. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} Buf;
+
+static int put(Buf *b, const void *v, size_t size) {
+    if (b->n + size > b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 4096;
+        while (cap < b->n + size) cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) return -1;
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, v, size);
+    b->n += size;
+    return 0;
+}
+
+enum { IMAGE, CATEGORY, SCORE, BBOX, KEYPOINTS, SEGM, FIELDS };
+static const char *NAMES[FIELDS] = {"image_id", "category_id", "score", "bbox", "keypoints", "segmentation"};
+
+typedef struct {
+    const char *s, *end;
+    int64_t rows;
+    int present[FIELDS]; /* results holding each field */
+    Buf image, category, score, bbox, bbox_at, kp, kp_at, size, size_at, counts, counts_at;
+} Parser;
+
+static void ws(Parser *q) {
+    while (q->s < q->end && (*q->s == ' ' || *q->s == '\t' || *q->s == '\n' || *q->s == '\r')) q->s++;
+}
+
+static int expect(Parser *q, char c) {
+    ws(q);
+    if (q->s >= q->end || *q->s != c) return -1;
+    q->s++;
+    return 0;
+}
+
+static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A JSON number: *integer says whether it had no fraction or exponent (then *i holds it, if it
+   fits int64), *d its nearest double. */
+static int number(Parser *q, double *d, int64_t *i, int *integer) {
+    ws(q);
+    const char *start = q->s, *s = q->s, *e = q->end;
+    int neg = 0;
+    if (s < e && *s == '-') {
+        neg = 1;
+        s++;
+    }
+    if (s >= e || *s < '0' || *s > '9') return -1;
+    if (*s == '0' && s + 1 < e && s[1] >= '0' && s[1] <= '9') return -1; /* no leading zeros in JSON */
+    uint64_t m = 0;
+    int digits = 0, dropped = 0, exp10 = 0, frac = 0, ex = 0;
+    for (; s < e && *s >= '0' && *s <= '9'; s++) {
+        if (digits < 19) {
+            m = 10 * m + (uint64_t)(*s - '0');
+            if (m) digits++;
+        } else {
+            dropped++;
+        }
+    }
+    if (s < e && *s == '.') {
+        frac = 1;
+        s++;
+        if (s >= e || *s < '0' || *s > '9') return -1;
+        for (; s < e && *s >= '0' && *s <= '9'; s++) {
+            if (digits < 19) {
+                m = 10 * m + (uint64_t)(*s - '0');
+                if (m) digits++;
+                exp10--;
+            } else if (*s != '0') {
+                dropped++;
+            }
+        }
+    }
+    if (s < e && (*s == 'e' || *s == 'E')) {
+        ex = 1;
+        s++;
+        int eneg = 0;
+        if (s < e && (*s == '+' || *s == '-')) eneg = *s++ == '-';
+        if (s >= e || *s < '0' || *s > '9') return -1;
+        int64_t v = 0;
+        for (; s < e && *s >= '0' && *s <= '9'; s++)
+            if (v < 100000) v = 10 * v + (*s - '0');
+        exp10 += (int)(eneg ? -v : v);
+    }
+    q->s = s;
+    *integer = !frac && !ex;
+    if (*integer) { /* an integer: exact where it fits int64 (else no id) */
+        *i = 0;
+        if (dropped || m > (uint64_t)INT64_MAX + (uint64_t)neg) {
+            *integer = 2; /* too large for int64 */
+        } else {
+            *i = neg ? (int64_t)(0 - m) : (int64_t)m;
+        }
+    }
+    if (!dropped && m <= ((uint64_t)1 << 53) && exp10 >= -22 && exp10 <= 22) {
+        double v = (double)m; /* exact, and one rounding below: the nearest double */
+        v = exp10 < 0 ? v / POW10[-exp10] : v * POW10[exp10];
+        *d = neg && !(*integer && m == 0) ? -v : v; /* an integer -0 is 0 (Python: float(int("-0"))) */
+    } else {
+        char tmp[512];
+        size_t len = (size_t)(s - start);
+        if (len >= sizeof tmp) return -1;
+        memcpy(tmp, start, len);
+        tmp[len] = 0;
+        char *stop;
+        *d = strtod(tmp, &stop);
+        if (stop != tmp + len) return -1; /* (a locale with another decimal point) */
+    }
+    return 0;
+}
+
+/* A JSON string's raw bytes (between the quotes), unescaping \\ \" \/ into out if given. */
+static int string(Parser *q, Buf *out) {
+    if (expect(q, '"')) return -1;
+    const char *s = q->s, *e = q->end;
+    while (s < e && *s != '"') {
+        const char *run = s;
+        while (s < e && *s != '"' && *s != '\\') {
+            if ((unsigned char)*s < 0x20) return -1;
+            s++;
+        }
+        if (out && put(out, run, (size_t)(s - run))) return -1;
+        if (s < e && *s == '\\') {
+            if (s + 1 >= e) return -1;
+            char c = s[1];
+            if (c == '\\' || c == '"' || c == '/') {
+                if (out && put(out, s + 1, 1)) return -1;
+                s += 2;
+            } else if (!out && (c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't')) {
+                s += 2; /* (in a value skipped) */
+            } else if (!out && c == 'u' && e - s >= 6) {
+                for (int k = 2; k < 6; k++)
+                    if (!((s[k] >= '0' && s[k] <= '9') || (s[k] >= 'a' && s[k] <= 'f') || (s[k] >= 'A' && s[k] <= 'F'))) return -1;
+                s += 6;
+            } else {
+                return -1;
+            }
+        }
+    }
+    if (s >= e) return -1;
+    q->s = s + 1;
+    return 0;
+}
+
+/* An object's key and the colon after it: its raw bytes and length (NULL if malformed). */
+static const char *field_name(Parser *q, size_t *len) {
+    ws(q);
+    const char *key = q->s + 1;
+    if (string(q, NULL)) return NULL;
+    *len = (size_t)(q->s - 1 - key); /* string() stopped just past the closing quote */
+    if (memchr(key, '\\', *len)) return NULL; /* an escaped key might spell a field's name */
+    return expect(q, ':') ? NULL : key;
+}
+
+static int skip_value(Parser *q, int depth);
+
+static int skip_container(Parser *q, char open, char close, int depth) {
+    if (depth > 64 || expect(q, open)) return -1;
+    ws(q);
+    if (q->s < q->end && *q->s == close) {
+        q->s++;
+        return 0;
+    }
+    for (;;) {
+        if (open == '{' && (string(q, NULL) || expect(q, ':'))) return -1;
+        if (skip_value(q, depth + 1)) return -1;
+        ws(q);
+        if (q->s < q->end && *q->s == ',') {
+            q->s++;
+            continue;
+        }
+        return expect(q, close);
+    }
+}
+
+static int skip_value(Parser *q, int depth) {
+    ws(q);
+    if (q->s >= q->end) return -1;
+    char c = *q->s;
+    if (c == '"') return string(q, NULL);
+    if (c == '{') return skip_container(q, '{', '}', depth);
+    if (c == '[') return skip_container(q, '[', ']', depth);
+    for (const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : NULL; lit;) {
+        size_t n = strlen(lit);
+        if ((size_t)(q->end - q->s) < n || memcmp(q->s, lit, n)) return -1;
+        q->s += n;
+        return 0;
+    }
+    double d;
+    int64_t i;
+    int integer;
+    return number(q, &d, &i, &integer);
+}
+
+/* An array of numbers into values (float64, or int64 if ints), its end offset into at (int32). */
+static int numbers(Parser *q, Buf *values, Buf *at, int ints) {
+    if (expect(q, '[')) return -1;
+    ws(q);
+    if (q->s < q->end && *q->s == ']') {
+        q->s++;
+    } else {
+        for (;;) {
+            double d;
+            int64_t i;
+            int integer;
+            if (number(q, &d, &i, &integer)) return -1;
+            if (ints ? integer != 1 || put(values, &i, 8) : put(values, &d, 8)) return -1;
+            ws(q);
+            if (q->s < q->end && *q->s == ',') {
+                q->s++;
+                continue;
+            }
+            if (expect(q, ']')) return -1;
+            break;
+        }
+    }
+    int32_t end = (int32_t)(values->n / 8);
+    if (values->n / 8 > INT32_MAX) return -1;
+    return put(at, &end, 4);
+}
+
+static int segmentation(Parser *q) {
+    int seen_size = 0, seen_counts = 0;
+    if (expect(q, '{')) return -1;
+    for (;;) {
+        size_t len;
+        const char *key = field_name(q, &len);
+        if (!key) return -1;
+        if (len == 4 && !memcmp(key, "size", 4) && !seen_size++) {
+            if (numbers(q, &q->size, &q->size_at, 1)) return -1;
+        } else if (len == 6 && !memcmp(key, "counts", 6) && !seen_counts++) {
+            ws(q);
+            if (q->s >= q->end || *q->s != '"' || string(q, &q->counts)) return -1;
+            int32_t end = (int32_t)q->counts.n;
+            if (q->counts.n > INT32_MAX || put(&q->counts_at, &end, 4)) return -1;
+        } else {
+            return -1; /* another field, or one twice: not compressed RLE as evaluation reads it */
+        }
+        ws(q);
+        if (q->s < q->end && *q->s == ',') {
+            q->s++;
+            continue;
+        }
+        if (expect(q, '}')) return -1;
+        return seen_size && seen_counts ? 0 : -1;
+    }
+}
+
+static int result(Parser *q) {
+    int seen[FIELDS] = {0};
+    if (expect(q, '{')) return -1;
+    ws(q);
+    if (q->s < q->end && *q->s == '}') return -1; /* {}: no id */
+    for (;;) {
+        size_t len;
+        const char *key = field_name(q, &len);
+        if (!key) return -1;
+        int f = -1;
+        for (int k = 0; k < FIELDS; k++)
+            if (strlen(NAMES[k]) == len && !memcmp(key, NAMES[k], len)) f = k;
+        if (f < 0) {
+            if (skip_value(q, 0)) return -1;
+        } else {
+            if (seen[f]++) return -1; /* a repeated key */
+            double d;
+            int64_t i;
+            int integer;
+            switch (f) {
+            case IMAGE:
+            case CATEGORY:
+                if (number(q, &d, &i, &integer) || integer != 1 || put(f == IMAGE ? &q->image : &q->category, &i, 8)) return -1;
+                break;
+            case SCORE:
+                if (number(q, &d, &i, &integer) || put(&q->score, &d, 8)) return -1;
+                break;
+            case BBOX:
+                if (numbers(q, &q->bbox, &q->bbox_at, 0)) return -1;
+                break;
+            case KEYPOINTS:
+                if (numbers(q, &q->kp, &q->kp_at, 0)) return -1;
+                break;
+            case SEGM:
+                if (segmentation(q)) return -1;
+                break;
+            }
+        }
+        ws(q);
+        if (q->s < q->end && *q->s == ',') {
+            q->s++;
+            continue;
+        }
+        if (expect(q, '}')) return -1;
+        break;
+    }
+    q->rows++;
+    for (int k = 0; k < FIELDS; k++) q->present[k] += seen[k];
+    return 0;
+}
+
+static int parse(Parser *q) {
+    int32_t zero = 0;
+    if (put(&q->bbox_at, &zero, 4) || put(&q->kp_at, &zero, 4) || put(&q->size_at, &zero, 4) || put(&q->counts_at, &zero, 4))
+        return -1;
+    if (expect(q, '[')) return -1;
+    for (;;) {
+        if (result(q)) return -1;
+        ws(q);
+        if (q->s < q->end && *q->s == ',') {
+            q->s++;
+            continue;
+        }
+        if (expect(q, ']')) return -1;
+        break;
+    }
+    ws(q);
+    if (q->s != q->end) return -1;
+    for (int k = 0; k < FIELDS; k++) /* every result has a field, or none */
+        if (q->present[k] != 0 && q->present[k] != q->rows) return -1;
+    return q->present[IMAGE] && q->present[CATEGORY] && q->present[SCORE] ? 0 : -1;
+}
+
+static PyObject *bytes_of(Buf *b) { return PyBytes_FromStringAndSize(b->p ? b->p : "", (Py_ssize_t)b->n); }
+
+static PyObject *read_results(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    Parser q;
+    memset(&q, 0, sizeof q);
+    q.s = data.buf;
+    q.end = q.s + data.len;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = parse(&q);
+    Py_END_ALLOW_THREADS
+    PyObject *result;
+    if (status) {
+        result = Py_NewRef(Py_None);
+    } else {
+        PyObject *present = PyTuple_New(FIELDS);
+        for (int k = 0; present && k < FIELDS; k++) PyTuple_SET_ITEM(present, k, PyBool_FromLong(q.present[k] > 0));
+        result = present ? Py_BuildValue("(LNNNNNNNNNNNN)", (long long)q.rows, present, bytes_of(&q.image), bytes_of(&q.category),
+                                         bytes_of(&q.score), bytes_of(&q.bbox), bytes_of(&q.bbox_at), bytes_of(&q.kp),
+                                         bytes_of(&q.kp_at), bytes_of(&q.size), bytes_of(&q.size_at), bytes_of(&q.counts),
+                                         bytes_of(&q.counts_at))
+                         : NULL;
+    }
+    Buf *all[] = {&q.image, &q.category, &q.score, &q.bbox, &q.bbox_at, &q.kp, &q.kp_at, &q.size, &q.size_at, &q.counts, &q.counts_at};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++) free(all[k]->p);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"read", read_results, METH_VARARGS,
+     "read(data) -> None or (rows, present, image_id, category_id, score, bbox, bbox_at, keypoints, keypoints_at, "
+     "size, size_at, counts, counts_at): the columns of a plain COCO results file as bytes (int64 / float64 values, "
+     "int32 list offsets, counts' characters); present: which of image_id, category_id, score, bbox, keypoints, "
+     "segmentation every result has."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results", "Compiled reader of COCO results files (see jsonio.py).",
+                                    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__results(void) { return PyModule_Create(&module); }
