@@ -60,6 +60,17 @@ static int expect(Parser *q, char c) {
     return 0;
 }
 
+/* After an item of an array or object: 1 if a comma follows (another item), 0 if the closing
+   bracket does (consumed), -1 otherwise. */
+static int more(Parser *q, char close) {
+    ws(q);
+    if (q->s < q->end && *q->s == ',') {
+        q->s++;
+        return 1;
+    }
+    return expect(q, close) ? -1 : 0;
+}
+
 static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
@@ -192,12 +203,8 @@ static int skip_container(Parser *q, char open, char close, int depth) {
     for (;;) {
         if (open == '{' && (string(q, NULL) || expect(q, ':'))) return -1;
         if (skip_value(q, depth + 1)) return -1;
-        ws(q);
-        if (q->s < q->end && *q->s == ',') {
-            q->s++;
-            continue;
-        }
-        return expect(q, close);
+        int next = more(q, close);
+        if (next <= 0) return next;
     }
 }
 
@@ -233,13 +240,9 @@ static int numbers(Parser *q, Buf *values, Buf *at, int ints) {
             int integer;
             if (number(q, &d, &i, &integer)) return -1;
             if (ints ? integer != 1 || put(values, &i, 8) : put(values, &d, 8)) return -1;
-            ws(q);
-            if (q->s < q->end && *q->s == ',') {
-                q->s++;
-                continue;
-            }
-            if (expect(q, ']')) return -1;
-            break;
+            int next = more(q, ']');
+            if (next < 0) return -1;
+            if (!next) break;
         }
     }
     int32_t end = (int32_t)(values->n / 8);
@@ -264,13 +267,9 @@ static int segmentation(Parser *q) {
         } else {
             return -1; /* another field, or one twice: not compressed RLE as evaluation reads it */
         }
-        ws(q);
-        if (q->s < q->end && *q->s == ',') {
-            q->s++;
-            continue;
-        }
-        if (expect(q, '}')) return -1;
-        return seen_size && seen_counts ? 0 : -1;
+        int next = more(q, '}');
+        if (next < 0) return -1;
+        if (!next) return seen_size && seen_counts ? 0 : -1;
     }
 }
 
@@ -312,13 +311,9 @@ static int result(Parser *q) {
                 break;
             }
         }
-        ws(q);
-        if (q->s < q->end && *q->s == ',') {
-            q->s++;
-            continue;
-        }
-        if (expect(q, '}')) return -1;
-        break;
+        int next = more(q, '}');
+        if (next < 0) return -1;
+        if (!next) break;
     }
     q->rows++;
     for (int k = 0; k < FIELDS; k++) q->present[k] += seen[k];
@@ -332,13 +327,9 @@ static int parse(Parser *q) {
     if (expect(q, '[')) return -1;
     for (;;) {
         if (result(q)) return -1;
-        ws(q);
-        if (q->s < q->end && *q->s == ',') {
-            q->s++;
-            continue;
-        }
-        if (expect(q, ']')) return -1;
-        break;
+        int next = more(q, ']');
+        if (next < 0) return -1;
+        if (!next) break;
     }
     ws(q);
     if (q->s != q->end) return -1;
