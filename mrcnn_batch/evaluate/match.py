@@ -266,14 +266,15 @@ def _extent(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, *, labell
     """``(x0, y0, x1, y1)`` of each row's keypoints, NaN left out (``labelled_only``: those with v > 0; +inf /
     -inf where there is none)."""
     lengths = (offsets[rows + 1] - offsets[rows]) // 3
-    idx = _ranges(offsets[rows] // 3, lengths)  # the rows' keypoints
+    idx = _ranges(offsets[rows] // 3, lengths)  # the rows' keypoints, row after row
     x, y, v = values[0::3][idx], values[1::3][idx], values[2::3][idx]
-    owner = np.repeat(np.arange(len(rows)), lengths)
-    use = (v > 0) if labelled_only else np.ones(len(idx), bool)
+    starts = (np.cumsum(lengths) - lengths)[lengths > 0]  # each row's first (rows without none)
     out = []
     for arr, fill, fn in ((x, np.inf, np.fmin), (y, np.inf, np.fmin), (x, -np.inf, np.fmax), (y, -np.inf, np.fmax)):
         o = np.full(len(rows), fill)
-        fn.at(o, owner[use], arr[use])
+        if len(starts):  # fmin / fmax leave NaN out (all NaN: the fill); unlabelled points count as the fill
+            r = fn.reduceat(np.where(v > 0, arr, fill) if labelled_only else arr, starts)
+            o[lengths > 0] = np.where(np.isnan(r), fill, r)
         out.append(o)
     return tuple(out)
 
