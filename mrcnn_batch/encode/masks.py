@@ -133,10 +133,15 @@ def _encode_compiled(
     box = expand_boxes(boxes.to(padded.device, torch.float32), scale).to(torch.int64)
     grid = padded[:, 0].contiguous().cpu().numpy()
     box = box.cpu().numpy()
-    if np.abs(box).max() > MAX_SIDE:
-        raise ValueError(f"mask boxes must lie within {MAX_SIDE} pixels of the image, got a coordinate of {np.abs(box).max()}")
+    _refuse_far(int(np.abs(box).max()))
     strings, areas = _paste.encode(grid, len(grid), grid.shape[-1], box, height, width, threshold)
     return [{"size": [height, width], "counts": s} for s in strings], np.frombuffer(areas, dtype=np.int64).copy()
+
+
+def _refuse_far(far: int) -> None:
+    """Refuse rounded, expanded boxes with a coordinate ``far`` beyond ``MAX_SIDE`` (every path)."""
+    if far > MAX_SIDE:
+        raise ValueError(f"mask boxes must lie within {MAX_SIDE} pixels of the image, got a coordinate of {far}")
 
 
 def _paste_one(mask: torch.Tensor, box: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -144,8 +149,7 @@ def _paste_one(mask: torch.Tensor, box: torch.Tensor, height: int, width: int) -
     misses the image (torchvision's own raises there)."""
     padded, scale = expand_masks(mask, padding=1)
     x0, y0, x1, y1 = expand_boxes(box, scale).to(torch.int64)[0].tolist()
-    if max(abs(x0), abs(y0), abs(x1), abs(y1)) > MAX_SIDE:
-        raise ValueError(f"mask boxes must lie within {MAX_SIDE} pixels of the image, got {[x0, y0, x1, y1]}")
+    _refuse_far(max(abs(x0), abs(y0), abs(x1), abs(y1)))
     out = torch.zeros(height, width)
     xa, xb, ya, yb = max(x0, 0), min(x1 + 1, width), max(y0, 0), min(y1 + 1, height)
     if xa < xb and ya < yb:
@@ -188,8 +192,7 @@ def change_positions(
     meets = (xa < xb) & (ya < yb)
     ncols, nrows = torch.where(meets, xb - xa, 0), torch.where(meets, yb - ya, 0)
     n_cols, n_rows, far = torch.stack([ncols.sum(), nrows.sum(), box.abs().max()]).tolist()  # sync 1
-    if far > MAX_SIDE:
-        raise ValueError(f"mask boxes must lie within {MAX_SIDE} pixels of the image, got a coordinate of {far}")
+    _refuse_far(far)
     if n_cols == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     x0, y0, bw, bh, xa, ya, yb, ncols, nrows = (v.int() for v in (x0, y0, bw, bh, xa, ya, yb, ncols, nrows))

@@ -51,6 +51,7 @@ def compiled_results_table(data: bytes) -> pa.Table | None:
     if out is None:
         return None
     rows, present, image, category, score, bbox, bbox_at, kp, kp_at, size, size_at, counts, counts_at = out
+    has_bbox, has_keypoints, has_segmentation = present[3:]  # (ids and score: every result has them)
 
     def values(buf: bytes, dtype) -> pa.Array:
         return pa.array(np.frombuffer(buf, dtype))
@@ -60,11 +61,11 @@ def compiled_results_table(data: bytes) -> pa.Table | None:
 
     columns = {"image_id": values(image, np.int64), "category_id": values(category, np.int64),
                "score": values(score, np.float64)}
-    if present[3]:
+    if has_bbox:
         columns["bbox"] = lists(bbox, bbox_at, np.float64)
-    if present[4]:
+    if has_keypoints:
         columns["keypoints"] = lists(kp, kp_at, np.float64)
-    if present[5]:
+    if has_segmentation:
         strings = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(counts_at), pa.py_buffer(counts)])
         try:
             strings.validate(full=True)  # UTF-8

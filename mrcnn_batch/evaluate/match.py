@@ -299,11 +299,12 @@ def _oks_pairs(
         gk = np.ascontiguousarray(_kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}"), np.float64)
         var = variances[cat]
         g_visible = gk[:, 2::3] > 0
+        g_labelled = g_visible.sum(axis=1)  # each object's labelled keypoints
         step = max(1, (1 << 20) // max(len(var), 1))
         for lo in range(0, len(at), step):
             c = slice(lo, lo + step)
             area = gt.area[ug[g_inv[c]]]
-            labelled = g_visible.sum(axis=1)[g_inv[c]]
+            labelled = g_labelled[g_inv[c]]
             sim = np.empty(len(labelled))
             none = np.flatnonzero(labelled == 0)  # no labelled keypoint: distances to the box, doubled
             if len(none):
