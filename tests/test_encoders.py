@@ -32,15 +32,16 @@ class FailsOnWidth:
         return self.predictor(arrays)
 
 
-def tables_with(encoder: str, images, out, *, fail_width: int | None = None, **options) -> dict[str, list[dict]]:
-    config = mb.make_config(str(images), str(out), device="cpu", batch_size=2, shard_size=4, **options)
+def tables_with(encoder: str, images, out, *, fail_width: int | None = None, device: str = "cpu",
+                **options) -> dict[str, list[dict]]:
+    config = mb.make_config(str(images), str(out), device=device, batch_size=2, shard_size=4, **options)
     _, meta, plan, weights, _ = prepare(config)
     p = config.predict
     model = build_model(p.model, weights, min_size=p.min_size, max_size=p.max_size,
                         score_threshold=p.score_threshold, max_detections=p.max_detections)
     processor = ShardProcessor(config, run_id=meta.run_id, weights=weights, model=model, encoder=encoder)
     try:
-        assert processor._encoder.processes == (encoder == "processes")
+        assert processor._encoder.processes == (encoder == "processes" or (encoder == "auto" and device.startswith("cuda")))
         if fail_width is not None:
             processor.predictor = FailsOnWidth(processor.predictor, fail_width)
         for s in shard_ids(plan):
