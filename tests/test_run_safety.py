@@ -258,6 +258,34 @@ def test_the_commit_index_never_hides_a_rewritten_marker(photos, clean, tmp_path
     assert tables(out) == clean
 
 
+def test_a_crashed_driver_leaves_a_recent_commit_index(photos, clean, tmp_path, monkeypatch):
+    import json
+
+    import mrcnn_batch as mb
+    from mrcnn_batch.run import driver
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_the_second_commit(record):
+        seen.append(record["shard"])
+        if len(seen) == 2:
+            raise Crash
+
+    seen: list[int] = []
+    monkeypatch.setattr(driver, "INDEX_EVERY_S", 0.0)  # refresh at every commit (one at a time)
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        mb.infer(str(photos), str(out), executor="local", model="demo", shard_size=2, on_commit=crash_at_the_second_commit)
+    assert not (out / "_SUCCESS").exists()
+    indexed = {int(s) for s in json.loads((out / "_commits" / "_index.json").read_text())["markers"]}
+    committed = set(RunDir(str(out), {}).committed_shards())
+    assert seen[0] in indexed and indexed <= committed and set(seen) <= committed  # refreshed at the first commit
+    res = infer(photos, out)  # the resume takes the indexed markers from the index
+    assert res.exit_code == EXIT_OK, res.output
+    assert tables(out) == clean
+
+
 def test_a_run_made_before_max_bytes_existed_resumes_with_the_default(photos, tmp_path):
     import json
 

@@ -6,6 +6,10 @@
    with other settings, refuse (``RunRefused``) unless ``overwrite``.
 2. Execute: hand the shards without a commit marker to an executor (in-process, or Ray actors).
 3. Commit: when every planned shard has a marker, write ``_SUCCESS``.
+
+While shards commit, the commit index (``_commits/_index.json``, see ``RunDir.commits``) is
+refreshed in the background at most every ``INDEX_EVERY_S``, so that a resume after a crash
+reads only the markers written since the last refresh, not every marker of the run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,13 +34,15 @@ from mrcnn_batch.models.registry import get_spec
 from mrcnn_batch.models.weights import Weights
 from mrcnn_batch.plan import build_plan, shard_ids
 from mrcnn_batch.run.layout import LEASE, PLAN_FILE, RUN_JSON, SUCCESS, RunDir, RunMeta
-from mrcnn_batch.run.lease import DEFAULT_TTL_S, Fence, Lease, LeaseHeld
+from mrcnn_batch.run.lease import DEFAULT_TTL_S, Fence, FencedOut, Lease, LeaseHeld
 from mrcnn_batch.run.preflight import settings_refusal
 from mrcnn_batch.run.status import commit_totals
 from mrcnn_batch.schemas import SCHEMA_VERSION
 from mrcnn_batch.write.tables import table_bytes
 
 log = logging.getLogger(__name__)
+
+INDEX_EVERY_S = 60.0  # the commit index is at most this far behind a running driver's commits
 
 
 @dataclass
@@ -131,14 +138,19 @@ def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: 
     if on_plan:
         on_plan(meta, plan, pending)
     records: list[dict[str, Any]] = []
+    index = IndexRefresher(config, meta.run_id, fence)
 
     def committed(record: dict[str, Any]) -> None:
         records.append(record)
+        index.committed()
         if on_commit:
             on_commit(record)
 
-    failed = dict(executor(pending, plan, config=config, run_id=meta.run_id, weights=weights, on_commit=committed,
-                           fence=fence)) if pending else {}
+    try:
+        failed = dict(executor(pending, plan, config=config, run_id=meta.run_id, weights=weights, on_commit=committed,
+                               fence=fence)) if pending else {}
+    finally:
+        index.close()  # the last refresh lands before the final index below (or before a crash goes on)
     fence.check(run)  # a driver that lost its run writes neither _failed.json nor _SUCCESS
     commits = run.commits(run_id=meta.run_id)  # one view of the markers for all that follows
     try:
@@ -170,6 +182,42 @@ def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: 
         complete=complete,
         records=records,
     )
+
+
+class IndexRefresher:
+    """Rewrites the commit index in a background thread, at most every ``INDEX_EVERY_S`` and one
+    refresh at a time, as shards commit: a scan of the run (its own ``RunDir``, so the driver's
+    is untouched) and the index of what it found. Advisory like the index itself: a refresh
+    that fails is logged and costs only reads at the next scan; a driver that lost its lease
+    writes none."""
+
+    def __init__(self, config: RunConfig, run_id: str, fence: Fence):
+        self.config, self.run_id, self.fence = config, run_id, fence
+        self._last = time.monotonic()
+        self._thread: threading.Thread | None = None
+
+    def committed(self) -> None:
+        """A shard committed: refresh if the last refresh is old enough and none is under way."""
+        now = time.monotonic()
+        if now - self._last < INDEX_EVERY_S or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._last = now
+        self._thread = threading.Thread(target=self._refresh, name="commit-index", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        run = RunDir(self.config.output, self.config.output_storage_options)
+        try:
+            self.fence.check(run)
+            run.write_commit_index(run.commits(run_id=self.run_id, quiet=True), run_id=self.run_id)
+        except FencedOut:
+            pass  # the driver finds out itself, at its next check
+        except Exception as e:  # noqa: BLE001 - advisory: never the run's failure
+            log.warning("could not refresh the commit index of %s: %s", self.config.output, e)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
 
 def check_overwrite(run: RunDir, input_url: str, *, input_storage_options: dict[str, Any]) -> None:

@@ -299,9 +299,9 @@ class RunDir:
         with self.fs.open(self.path(PLAN_FILE), "rb") as f:
             return pq.read_table(f, schema=PLAN)
 
-    def commits(self, *, run_id: str | None = None) -> dict[int, CommitRecord]:
+    def commits(self, *, run_id: str | None = None, quiet: bool = False) -> dict[int, CommitRecord]:
         """The valid commit markers by shard (see the commit protocol above). Rejected markers
-        are logged and kept in ``rejected`` with the reason.
+        are logged (unless ``quiet``) and kept in ``rejected`` with the reason.
 
         One listing of ``_commits/`` and of each table's folder, the four at once (every marker's
         files are checked against them, also where the files were replaced after the commit); a
@@ -362,8 +362,9 @@ class RunDir:
                 out[shard] = rec
             else:
                 self.rejected[shard] = reason
-                log.warning("%s: the marker of shard %d is not a commit (%s); the shard runs again",
-                            self.url, shard, reason)
+                if not quiet:
+                    log.warning("%s: the marker of shard %d is not a commit (%s); the shard runs again",
+                                self.url, shard, reason)
         return out
 
     def write_commit_index(self, commits: dict[int, CommitRecord], *, run_id: str) -> None:
