@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -93,10 +94,12 @@ class GroundTruth:
         """The ground truth of these images only (a partition for one task)."""
         image_ids = np.unique(np.asarray(image_ids, dtype=np.int64))
         img_keep = np.isin(self.image_ids, image_ids)
-        rows = np.flatnonzero(np.isin(self.ann_image_id, image_ids))
+        ann_keep = np.isin(self.ann_image_id, image_ids)
+        if img_keep.all() and ann_keep.all():  # all of it (one task): no copies
+            return replace(self, file_names=None, file_index=None)
         kept = replace(self, image_ids=self.image_ids[img_keep], image_sizes=self.image_sizes[img_keep], file_names=None,
                        file_index=None)
-        return _take(kept, rows)
+        return _take(kept, np.flatnonzero(ann_keep))
 
 
 def load_ground_truth(
@@ -207,7 +210,7 @@ def ground_truth_from_dict(
     kp_offsets = np.zeros(n + 1, np.int64)
     np.cumsum(kp_lens, out=kp_offsets[1:])
     kp_values = np.fromiter(
-        (x for kps in kp_lists for x in kps), dtype=np.float64, count=int(kp_offsets[-1])
+        chain.from_iterable(kp_lists), dtype=np.float64, count=int(kp_offsets[-1])
     )
     gt = GroundTruth(
         source=source,
@@ -257,7 +260,7 @@ def _fast_annotations(anns: list[Any], image_ids: np.ndarray, categories: tuple[
         boxes = [a["bbox"] for a in anns]
         if not set(map(type, area)) <= {int, float} or not set(map(type, crowd)) <= {int, bool}:
             return None
-        if set(map(type, boxes)) != {list} or {len(b) for b in boxes} != {4} or not {type(v) for b in boxes for v in b} <= {int, float}:
+        if set(map(type, boxes)) != {list} or {len(b) for b in boxes} != {4} or not set(map(type, chain.from_iterable(boxes))) <= {int, float}:
             return None
         segm = [a["segmentation"] for a in anns] if masks else None
         kp = _fast_keypoints(anns, categories) if keypoints else None
@@ -273,7 +276,7 @@ def _fast_annotations(anns: list[Any], image_ids: np.ndarray, categories: tuple[
             return None
         if any(type(p) is not list for s in polygons for p in s[1:]):
             return None
-        if not {type(v) for s in polygons for p in s for v in p} <= {int, float}:
+        if not set(map(type, chain.from_iterable(chain.from_iterable(polygons)))) <= {int, float}:
             return None
         if any(_segmentation_problem(s) for s in segm if type(s) is not list):
             return None
@@ -290,7 +293,7 @@ def _fast_keypoints(anns: list[Any], categories: tuple[Category, ...]) -> tuple 
     counts = [anns[i]["num_keypoints"] for i in which]
     if not set(map(type, lists)) <= {list} or not set(map(type, counts)) <= {int}:
         return None
-    if not {type(v) for k in lists for v in k} <= {int, float}:
+    if not set(map(type, chain.from_iterable(lists))) <= {int, float}:
         return None
     lens = np.array([len(k) for k in lists], np.int64)
     need = np.array([widths.get(anns[i]["category_id"], -1) for i in which], np.int64)

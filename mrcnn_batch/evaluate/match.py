@@ -188,8 +188,26 @@ def _rank_in_group(sorted_key: np.ndarray) -> np.ndarray:
 
 def _groups(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique keys of a sorted key array, with each group's start and length."""
-    uniq, starts, counts = np.unique(key, return_index=True, return_counts=True)
-    return uniq, starts, counts
+    return _runs(key)
+
+
+def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(key, return_index=True, return_counts=True)``, read off the boundaries where
+    ``key`` is sorted (no sort)."""
+    if len(key) and not (key[1:] >= key[:-1]).all():
+        return np.unique(key, return_index=True, return_counts=True)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.intp)
+    return key[starts], starts, np.diff(np.r_[starts, len(key)])
+
+
+def _unique_in(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(idx, return_inverse=True)`` of integers in ``[0, n)``, by marking them (no sort)."""
+    mark = np.zeros(n, bool)
+    mark[idx] = True
+    uniq = np.flatnonzero(mark)
+    pos = np.empty(n, np.intp)
+    pos[uniq] = np.arange(len(uniq))
+    return uniq, pos[idx]
 
 
 def _similar_pairs(
@@ -220,7 +238,7 @@ def _similar_pairs(
         return pd, pg, pair_box_iou(dets.bbox[d_rows[pd]], gt.bbox[g_rows[pg]], crowd[pg])
     pair_cat = category_ids[both[owner] % len(category_ids)]
     # OKS's per-keypoint variances, each detection's keypoint count checked against them first
-    variances = {cat: (_sigmas_for(sigmas, cat, dets, np.unique(d_rows[pd[pair_cat == cat]])) * 2) ** 2
+    variances = {cat: (_sigmas_for(sigmas, cat, dets, _unique_in(d_rows[pd[pair_cat == cat]], len(dets))[0]) * 2) ** 2
                  for cat in np.unique(pair_cat).tolist()}
     near = _may_reach(gt, dets, d_rows[pd], g_rows[pg], pair_cat, variances, tmin)
     pd, pg, pair_cat = pd[near], pg[near], pair_cat[near]
@@ -248,8 +266,8 @@ def _may_reach(
         return keep
     cats, cat_of = np.unique(pair_cat, return_inverse=True)
     var = np.array([float(variances[c].max()) for c in cats.tolist()])[cat_of]  # the largest per category
-    ud, d_inv = np.unique(d_rows, return_inverse=True)
-    ug, g_inv = np.unique(g_rows, return_inverse=True)
+    ud, d_inv = _unique_in(d_rows, len(dets))
+    ug, g_inv = _unique_in(g_rows, len(gt.ann_id))
     dx0, dy0, dx1, dy1 = _extent(dets.kp_offsets, dets.kp_values, ud, labelled_only=False)
     gx0, gy0, gx1, gy1 = _extent(gt.kp_offsets, gt.kp_values, ug, labelled_only=True)
     area = gt.area[ug][g_inv] + np.spacing(1)
@@ -293,8 +311,8 @@ def _oks_pairs(
     out = np.zeros(len(d_rows))
     for cat in np.unique(pair_cat).tolist():
         at = np.flatnonzero(pair_cat == cat)
-        ud, d_inv = np.unique(d_rows[at], return_inverse=True)
-        ug, g_inv = np.unique(g_rows[at], return_inverse=True)
+        ud, d_inv = _unique_in(d_rows[at], len(dets))
+        ug, g_inv = _unique_in(g_rows[at], len(gt.ann_id))
         dk = np.ascontiguousarray(_kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}"), np.float64)
         gk = np.ascontiguousarray(_kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}"), np.float64)
         var = variances[cat]
@@ -514,10 +532,10 @@ def _greedy_match(
         return z, z.copy(), z.copy()
     thr = np.minimum(params.iou_thrs_array(), 1 - 1e-10)
     # Candidates, compacted per group; their order (rank / file order) is kept.
-    cd, cd_inv = np.unique(pd, return_inverse=True)
-    cg, cg_inv = np.unique(pg, return_inverse=True)
-    grp_ids, d_first, ndet = np.unique(d_key[cd], return_index=True, return_counts=True)
-    _, g_first, ngt = np.unique(g_key[cg], return_index=True, return_counts=True)
+    cd, cd_inv = _unique_in(pd, len(d_key))
+    cg, cg_inv = _unique_in(pg, len(g_key))
+    grp_ids, d_first, ndet = _runs(d_key[cd])
+    _, g_first, ngt = _runs(g_key[cg])
     d_local = np.arange(len(cd)) - np.repeat(d_first, ndet)
     g_local = np.arange(len(cg)) - np.repeat(g_first, ngt)
     g_grp = np.repeat(np.arange(len(grp_ids)), ngt)

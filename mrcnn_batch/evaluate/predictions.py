@@ -76,7 +76,8 @@ class Detections:
         )
 
     def subset(self, image_ids: np.ndarray) -> "Detections":
-        return self.take(np.flatnonzero(np.isin(self.image_id, image_ids)))
+        keep = np.isin(self.image_id, image_ids)
+        return self if keep.all() else self.take(np.flatnonzero(keep))
 
     def rles(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """pycocotools RLE objects of these rows (built per call, never stored)."""
