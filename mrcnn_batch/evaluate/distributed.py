@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
+from mrcnn_batch.arrays import strings, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -60,8 +60,7 @@ class ShardGroup:
 
         table_name, columns = _TABLE_COLUMNS[iou_type]
         run = RunDir(self.url, dict(self.storage_options))
-        # the system allocator: freed Parquet buffers go back (mimalloc, the default, keeps ~70 MiB)
-        table = run.dataset(table_name, list(self.shards)).to_table(columns=columns, memory_pool=pa.system_memory_pool())
+        table = run.read_shards(table_name, list(self.shards), columns)
         dets = detections_from_table(table, iou_type=iou_type, source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
         return dets if self.id_map is None else replace(dets, image_id=self.id_map(dets.image_id))
 
@@ -161,17 +160,17 @@ def run_scope(
     if match_by not in MATCH_BY:
         raise ValueError(f"match_by must be one of {MATCH_BY}, got {match_by!r}")
     committed = run.committed_shards()
-    planned = set(run.read_plan()["shard"].to_numpy().tolist()) if run.exists("_plan/plan.parquet") else set(committed)
+    planned = set(to_numpy(run.read_plan()["shard"]).tolist()) if run.exists("_plan/plan.parquet") else set(committed)
     uncommitted = len(planned - set(committed))
     columns = ["image_id", "shard", "status"] + (["uri"] if match_by == "file_name" else [])
-    images = run.dataset("images", committed).to_table(columns=columns) if committed else None
-    ids = images["image_id"].to_numpy() if images is not None else np.zeros(0, np.int64)
+    images = run.read_shards("images", committed, columns) if committed else None
+    ids = to_numpy(images["image_id"]) if images is not None else np.zeros(0, np.int64)
     id_map = None
     if match_by == "file_name":
         id_map = file_name_map(ids, images["uri"].to_pylist() if images is not None else [], gt, run_url=run.url)
         ids = id_map(ids)
-    shard_of = images["shard"].to_numpy() if images is not None else np.zeros(0, np.int32)
-    failed = int(len(ids) - pc.sum(pc.equal(pc.cast(images["status"], "string"), "ok")).as_py()) if images is not None and len(ids) else 0
+    shard_of = to_numpy(images["shard"]) if images is not None else np.zeros(0, np.int32)
+    failed = int(len(ids) - pc.sum(pc.equal(pc.cast(images["status"], "string"), strings(["ok"])[0])).as_py()) if images is not None and len(ids) else 0
     extra = np.setdiff1d(ids, gt.image_ids)
     if len(extra):
         raise EvalInputError(

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from mrcnn_batch.arrays import from_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 
 try:  # the compiled reader of plain results files (_results.c), built when the package is installed
@@ -54,7 +55,7 @@ def compiled_results_table(data: bytes) -> pa.Table | None:
     has_bbox, has_keypoints, has_segmentation = present[3:]  # (ids and score: every result has them)
 
     def values(buf: bytes, dtype) -> pa.Array:
-        return pa.array(np.frombuffer(buf, dtype))
+        return from_numpy(np.frombuffer(buf, dtype))
 
     def lists(buf: bytes, at: bytes, dtype) -> pa.Array:
         return pa.ListArray.from_arrays(values(at, np.int32), values(buf, dtype))

@@ -36,6 +36,7 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
+from mrcnn_batch.arrays import binaries, from_numpy
 from mrcnn_batch.evaluate.boundary import boundary_similarity
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -420,7 +421,7 @@ def _mask_pairs_compiled(
         d_at, g_at = np.cumsum(dc[s:e]) - dc[s:e], np.cumsum(gc[s:e]) - gc[s:e]  # in d_list, g_list
         pd, pg, _ = _all_pairs(d_at, dc[s:e], g_at, gc[s:e])
         rows = d_rows[d_list]
-        sim = pair_mask_iou(dets.segm_counts.take(pa.array(rows)), dets.segm_size[rows], g_counts, g_size,
+        sim = pair_mask_iou(dets.segm_counts.take(from_numpy(rows)), dets.segm_size[rows], g_counts, g_size,
                             pd, pg, crowd[g_list])
         hit = sim >= tmin
         out_d.append(d_list[pd[hit]])
@@ -485,13 +486,13 @@ def gt_strings(gt: GroundTruth, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]
     if done.all() and len(at) == len(rows):
         return strings, sizes
     counts: list[bytes | None] = [None] * len(rows)
-    for i, c in zip(at[done].tolist(), strings.filter(pa.array(done)).to_pylist()):
+    for i, c in zip(at[done].tolist(), strings.filter(from_numpy(done)).to_pylist()):
         counts[i] = c
     single[at[~done]] = False  # coordinates far out: pycocotools' path, whatever it makes of them
     other = np.flatnonzero(~single)
     for i, rle in zip(other.tolist(), gt_rles(gt, rows[other])):
         counts[i] = rle["counts"] if isinstance(rle["counts"], bytes) else rle["counts"].encode()
-    return pa.array(counts, pa.large_binary()), sizes
+    return binaries(counts, pa.large_binary()), sizes
 
 
 def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:

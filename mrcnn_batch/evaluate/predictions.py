@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
+from mrcnn_batch.arrays import from_numpy, strings, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_results
@@ -69,7 +70,7 @@ class Detections:
             score=self.score[rows],
             area=self.area[rows],
             bbox=None if self.bbox is None else self.bbox[rows],
-            segm_counts=None if self.segm_counts is None else self.segm_counts.take(pa.array(rows)),
+            segm_counts=None if self.segm_counts is None else self.segm_counts.take(from_numpy(rows)),
             segm_size=None if self.segm_size is None else self.segm_size[rows],
             kp_offsets=kp_offsets,
             kp_values=kp_values,
@@ -82,14 +83,14 @@ class Detections:
     def rles(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """pycocotools RLE objects of these rows (built per call, never stored)."""
         rows = np.asarray(rows, np.int64)
-        return rle_objects(self.segm_counts.take(pa.array(rows)), self.segm_size[rows])
+        return rle_objects(self.segm_counts.take(from_numpy(rows)), self.segm_size[rows])
 
 
 def empty_detections(iou_type: str) -> Detections:
     z = np.zeros(0, np.int64)
     return Detections(
         iou_type, z, z.copy(), np.zeros(0), np.zeros(0), np.zeros((0, 4)),
-        pa.array([], pa.string()), np.zeros((0, 2), np.int64), np.zeros(1, np.int64), np.zeros(0),
+        strings([]), np.zeros((0, 2), np.int64), np.zeros(1, np.int64), np.zeros(0),
     )
 
 
@@ -165,8 +166,8 @@ def detections_from_results(
     elif segms:
         segm_counts, segm_size, rles = _fast_rles(segms, image_id, gt) or _rles_from_results(segms, image_id, gt, source)
     if isinstance(kps, pa.ListArray):  # from the table: already offsets and values
-        kp_offsets = kps.offsets.to_numpy().astype(np.int64)
-        kp_values = kps.values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[kp_offsets[0]:kp_offsets[-1]]
+        kp_offsets = to_numpy(kps.offsets).astype(np.int64)
+        kp_values = to_numpy(kps.values).astype(np.float64, copy=False)[kp_offsets[0]:kp_offsets[-1]]
         kp_offsets = kp_offsets - kp_offsets[0]
     elif kps:
         lens = np.fromiter((len(k) for k in kps), np.int64, count=n)
@@ -210,30 +211,30 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     if not numbers("score") or not ((mode, iou_type) in (("bbox", "bbox"), ("keypoints", "keypoints"))
                                     or (masks and mode in ("bbox", "segm") and "segmentation" in names)):
         return None
-    score = table["score"].to_numpy().astype(np.float64)
+    score = to_numpy(table["score"]).astype(np.float64)
     if not np.isfinite(score).all():
         return None
-    image_id = table["image_id"].to_numpy().astype(np.int64)
-    category_id = table["category_id"].to_numpy().astype(np.int64)
+    image_id = to_numpy(table["image_id"]).astype(np.int64)
+    category_id = to_numpy(table["category_id"]).astype(np.int64)
     segms: Any = []
     if masks:  # compressed RLEs: {"size": [h, w], "counts": str}, every part present
         segms = table["segmentation"].combine_chunks()
         size = segms.field("size")
         if segms.field("counts").null_count or size.null_count or size.values.null_count:
             return None
-        if (size.value_lengths().to_numpy() != 2).any():
+        if (to_numpy(size.value_lengths()) != 2).any():
             return None
     if mode == "segm":
         return None if "bbox" in names else (image_id, category_id, score, np.full((n, 4), np.nan), segms, [])
     if mode == "bbox":
         boxes = table["bbox"].combine_chunks()
-        if not numbers("bbox") or boxes.values.null_count or (boxes.value_lengths().to_numpy() != 4).any():
+        if not numbers("bbox") or boxes.values.null_count or (to_numpy(boxes.value_lengths()) != 4).any():
             return None
         return image_id, category_id, score, _fixed_list(boxes, 4), segms, []
     if "bbox" in names or "keypoints" not in names or not numbers("keypoints"):
         return None
     kps = table["keypoints"].combine_chunks()
-    lens = kps.value_lengths().to_numpy()
+    lens = to_numpy(kps.value_lengths())
     if kps.values.null_count or (lens == 0).any() or (lens % 3).any():
         return None
     return image_id, category_id, score, np.full((n, 4), np.nan), [], kps
@@ -364,7 +365,7 @@ def _fast_rles(segms: list[Any], image_id: np.ndarray, gt: GroundTruth) -> tuple
         return None
     if not _sizes_are_images(sizes, image_id, gt):
         return None
-    return pa.array(counts, pa.string()), sizes.astype(np.int64), segms
+    return strings(counts), sizes.astype(np.int64), segms
 
 
 def _rles_from_results(
@@ -400,7 +401,7 @@ def _rles_from_results(
         c = rle["counts"]
         counts.append(c.decode() if isinstance(c, bytes) else c)
         rles.append({"size": [int(h) for h in rle["size"]], "counts": c})
-    return pa.array(counts, pa.string()), sizes, rles
+    return strings(counts), sizes, rles
 
 
 def _is_size(v: Any) -> bool:
@@ -412,7 +413,7 @@ def rle_objects(counts: pa.Array, sizes: np.ndarray) -> list[dict[str, Any]]:
     strings as bytes (as pycocotools reads them), one size list shared by the masks of a size."""
     if len(counts) == 0:
         return []
-    data = counts.cast(pa.binary()).to_numpy(zero_copy_only=False)
+    data = counts.cast(pa.binary()).to_pylist()
     sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
     keys, which = np.unique((sizes[:, 0] << 32) + sizes[:, 1], return_inverse=True)
     shared = np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1).tolist()
@@ -457,12 +458,12 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
     Rows are put in ``(image_id, instance_id)`` order, independent of how shards were read.
     """
     order = pc.sort_indices(table, sort_keys=[("image_id", "ascending"), ("instance_id", "ascending")])
-    if not np.array_equal(order.to_numpy(), np.arange(len(order))):  # shards are written in order
+    if not np.array_equal(to_numpy(order), np.arange(len(order))):  # shards are written in order
         table = table.take(order)
     n = table.num_rows
-    image_id = table["image_id"].to_numpy().astype(np.int64)
-    category_id = table["category_id"].to_numpy().astype(np.int64)
-    score = table["score"].to_numpy().astype(np.float64)
+    image_id = to_numpy(table["image_id"]).astype(np.int64)
+    category_id = to_numpy(table["category_id"]).astype(np.int64)
+    score = to_numpy(table["score"]).astype(np.float64)
     bbox = _fixed_list(table["bbox"], 4)
     segm_counts = segm_size = kp_offsets = kp_values = None
     if iou_type == "bbox":
@@ -476,9 +477,9 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         area = _mask_area(table, segm_counts, segm_size, source)
     else:
         kps = table["keypoints"].combine_chunks()
-        kp_offsets = kps.offsets.to_numpy().astype(np.int64)
+        kp_offsets = to_numpy(kps.offsets).astype(np.int64)
         kp_offsets = kp_offsets - kp_offsets[0]
-        kp_values = kps.flatten().to_numpy().astype(np.float64)
+        kp_values = to_numpy(kps.flatten()).astype(np.float64)
         if n and ((np.diff(kp_offsets) % 3).any() or (np.diff(kp_offsets) == 0).any()):
             raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
         if n:
@@ -495,9 +496,9 @@ def _mask_area(table: pa.Table, counts: pa.Array, sizes: np.ndarray, source: str
     the table; where it does not (a table written otherwise), counted from every mask."""
     n = len(counts)
     if "area" in table.column_names and n:
-        column = table["area"].to_numpy().astype(np.float64)
+        column = to_numpy(table["area"]).astype(np.float64)
         sample = np.unique(np.linspace(0, n - 1, min(n, 4096)).astype(np.int64))
-        if np.array_equal(table_rle_area(counts.take(pa.array(sample)), sizes[sample]), column[sample]):
+        if np.array_equal(table_rle_area(counts.take(from_numpy(sample)), sizes[sample]), column[sample]):
             return column
         log.warning("run %s: the area column differs from the masks' pixel counts; counting them from the masks", source)
     return table_rle_area(counts, sizes)
@@ -507,4 +508,4 @@ def _fixed_list(col: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if len(arr) == 0:
         return np.zeros((0, width), np.float64)
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)
+    return to_numpy(arr.flatten()).astype(np.float64).reshape(-1, width)

@@ -1,0 +1,52 @@
+"""mrcnn_batch.arrays gives what pyarrow's own conversions give (they import pandas; these do not)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from mrcnn_batch.arrays import binaries, from_numpy, strings, to_numpy
+
+DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64, np.float32, np.float64, np.bool_]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(DTYPES).flatmap(lambda d: hnp.arrays(d, st.integers(0, 40))), st.integers(0, 5), st.integers(0, 5))
+def test_numpy_round_trips_as_pyarrow_converts(values, lo, hi):
+    got, want = from_numpy(values), pa.array(values)
+    got.validate(full=True)
+    assert got.type == want.type and got.null_count == 0
+    np.testing.assert_array_equal(np.array(got.to_pylist(), values.dtype), np.array(want.to_pylist(), values.dtype))  # NaN too
+    part = got.slice(min(lo, len(values)), max(0, len(values) - lo - hi))
+    if values.dtype != np.bool_:
+        np.testing.assert_array_equal(to_numpy(part), part.to_numpy(zero_copy_only=False))
+        chunked = pa.chunked_array([part, got], type=got.type)
+        np.testing.assert_array_equal(to_numpy(chunked), chunked.to_numpy())
+
+
+def test_columns_with_nulls_or_other_types_fall_back_to_pyarrow():
+    with_null = pa.array([1.0, None, 3.0])
+    np.testing.assert_array_equal(to_numpy(with_null), with_null.to_numpy(zero_copy_only=False))
+    words = pa.array(["a", "b"])
+    assert to_numpy(words).tolist() == ["a", "b"]
+    assert to_numpy(pa.chunked_array([], pa.int64())).dtype == np.int64
+
+
+@pytest.mark.parametrize("type_", [pa.string(), pa.large_string()])
+@given(st.lists(st.text(max_size=6)))
+def test_strings_as_pyarrow_builds_them(type_, values):
+    got = strings(values, type_)
+    got.validate(full=True)
+    assert got.equals(pa.array(values, type_))
+
+
+@pytest.mark.parametrize("type_", [pa.binary(), pa.large_binary()])
+@given(st.lists(st.binary(max_size=6)))
+def test_binaries_as_pyarrow_builds_them(type_, values):
+    got = binaries(values, type_)
+    got.validate(full=True)
+    assert got.equals(pa.array(values, type_))
