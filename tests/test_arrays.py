@@ -36,17 +36,13 @@ def test_columns_with_nulls_or_other_types_fall_back_to_pyarrow():
     assert to_numpy(pa.chunked_array([], pa.int64())).dtype == np.int64
 
 
-@pytest.mark.parametrize("type_", [pa.string(), pa.large_string()])
-@given(st.lists(st.text(max_size=6)))
-def test_strings_as_pyarrow_builds_them(type_, values):
-    got = strings(values, type_)
-    got.validate(full=True)
-    assert got.equals(pa.array(values, type_))
-
-
-@pytest.mark.parametrize("type_", [pa.binary(), pa.large_binary()])
-@given(st.lists(st.binary(max_size=6)))
-def test_binaries_as_pyarrow_builds_them(type_, values):
-    got = binaries(values, type_)
+@pytest.mark.parametrize("build, type_, item", [
+    (strings, pa.string(), st.text(max_size=6)), (strings, pa.large_string(), st.text(max_size=6)),
+    (binaries, pa.binary(), st.binary(max_size=6)), (binaries, pa.large_binary(), st.binary(max_size=6)),
+])
+@given(data=st.data())
+def test_strings_and_binaries_as_pyarrow_builds_them(build, type_, item, data):
+    values = data.draw(st.lists(item))
+    got = build(values, type_)
     got.validate(full=True)
     assert got.equals(pa.array(values, type_))
