@@ -104,6 +104,27 @@ def test_oks_terms_by_the_kernel_give_numpys_oks(seed, monkeypatch):
     assert (kernel > 0.5).any()
 
 
+@pytest.mark.skipif(match._oks is None, reason="the compiled OKS kernel was not built (no C compiler)")
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_keypoint_extents_by_the_kernel_equal_numpys(seed, labelled_only):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 5, rng.integers(1, 30))  # keypoints per row, some rows with none
+    offsets = np.r_[0, np.cumsum(3 * counts)].astype(np.int64)
+    values = rng.choice([-5.0, 0.0, 1.5, 7.25, 1e9, np.nan, np.inf, -np.inf], int(offsets[-1]))
+    values[2::3] = rng.choice([-1.0, 0.0, 1.0, 2.0, np.nan], len(values[2::3]))  # visibility
+    rows = rng.integers(0, len(counts), rng.integers(0, 40))
+    kernel = match._extent(offsets, values, rows, labelled_only=labelled_only)
+    oks = match._oks
+    match._oks = None
+    try:
+        numpy_only = match._extent(offsets, values, rows, labelled_only=labelled_only)
+    finally:
+        match._oks = oks
+    for a, b in zip(kernel, numpy_only):
+        np.testing.assert_array_equal(a, b)
+
+
 def _strings(rles):
     return pa.array([r["counts"] for r in rles], pa.binary())
 

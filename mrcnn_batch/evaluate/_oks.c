@@ -2,11 +2,14 @@
    labelled keypoint's e = (dx^2 + dy^2) / var / (area + eps) / 2, in double precision with the
    operations of COCOeval.computeOks in its order (built with -ffp-contract=off: nothing fused).
    The exponentials and the sums stay in numpy (mrcnn_batch/evaluate/match.py's _oks_pairs), so
-   that OKS is numpy's to the bit. The GIL is released meanwhile. */
+   that OKS is numpy's to the bit. The GIL is released meanwhile.
+   Also each row's keypoint extent (min / max of x and of y, NaN left out), which bounds the
+   pairs worth an OKS. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <float.h>
+#include <math.h>
 #include <stdint.h>
 
 static PyObject *terms(PyObject *self, PyObject *args) {
@@ -55,11 +58,63 @@ done:
     return result;
 }
 
+static PyObject *extent(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer off, val, rows, out;
+    int labelled;
+    if (!PyArg_ParseTuple(args, "y*y*y*pw*", &off, &val, &rows, &labelled, &out)) return NULL;
+    PyObject *result = NULL;
+    int64_t n_off = off.len / (Py_ssize_t)sizeof(int64_t), n_val = val.len / (Py_ssize_t)sizeof(double);
+    int64_t n = rows.len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *o = off.buf, *r = rows.buf;
+    int bad = out.len != (Py_ssize_t)(4 * n * sizeof(double));
+    for (int64_t i = 0; i < n && !bad; i++) {
+        int64_t a = r[i];
+        bad = a < 0 || a + 1 >= n_off || o[a] < 0 || o[a + 1] < o[a] || o[a] / 3 * 3 + (o[a + 1] - o[a]) / 3 * 3 > n_val;
+    }
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "extent: buffers of the wrong sizes");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const double *v = val.buf;
+    double *x0 = out.buf, *y0 = x0 + n, *x1 = y0 + n, *y1 = x1 + n;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t a = r[i], count = (o[a + 1] - o[a]) / 3;
+        const double *p = v + o[a] / 3 * 3;
+        double lx = INFINITY, ly = INFINITY, hx = -INFINITY, hy = -INFINITY;
+        for (int64_t j = 0; j < count; j++, p += 3) {
+            if (labelled && !(p[2] > 0)) continue; /* labelled keypoints only */
+            if (!isnan(p[0])) {
+                if (p[0] < lx) lx = p[0];
+                if (p[0] > hx) hx = p[0];
+            }
+            if (!isnan(p[1])) {
+                if (p[1] < ly) ly = p[1];
+                if (p[1] > hy) hy = p[1];
+            }
+        }
+        x0[i] = lx, y0[i] = ly, x1[i] = hx, y1[i] = hy;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&off);
+    PyBuffer_Release(&val);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"terms", terms, METH_VARARGS,
      "terms(dk, gk, d_index, g_index, var, area, out): fills out (float64) with e for each pair (d_index[p], g_index[p]) "
      "of rows of dk / gk (float64 x, y, v triples) and each keypoint j the object labels (v > 0), pair by pair; var "
      "(float64, per keypoint), area (float64, per pair)."},
+    {"extent", extent, METH_VARARGS,
+     "extent(offsets, values, rows, labelled_only, out): out (float64, 4 x len(rows)) = x0, y0, x1, y1 of each row's "
+     "keypoints (values[offsets[row]:offsets[row + 1]], x, y, v triples; NaN left out; labelled_only: v > 0 only), "
+     "+inf / -inf where there is none."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_oks", "Compiled OKS terms (see match.py).", -1, methods,

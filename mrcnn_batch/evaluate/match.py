@@ -284,6 +284,11 @@ def _may_reach(
 def _extent(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, *, labelled_only: bool) -> tuple[np.ndarray, ...]:
     """``(x0, y0, x1, y1)`` of each row's keypoints, NaN left out (``labelled_only``: those with v > 0; +inf /
     -inf where there is none)."""
+    if _oks is not None:  # compiled: one pass over the rows' keypoints
+        out = np.empty((4, len(rows)))
+        _oks.extent(np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(values, np.float64),
+                    np.ascontiguousarray(rows, np.int64), labelled_only, out)
+        return tuple(out)
     lengths = (offsets[rows + 1] - offsets[rows]) // 3
     idx = _ranges(offsets[rows] // 3, lengths)  # the rows' keypoints, row after row
     x, y, v = values[0::3][idx], values[1::3][idx], values[2::3][idx]
