@@ -241,6 +241,10 @@ needs_reader = pytest.mark.skipif(jsonio._results is None, reason="the compiled 
     "123456789012345678901234567890", "1.7976931348623157e308", "5e-324", "2.2250738585072014e-308", "1e400",
     "-1e400", "9007199254740993", "9007199254740993.0", "0.6499999761581421", "596.2100219726562", "1e-400",
     "12345678901234567890123e-10", "0.000000000000000000000000000001234", "3.14159265358979323846264338327950288",
+    "255.50999450683594", "9007199254740995", "1152921504606846977", "9999999999999999999e-27", "1e27",
+    "18446744073709551615e-3", "1234567890123456789e8", "4611686018427387905e-1",
+    # rounded once to 64 bits these land halfway between two doubles (a second rounding errs)
+    "8173798036672283551e-18", "1709031801850281894e-25", "2041731169690743275e-11", "6073355938377269102e-24",
 ])
 def test_numbers_are_read_as_pythons_parser_reads_them(text):
     doc = f'[{{"image_id": 1, "category_id": 2, "score": {text}, "bbox": [{text}, 0, 1, 2]}}]'
@@ -248,6 +252,32 @@ def test_numbers_are_read_as_pythons_parser_reads_them(text):
     expected = float(json.loads(doc)[0]["score"])  # as the float columns hold it
     for got in (table["score"][0].as_py(), table["bbox"][0].as_py()[0]):
         assert got == expected and np.signbit(got) == np.signbit(expected), text
+
+
+def _digits(x: float, style: int) -> str:
+    """x written as people and programs write it: repr, 17 / 19 significant digits, or a long
+    integer mantissa with an exponent (the reader's paths: Clinger's, the wide one, strtod)."""
+    if style == 0:
+        return repr(x)
+    if style in (1, 2):
+        return f"{x:.{16 if style == 1 else 18}e}"
+    mantissa, exponent = f"{x:.18e}".split("e")
+    return f"{int(mantissa.replace('.', ''))}e{int(exponent) - 18}"  # (int: no leading zeros, as JSON asks)
+
+
+@needs_reader
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.floats(width=32, allow_nan=False, allow_infinity=False)
+                | st.decimals(allow_nan=False, allow_infinity=False, places=20).map(float),
+                min_size=1, max_size=20),
+       st.integers(0, 3))
+def test_long_numbers_are_read_as_pythons_parser_reads_them(values, style):
+    texts = [_digits(v, style) for v in values]
+    doc = "[" + ",".join(f'{{"image_id": 1, "category_id": 2, "score": 0, "keypoints": [{t}, 0, 1]}}' for t in texts) + "]"
+    got = jsonio.compiled_results_table(doc.encode())["keypoints"].combine_chunks().flatten().to_numpy()[0::3]
+    want = np.array([float(t) for t in texts])
+    np.testing.assert_array_equal(got, want)
+    assert (np.signbit(got) == np.signbit(want)).all()
 
 
 @needs_reader

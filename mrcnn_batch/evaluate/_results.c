@@ -5,7 +5,8 @@
    "counts", a string: compressed RLE); other fields are skipped (any JSON value). Whitespace and
    key order are free. Numbers are read as Python's json reads them: integers exactly, the others
    correctly rounded to the nearest double (Clinger's exact path for up to 19 digits and small
-   exponents, strtod otherwise).
+   exponents, strtod otherwise; where long double has a 64-bit or wider significand, also the
+   exact path for 16 to 19 digits, see wide()).
 
    Anything else gives None and the file takes the slower paths, which read or word it: a field
    some results lack, a repeated key, a float or out-of-range id, true/false/null where a number
@@ -16,6 +17,8 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +77,30 @@ static int more(Parser *q, char close) {
 static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
+#if LDBL_MANT_DIG >= 64
+static const long double POW10L[28] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
+                                       1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
+                                       1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
+
+/* m x 10^exp10 correctly rounded to a double, for a mantissa of up to 19 digits (beyond 2^53,
+   where Clinger's path stops) and |exp10| <= 27: m and 10^|exp10| (5^27 < 2^64) are exact in a
+   long double of 64 or more significand bits, so one multiplication or division rounds once,
+   to L; rounding L to a double is then the correct rounding of the exact value unless L lies
+   exactly halfway between two doubles (the exact value may lie on either side): 0 there, and
+   the caller takes strtod. */
+static int wide(uint64_t m, int exp10, double *out) {
+    if (exp10 < -27 || exp10 > 27) return 0;
+    long double l = exp10 < 0 ? (long double)m / POW10L[-exp10] : (long double)m * POW10L[exp10];
+    double d = (double)l;
+    if (!isfinite(d) || d < DBL_MIN) return 0; /* (not reached from 19 digits and |exp10| <= 27) */
+    long double up = ((long double)d + (long double)nextafter(d, INFINITY)) / 2;
+    long double down = ((long double)d + (long double)nextafter(d, 0)) / 2;
+    if (l == up || l == down) return 0;
+    *out = d;
+    return 1;
+}
+#endif
+
 /* A JSON number: *integer says whether it had no fraction or exponent (then *i holds it, if it
    fits int64), *d its nearest double. */
 static int number(Parser *q, double *d, int64_t *i, int *integer) {
@@ -131,10 +158,17 @@ static int number(Parser *q, double *d, int64_t *i, int *integer) {
             *i = neg ? (int64_t)(0 - m) : (int64_t)m;
         }
     }
+#if LDBL_MANT_DIG >= 64
+    double w;
+#endif
     if (!dropped && m <= ((uint64_t)1 << 53) && exp10 >= -22 && exp10 <= 22) {
         double v = (double)m; /* exact, and one rounding below: the nearest double */
         v = exp10 < 0 ? v / POW10[-exp10] : v * POW10[exp10];
         *d = neg && !(*integer && m == 0) ? -v : v; /* an integer -0 is 0 (Python: float(int("-0"))) */
+#if LDBL_MANT_DIG >= 64
+    } else if (!dropped && m && wide(m, exp10, &w)) {
+        *d = neg ? -w : w;
+#endif
     } else {
         char tmp[512];
         size_t len = (size_t)(s - start);
