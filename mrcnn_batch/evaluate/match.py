@@ -501,10 +501,15 @@ def gt_strings(gt: GroundTruth, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]
 
 
 def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
+    """The keypoint lists of ``rows`` (unique, ascending) as a matrix; lists of one length only."""
     lengths = offsets[rows + 1] - offsets[rows]
     if len(rows) and (lengths != lengths[0]).any():
         raise EvalInputError(f"{what}: keypoint lists of different lengths {sorted(set(lengths.tolist()))}")
     width = int(lengths[0]) if len(rows) else 0
+    n = len(offsets) - 1
+    if width and offsets[0] == 0 and offsets[-1] == width * n and (np.diff(offsets) == width).all():
+        table = values[: width * n].reshape(n, width)  # every list this long: a view, rows by one index
+        return table if len(rows) == n else table[rows]  # (rows are unique and sorted: all of them)
     idx = offsets[rows][:, None] + np.arange(width)[None, :]
     return values[idx]
 
