@@ -75,3 +75,50 @@ def _binary_like(type: pa.DataType, values: Sequence, data: bytes) -> pa.Array:
             return pa.array(values, type)  # Arrow's own error
         offsets = offsets.astype(np.int32)
     return pa.Array.from_buffers(type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def table_from_rows(rows: Sequence[dict], *, schema: pa.Schema) -> pa.Table:
+    """``pa.Table.from_pylist(rows, schema=schema)`` for flat columns of integers, floats,
+    booleans and strings (None: null); any other type or value goes to pyarrow's own."""
+    columns = []
+    for f in schema:
+        column = _column([r.get(f.name) for r in rows], f.type)
+        if column is None:
+            return pa.Table.from_pylist(list(rows), schema=schema)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _column(values: list, type: pa.DataType) -> pa.Array | None:
+    n = len(values)
+    valid = np.fromiter((v is not None for v in values), bool, n)
+    nulls = n - int(valid.sum())
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    present = [v for v in values if v is not None]
+    kinds = set(map(_type, present))
+    if type in (pa.string(), pa.large_string()):
+        if not kinds <= {str}:
+            return None
+        encoded = [v.encode() if v is not None else b"" for v in values]
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=offsets[1:])
+        if type == pa.string():
+            if offsets[-1] > np.iinfo(np.int32).max:
+                return None
+            offsets = offsets.astype(np.int32)
+        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))], nulls)
+    if type == pa.bool_():
+        if not kinds <= {bool}:
+            return None
+        bits = np.packbits(np.fromiter((bool(v) for v in values), bool, n), bitorder="little")
+        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(bits)], nulls)
+    dtype = _NUMPY.get(type)
+    if dtype is None or not kinds <= ({int} if np.issubdtype(dtype, np.integer) else {int, float}):
+        return None
+    try:
+        data = np.array([0 if v is None else v for v in values], dtype)
+    except OverflowError:
+        return None
+    if np.issubdtype(dtype, np.integer) and any(int(a) != v for a, v in zip(data.tolist(), values) if v is not None):
+        return None  # out of the type's range: pyarrow's own error
+    return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(data)], nulls)

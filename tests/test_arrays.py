@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mrcnn_batch.arrays import binaries, from_numpy, strings, to_numpy
+from mrcnn_batch.arrays import binaries, from_numpy, strings, table_from_rows, to_numpy
 
 DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64, np.float32, np.float64, np.bool_]
 
@@ -46,3 +46,32 @@ def test_strings_and_binaries_as_pyarrow_builds_them(build, type_, item, data):
     got = build(values, type_)
     got.validate(full=True)
     assert got.equals(pa.array(values, type_))
+
+
+ROW_SCHEMA = pa.schema([pa.field("name", pa.string()), pa.field("wide", pa.large_string()), pa.field("n", pa.int64()),
+                        pa.field("small", pa.int32()), pa.field("x", pa.float64()), pa.field("flag", pa.bool_())])
+ROWS = st.lists(st.fixed_dictionaries({
+    "name": st.none() | st.text(max_size=5), "wide": st.none() | st.text(max_size=5),
+    "n": st.none() | st.integers(-2**63, 2**63 - 1), "small": st.none() | st.integers(-2**31, 2**31 - 1),
+    "x": st.none() | st.floats(allow_nan=False) | st.integers(-2**53, 2**53), "flag": st.none() | st.booleans(),
+}), max_size=12)
+
+
+@given(ROWS)
+def test_tables_from_rows_as_pyarrow_builds_them(rows):
+    got = table_from_rows(rows, schema=ROW_SCHEMA)
+    got.validate(full=True)
+    assert got.equals(pa.Table.from_pylist(rows, schema=ROW_SCHEMA))
+
+
+def _outcome(build, rows):
+    try:
+        return build(rows, schema=ROW_SCHEMA)
+    except Exception as e:  # noqa: BLE001 - compared, not swallowed
+        return type(e)
+
+
+@pytest.mark.parametrize("bad", [{"n": 2**64}, {"n": 1.5}, {"n": True}, {"name": 3}, {"flag": 1}, {"x": "1"}, {"small": 2**40}])
+def test_rows_pyarrow_must_judge_go_to_pyarrow(bad):
+    got, want = _outcome(table_from_rows, [bad]), _outcome(pa.Table.from_pylist, [bad])
+    assert got == want if isinstance(want, type) else got.equals(want)

@@ -182,11 +182,13 @@ import json, sys
 from mrcnn_batch.evaluate.distributed import evaluate_detections, evaluate_run
 from mrcnn_batch.evaluate.groundtruth import load_ground_truth
 from mrcnn_batch.evaluate.predictions import load_results_json
-gt_path, run, results = sys.argv[1:]
+gt_path, run, results, out_dir = sys.argv[1:]
 gt = load_ground_truth(gt_path, iou_types=("bbox", "segm"))
 out, _ = evaluate_run(run, gt, iou_types=("bbox", "segm"), workers=0)
 dets = {t: load_results_json(results, gt=gt, iou_type=t) for t in ("bbox", "segm")}
 again = evaluate_detections(dets, gt, workers=0)
+from mrcnn_batch.evaluate.outputs import write_outputs
+write_outputs(out, out_dir, context={}, plots=False)  # metrics.json / .parquet, the arrays
 print(json.dumps({"pandas": "pandas" in sys.modules, "stats": [list(out[t].stats) + list(again[t].stats) for t in out]}))
 """
 
@@ -198,11 +200,12 @@ def test_evaluation_does_not_import_pandas(instances_case, tmp_path):
     _, results, gt_path, run = instances_case
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(results))
-    done = subprocess.run([sys.executable, "-c", WITHOUT_PANDAS, str(gt_path), str(run), str(results_path)],
+    done = subprocess.run([sys.executable, "-c", WITHOUT_PANDAS, str(gt_path), str(run), str(results_path), str(tmp_path / "out")],
                           capture_output=True, text=True, check=True)
     got = json.loads(done.stdout.splitlines()[-1])
     assert all(v >= 0 for row in got["stats"] for v in row[:1])  # it evaluated
     assert got["pandas"] is False
+    assert (tmp_path / "out" / "metrics.parquet").exists()
 
 
 def test_cli_on_an_existing_ray_cluster(instances_case, tmp_path):

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mrcnn_batch.arrays import table_from_rows
 from mrcnn_batch.evaluate.evaluator import EvalResult
 from mrcnn_batch.evaluate.lvis import LVISResult
 from mrcnn_batch.evaluate.tide import TideResult
@@ -121,7 +122,7 @@ def metrics_table(results: dict[str, EvalResult]) -> pa.Table:
                 rows.append({**common, "scope": "category", "category_id": cat.id, "category": cat.name,
                              "metric": m, "value": _num(vals[k]), "iou_thr": thr_of[m], "area": "all",
                              "max_dets": p.max_dets[-1], "stat_index": None})
-    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+    return table_from_rows(rows, schema=METRICS_SCHEMA)  # (no pandas: see mrcnn_batch.arrays)
 
 
 def write_outputs(
@@ -165,7 +166,7 @@ def lvis_metrics_table(results: dict[str, LVISResult]) -> pa.Table:
         for cat, ap in zip(r.categories, r.category_ap()):
             rows.append({**common, "scope": "category", "category_id": cat.id, "category": cat.name, "metric": "AP",
                          "value": _num(ap), "iou_thr": all_thr, "area": "all", "stat_index": None})
-    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+    return table_from_rows(rows, schema=METRICS_SCHEMA)  # (no pandas: see mrcnn_batch.arrays)
 
 
 def write_lvis_outputs(
