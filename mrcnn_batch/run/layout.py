@@ -428,9 +428,9 @@ class RunDir:
                 pf = pq.ParquetFile(f)
                 have = set(pf.schema_arrow.names)
                 part = pf.read(columns=[c for c in columns if c in have])
-            return pa.Table.from_arrays(
-                [part[c] if c in have else pa.nulls(len(part), schema.field(c).type) for c in columns], schema=None,
-                names=columns).cast(schema)
+            return pa.Table.from_arrays(  # (as the dataset: nulls even in a field declared non-null)
+                [part[c].cast(schema.field(c).type) if c in have else pa.nulls(len(part), schema.field(c).type)
+                 for c in columns], schema=schema)
 
         if not shards:
             return schema.empty_table()
