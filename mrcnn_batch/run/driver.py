@@ -185,27 +185,30 @@ def _execute(config: RunConfig, executor: Executor, lease: Lease, *, overwrite: 
 
 
 class IndexRefresher:
-    """Rewrites the commit index in a background thread, at most every ``INDEX_EVERY_S`` and one
-    refresh at a time, as shards commit: a scan of the run (its own ``RunDir``, so the driver's
-    is untouched) and the index of what it found. Advisory like the index itself: a refresh
-    that fails is logged and costs only reads at the next scan; a driver that lost its lease
-    writes none."""
+    """Rewrites the commit index in a background thread as shards commit, one refresh at a time
+    and at most every ``INDEX_EVERY_S`` (or ten times the last refresh's duration, so that on a
+    run of very many shards the scans take at most a tenth of the driver's time): a scan of the
+    run (its own ``RunDir``, so the driver's is untouched) and the index of what it found.
+    Advisory like the index itself: a refresh that fails is logged and costs only reads at the
+    next scan; a driver that lost its lease writes none."""
 
     def __init__(self, config: RunConfig, run_id: str, fence: Fence):
         self.config, self.run_id, self.fence = config, run_id, fence
         self._last = time.monotonic()
+        self._took = 0.0  # the last refresh's seconds
         self._thread: threading.Thread | None = None
 
     def committed(self) -> None:
         """A shard committed: refresh if the last refresh is old enough and none is under way."""
         now = time.monotonic()
-        if now - self._last < INDEX_EVERY_S or (self._thread is not None and self._thread.is_alive()):
+        if now - self._last < max(INDEX_EVERY_S, 10 * self._took) or (self._thread is not None and self._thread.is_alive()):
             return
         self._last = now
         self._thread = threading.Thread(target=self._refresh, name="commit-index", daemon=True)
         self._thread.start()
 
     def _refresh(self) -> None:
+        start = time.monotonic()
         run = RunDir(self.config.output, self.config.output_storage_options)
         try:
             self.fence.check(run)
@@ -214,6 +217,7 @@ class IndexRefresher:
             pass  # the driver finds out itself, at its next check
         except Exception as e:  # noqa: BLE001 - advisory: never the run's failure
             log.warning("could not refresh the commit index of %s: %s", self.config.output, e)
+        self._took = time.monotonic() - start
 
     def close(self) -> None:
         if self._thread is not None:
