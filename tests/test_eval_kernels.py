@@ -346,3 +346,91 @@ def test_the_reader_gives_the_parsed_documents_values(doc):
                 assert value == want[key]
             else:
                 assert value == want[key] and np.signbit(value).tolist() == np.signbit(want[key]).tolist(), key
+
+
+# -- the compiled reader of ground truth (bbox / keypoints: no masks) --------------------------------
+def _ground_truths_agree(tmp_path, doc, iou_type, text=None):
+    """load_ground_truth (compiled where it takes the file) against the parsed document read
+    itemwise: the same columns, or the same error."""
+    from mrcnn_batch.evaluate.errors import EvalInputError
+    from mrcnn_batch.evaluate.groundtruth import load_ground_truth
+
+    path = tmp_path / "gt.json"
+    path.write_text(text if text is not None else json.dumps(doc))
+
+    def outcome(build):
+        try:
+            return build()
+        except EvalInputError as e:
+            return str(e)
+
+    got = outcome(lambda: load_ground_truth(str(path), iou_types=(iou_type,)))
+    want = outcome(lambda: ground_truth_from_dict(jsonio.read_json(str(path), what="ground truth"), iou_types=(iou_type,),
+                                                  source=str(path)))
+    if isinstance(want, str):
+        assert got == want
+        return
+    for k, v in vars(want).items():
+        if isinstance(v, np.ndarray):
+            assert getattr(got, k).dtype == v.dtype and np.array_equal(getattr(got, k), v, equal_nan=True), k
+        else:
+            assert getattr(got, k) == v, k
+
+
+@needs_reader
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["bbox", "keypoints"]), st.sampled_from([None, 1, "\t"]), st.booleans())
+def test_ground_truth_read_compiled_equals_the_parsed_document(tmp_path_factory, seed, iou_type, indent, shuffle):
+    doc, _ = random_case(seed, iou_type=iou_type, n_images=8)
+    rng = np.random.default_rng(seed)
+    doc["info"] = {"description": "x", "nested": [1, {"a": None, "b": [True, False, "é\\n"]}]}  # skipped
+    for a in doc["annotations"]:
+        if shuffle:  # any key order, extra fields, masks as RLE
+            keys = list(a)
+            rng.shuffle(keys)
+            a.update({k: a.pop(k) for k in keys})
+            a["extra"] = {"score": 1.5e300, "tags": ["a", "b"]}
+        if rng.random() < 0.3:
+            a["segmentation"] = {"size": [4, 5], "counts": "0\\\\2\"1"}
+    data = json.dumps(doc, indent=indent)
+    assert jsonio.compiled_ground_truth(data.encode()) is not None  # this path is the one tested
+    _ground_truths_agree(tmp_path_factory.mktemp("gt"), doc, iou_type)
+
+
+@needs_reader
+@pytest.mark.parametrize("change", [
+    lambda d: d["annotations"][0].update(iscrowd=True),  # bools: left to the parser
+    lambda d: d["annotations"][0].update(id=1.0),  # a float id: the itemwise loop words it
+    lambda d: d["annotations"][0].pop("bbox"),
+    lambda d: d["annotations"][0].update(bbox=[1, 2, 3]),
+    lambda d: d["annotations"][0].update(image_id=10**6),  # unknown image
+    lambda d: d["annotations"][0].update(category_id=99),  # unknown category
+    lambda d: d["annotations"][0].update(id=2**70),  # beyond 64 bits
+    lambda d: d["annotations"][0].update(keypoints=[1, 2, 2, 4]),  # not of its category's length
+    lambda d: d["annotations"][0].pop("keypoints"),  # missing where its category has them
+    lambda d: d["annotations"][0].update(num_keypoints=True),
+    lambda d: d["annotations"][0].update(area="12"),
+    lambda d: d.pop("categories"),
+    lambda d: d["images"].append(dict(d["images"][0])),  # a duplicate image id
+])
+def test_ground_truth_the_compiled_reader_declines_reads_as_before(tmp_path, change):
+    doc, _ = random_case(3, iou_type="keypoints", n_images=6)
+    doc["annotations"][0]["keypoints"] = doc["annotations"][0].get("keypoints") or [0] * 15
+    doc["annotations"][0]["num_keypoints"] = doc["annotations"][0].get("num_keypoints", 0)
+    change(doc)
+    _ground_truths_agree(tmp_path, doc, "keypoints")
+
+
+@needs_reader
+@pytest.mark.parametrize("text", [
+    '{"images": [], "categories": [], "annotations": [], "images": []}',  # a repeated key
+    '{"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}], "annotations": [{"id": 1, "image_id": 1, '
+    '"category_id": 1, "area": NaN, "iscrowd": 0, "bbox": [0, 0, 1, 1]}]}',  # NaN: Python's parser reads it
+    '{"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}], "annotations": [{"id": 1, "id": 2, "image_id": 1, '
+    '"category_id": 1, "area": 1, "iscrowd": 0, "bbox": [0, 0, 1, 1]}]}',  # a repeated key: the parser keeps the last
+    '{"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}], "annotations": [{"id": 1, "image_id": 1, '
+    '"category_id": 1, "area": 1, "iscrowd": 0, "bbox": [0, 0, 1, 1], "segmentation": [[1, 2,]]}]}',  # not JSON
+])
+def test_ground_truth_files_the_compiled_reader_declines(tmp_path, text):
+    assert jsonio.compiled_ground_truth(text.encode()) is None
+    _ground_truths_agree(tmp_path, None, "bbox", text=text)

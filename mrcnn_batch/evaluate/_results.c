@@ -404,12 +404,143 @@ static PyObject *read_results(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* -- ground truth: the annotations' columns (no masks), the spans of "images" and "categories" -- */
+enum { A_ID, A_IMAGE, A_CATEGORY, A_AREA, A_CROWD, A_BBOX, A_KP, A_NK, A_FIELDS };
+static const char *A_NAMES[A_FIELDS] = {"id", "image_id", "category_id", "area", "iscrowd", "bbox", "keypoints", "num_keypoints"};
+
+typedef struct {
+    Buf id, image, category, area, crowd, bbox, bbox_at, kp, kp_at, has_kp, nk, has_nk;
+    int64_t rows;
+} Annotations;
+
+static int annotation(Parser *q, Annotations *a) {
+    int seen[A_FIELDS] = {0};
+    if (expect(q, '{')) return -1;
+    ws(q);
+    if (q->s < q->end && *q->s == '}') return -1;
+    for (;;) {
+        size_t len;
+        const char *key = field_name(q, &len);
+        if (!key) return -1;
+        int f = -1;
+        for (int k = 0; k < A_FIELDS; k++)
+            if (strlen(A_NAMES[k]) == len && !memcmp(key, A_NAMES[k], len)) f = k;
+        double d;
+        int64_t i;
+        int integer;
+        if (f < 0) {
+            if (skip_value(q, 0)) return -1; /* segmentation, and any other field */
+        } else if (seen[f]++) {
+            return -1; /* a repeated key */
+        } else if (f == A_ID || f == A_IMAGE || f == A_CATEGORY || f == A_CROWD || f == A_NK) {
+            Buf *to = f == A_ID ? &a->id : f == A_IMAGE ? &a->image : f == A_CATEGORY ? &a->category : f == A_CROWD ? &a->crowd : &a->nk;
+            if (number(q, &d, &i, &integer) || integer != 1 || put(to, &i, 8)) return -1;
+        } else if (f == A_AREA) {
+            if (number(q, &d, &i, &integer) || put(&a->area, &d, 8)) return -1;
+        } else if (f == A_BBOX) {
+            size_t before = a->bbox.n;
+            if (numbers(q, &a->bbox, &a->bbox_at, 0) || a->bbox.n - before != 4 * sizeof(double)) return -1;
+        } else if (numbers(q, &a->kp, &a->kp_at, 0)) { /* A_KP */
+            return -1;
+        }
+        int next = more(q, '}');
+        if (next < 0) return -1;
+        if (!next) break;
+    }
+    for (int k = 0; k <= A_BBOX; k++)
+        if (!seen[k]) return -1; /* ids, area, iscrowd and bbox: every annotation has them here */
+    int64_t zero = 0;
+    uint8_t has_kp = (uint8_t)seen[A_KP], has_nk = (uint8_t)seen[A_NK];
+    if (!has_kp) { /* an empty list: kp_at repeats the end */
+        int32_t end = (int32_t)(a->kp.n / 8);
+        if (put(&a->kp_at, &end, 4)) return -1;
+    }
+    if (!has_nk && put(&a->nk, &zero, 8)) return -1;
+    if (put(&a->has_kp, &has_kp, 1) || put(&a->has_nk, &has_nk, 1)) return -1;
+    a->rows++;
+    return 0;
+}
+
+static int ground_truth(Parser *q, Annotations *a, Py_ssize_t spans[4]) {
+    int seen_images = 0, seen_categories = 0, seen_annotations = 0;
+    int32_t zero = 0;
+    if (put(&a->bbox_at, &zero, 4) || put(&a->kp_at, &zero, 4)) return -1;
+    const char *base = q->s;
+    if (expect(q, '{')) return -1;
+    for (;;) {
+        size_t len;
+        const char *key = field_name(q, &len);
+        if (!key) return -1;
+        ws(q);
+        if (len == 11 && !memcmp(key, "annotations", 11)) {
+            if (seen_annotations++ || expect(q, '[')) return -1;
+            ws(q);
+            if (q->s < q->end && *q->s == ']') {
+                q->s++;
+            } else {
+                for (;;) {
+                    if (annotation(q, a)) return -1;
+                    int next = more(q, ']');
+                    if (next < 0) return -1;
+                    if (!next) break;
+                }
+            }
+        } else if ((len == 6 && !memcmp(key, "images", 6)) || (len == 10 && !memcmp(key, "categories", 10))) {
+            int images = len == 6;
+            if ((images ? seen_images++ : seen_categories++) || q->s >= q->end || *q->s != '[') return -1;
+            spans[images ? 0 : 2] = q->s - base;
+            if (skip_value(q, 0)) return -1;
+            spans[images ? 1 : 3] = q->s - base;
+        } else if (skip_value(q, 0)) {
+            return -1;
+        }
+        int next = more(q, '}');
+        if (next < 0) return -1;
+        if (!next) break;
+    }
+    ws(q);
+    return q->s == q->end && seen_images && seen_categories && seen_annotations ? 0 : -1;
+}
+
+static PyObject *read_ground_truth(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    Parser q;
+    Annotations a;
+    memset(&q, 0, sizeof q);
+    memset(&a, 0, sizeof a);
+    q.s = data.buf;
+    q.end = q.s + data.len;
+    Py_ssize_t spans[4] = {0, 0, 0, 0};
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ground_truth(&q, &a, spans);
+    Py_END_ALLOW_THREADS
+    PyObject *result = status ? Py_NewRef(Py_None)
+                              : Py_BuildValue("(L(nnnn)NNNNNNNNNNNN)", (long long)a.rows, spans[0], spans[1], spans[2], spans[3],
+                                              bytes_of(&a.id), bytes_of(&a.image), bytes_of(&a.category), bytes_of(&a.area),
+                                              bytes_of(&a.crowd), bytes_of(&a.bbox), bytes_of(&a.kp), bytes_of(&a.kp_at),
+                                              bytes_of(&a.has_kp), bytes_of(&a.nk), bytes_of(&a.has_nk), bytes_of(&a.bbox_at));
+    Buf *all[] = {&a.id, &a.image, &a.category, &a.area, &a.crowd, &a.bbox, &a.bbox_at, &a.kp, &a.kp_at, &a.has_kp, &a.nk, &a.has_nk};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++) free(all[k]->p);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"read", read_results, METH_VARARGS,
      "read(data) -> None or (rows, present, image_id, category_id, score, bbox, bbox_at, keypoints, keypoints_at, "
      "size, size_at, counts, counts_at): the columns of a plain COCO results file as bytes (int64 / float64 values, "
      "int32 list offsets, counts' characters); present: which of image_id, category_id, score, bbox, keypoints, "
      "segmentation every result has."},
+    {"ground_truth", read_ground_truth, METH_VARARGS,
+     "ground_truth(data) -> None or (rows, (images_start, images_end, categories_start, categories_end), id, image_id, "
+     "category_id, area, iscrowd, bbox, keypoints, keypoints_at, has_keypoints, num_keypoints, has_num_keypoints, "
+     "bbox_at): a COCO annotations file's annotations as columns (int64 / float64 values, int32 list offsets, uint8 "
+     "flags; segmentation and other fields skipped, each checked to be JSON) and the byte spans of its images and "
+     "categories arrays; None where an annotation lacks an id, image_id, category_id, area, iscrowd or a bbox of "
+     "four numbers, has a field twice, a float id or iscrowd, or anything is not plain JSON."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results", "Compiled reader of COCO results files (see jsonio.py).",

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from mrcnn_batch.evaluate.errors import EvalInputError
-from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_int64, is_number, is_number_list, read_json
+from mrcnn_batch.evaluate.jsonio import (
+    compiled_ground_truth, id_problem, is_box, is_int, is_int64, is_number, is_number_list, parse_document, read_document,
+)
 from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES, MASK_IOU_TYPES
 
 log = logging.getLogger(__name__)
@@ -108,15 +110,30 @@ def load_ground_truth(
     iou_types: tuple[str, ...] = ("bbox",),
     storage_options: dict[str, Any] | None = None,
 ) -> GroundTruth:
-    """Load COCO ground truth from ``url`` and check it has what ``iou_types`` need."""
-    doc = read_json(url, storage_options=storage_options, what="ground truth")
-    return ground_truth_from_dict(doc, iou_types=iou_types, source=url)
+    """Load COCO ground truth from ``url`` and check it has what ``iou_types`` need.
+
+    Without masks to evaluate, a plain file's annotations are read by the compiled reader
+    straight into columns (``jsonio.compiled_ground_truth``: no Python object per annotation,
+    segmentations skipped) and checked in bulk as :func:`_fast_annotations` checks them; any
+    other file, or one those checks decline, is parsed whole and read as before."""
+    data = read_document(url, storage_options=storage_options, what="ground truth")
+    if not any(t in MASK_IOU_TYPES for t in iou_types) and set(iou_types) <= set(EVAL_IOU_TYPES):
+        compiled = compiled_ground_truth(data)
+        if compiled is not None:
+            images, categories, rows, columns = compiled
+            doc = {"images": images, "categories": categories, "annotations": []}
+            gt = ground_truth_from_dict(doc, iou_types=iou_types, source=url, _columns=(rows, columns))
+            if gt is not None:
+                return gt
+    return ground_truth_from_dict(parse_document(data, url, what="ground truth"), iou_types=iou_types, source=url)
 
 
 def ground_truth_from_dict(
-    doc: Any, *, iou_types: tuple[str, ...] = ("bbox",), source: str = "<dict>"
-) -> GroundTruth:
-    """Build :class:`GroundTruth` from a parsed COCO annotations document."""
+    doc: Any, *, iou_types: tuple[str, ...] = ("bbox",), source: str = "<dict>", _columns: tuple | None = None
+) -> GroundTruth | None:
+    """Build :class:`GroundTruth` from a parsed COCO annotations document. (``_columns``: the
+    annotations as the compiled reader gave them, for :func:`load_ground_truth`; None is
+    returned where they are not all plain, and the document is then read whole.)"""
     for t in iou_types:
         if t not in EVAL_IOU_TYPES:
             raise EvalInputError(f"unknown IoU type {t!r}; expected one of {', '.join(EVAL_IOU_TYPES)}")
@@ -147,11 +164,19 @@ def ground_truth_from_dict(
     known_images = set(image_ids.tolist())
     need_bbox = "bbox" in iou_types or "keypoints" in iou_types
     need_crowd = "bbox" in iou_types or masks
-    fast = _fast_annotations(anns, image_ids, categories, masks=masks, keypoints="keypoints" in iou_types)
+    if _columns is not None:
+        fast = _compiled_annotations(*_columns, image_ids, categories, keypoints="keypoints" in iou_types)
+        if fast is None:
+            return None
+    else:
+        fast = _fast_annotations(anns, image_ids, categories, masks=masks, keypoints="keypoints" in iou_types)
     if fast is not None:
         ann_id, ann_img, ann_cat, area, iscrowd, bbox, segm, kp = fast
+        n = len(ann_id)
         if kp is not None:
             num_kp, kp_lens, kp_lists = kp
+        else:
+            num_kp, kp_lens = np.full(n, -1, np.int64), np.zeros(n, np.int64)
         anns = []  # checked in bulk
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
@@ -209,7 +234,7 @@ def ground_truth_from_dict(
     order = np.argsort(ann_img, kind="stable")
     kp_offsets = np.zeros(n + 1, np.int64)
     np.cumsum(kp_lens, out=kp_offsets[1:])
-    kp_values = np.fromiter(
+    kp_values = kp_lists if isinstance(kp_lists, np.ndarray) else np.fromiter(
         chain.from_iterable(kp_lists), dtype=np.float64, count=int(kp_offsets[-1])
     )
     gt = GroundTruth(
@@ -282,6 +307,34 @@ def _fast_annotations(anns: list[Any], image_ids: np.ndarray, categories: tuple[
             return None
     return (*ids, np.array(area, np.float64), (np.array(crowd) != 0).astype(np.int8),
             np.array(boxes, np.float64), segm, kp)
+
+
+def _compiled_annotations(rows: int, columns: tuple, image_ids: np.ndarray, categories: tuple[Category, ...], *,
+                          keypoints: bool) -> tuple | None:
+    """:func:`_fast_annotations`' columns (without masks) from the compiled reader's, with its
+    checks (known images and categories; keypoint lists where they must be, of their category's
+    length, with an integer ``num_keypoints``); None: let the whole document speak."""
+    ids, img, cat, area, crowd, bbox, kp, kp_at, has_kp, nk, has_nk, _ = columns
+    ids, img, cat = (np.frombuffer(b, np.int64) for b in (ids, img, cat))
+    if not (np.isin(img, image_ids).all() and np.isin(cat, [c.id for c in categories]).all()):
+        return None
+    kp_columns = None
+    if keypoints:
+        widths = {c.id: 3 * len(c.keypoints) for c in categories if c.keypoints}
+        has_kp, has_nk = np.frombuffer(has_kp, np.uint8) > 0, np.frombuffer(has_nk, np.uint8) > 0
+        which = np.flatnonzero(np.isin(cat, list(widths)) | has_kp)
+        if not (has_kp[which].all() and has_nk[which].all()):
+            return None  # a keypoint category's annotation without them: the itemwise loop words it
+        lens = np.diff(np.frombuffer(kp_at, np.int32).astype(np.int64))
+        need = np.array([widths.get(c, -1) for c in cat[which].tolist()], np.int64)
+        if (lens[which] % 3).any() or ((need >= 0) & (lens[which] != need)).any():
+            return None
+        num_kp, kp_lens = np.full(rows, -1, np.int64), np.zeros(rows, np.int64)
+        num_kp[which], kp_lens[which] = np.frombuffer(nk, np.int64)[which], lens[which]
+        kp_columns = num_kp, kp_lens, np.frombuffer(kp, np.float64).copy()  # (lists of the others are empty)
+    return (ids.copy(), img.copy(), cat.copy(), np.frombuffer(area, np.float64).copy(),
+            (np.frombuffer(crowd, np.int64) != 0).astype(np.int8), np.frombuffer(bbox, np.float64).reshape(-1, 4).copy(),
+            None, kp_columns)
 
 
 def _fast_keypoints(anns: list[Any], categories: tuple[Category, ...]) -> tuple | None:

@@ -31,6 +31,33 @@ def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: 
     return _parse(_read_bytes(url, storage_options, what), url, what)
 
 
+def read_document(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> bytes:
+    """The bytes of the document at ``url`` (decompressed by suffix), for :func:`parse_document`."""
+    return _read_bytes(url, storage_options, what)
+
+
+def parse_document(data: bytes, url: str, *, what: str) -> Any:
+    """:func:`read_json`'s parse of bytes :func:`read_document` gave."""
+    return _parse(data, url, what)
+
+
+def compiled_ground_truth(data: bytes) -> tuple | None:
+    """A COCO annotations file's annotations as columns and its images and categories as
+    parsed lists, read by the compiled reader (``_results.c``, segmentations skipped), where it
+    was built and the file is plain enough for it; None otherwise (see ``_results.ground_truth``)."""
+    if _results is None:
+        return None
+    out = _results.ground_truth(data)
+    if out is None:
+        return None
+    i0, i1, c0, c1 = out[1]
+    try:
+        images, categories = orjson.loads(data[i0:i1]), orjson.loads(data[c0:c1])
+    except orjson.JSONDecodeError:  # (what orjson refuses, the full parse reads or words)
+        return None
+    return images, categories, out[0], out[2:]
+
+
 def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> Any:
     """A COCO results file: an Arrow table where it is a plain array of results (read by the
     compiled reader, :func:`compiled_results_table`, or else Arrow's, :func:`results_table`),
