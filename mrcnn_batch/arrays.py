@@ -10,7 +10,7 @@ pyarrow's conversion otherwise (same result, pandas imported).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,33 +48,34 @@ def from_numpy(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(arrow, len(values), [None, pa.py_buffer(values)])
 
 
-def strings(values: Sequence[str], type: pa.DataType = pa.string()) -> pa.Array:
-    """``pa.array(values, type)`` of ASCII ``str`` values (``pa.string()`` / ``pa.large_string()``)."""
-    if type in (pa.string(), pa.large_string()) and all(t is str for t in map(_type, values)):
+def strings(values: Sequence[str], arrow_type: pa.DataType = pa.string()) -> pa.Array:
+    """``pa.array(values, arrow_type)`` of ASCII ``str`` values (``pa.string()`` / ``pa.large_string()``)."""
+    if arrow_type in (pa.string(), pa.large_string()) and all(type(v) is str for v in values):
         data = "".join(values).encode()
         if len(data) == sum(map(len, values)):  # ASCII: a character is a byte
-            return _binary_like(type, values, data)
-    return pa.array(values, type)
+            offsets = _offsets(map(len, values), len(values), arrow_type)
+            if offsets is not None:
+                return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.array(values, arrow_type)
 
 
-def binaries(values: Sequence[bytes], type: pa.DataType = pa.binary()) -> pa.Array:
-    """``pa.array(values, type)`` of ``bytes`` values (``pa.binary()`` / ``pa.large_binary()``)."""
-    if type in (pa.binary(), pa.large_binary()) and all(t is bytes for t in map(_type, values)):
-        return _binary_like(type, values, b"".join(values))
-    return pa.array(values, type)
+def binaries(values: Sequence[bytes], arrow_type: pa.DataType = pa.binary()) -> pa.Array:
+    """``pa.array(values, arrow_type)`` of ``bytes`` values (``pa.binary()`` / ``pa.large_binary()``)."""
+    if arrow_type in (pa.binary(), pa.large_binary()) and all(type(v) is bytes for v in values):
+        offsets = _offsets(map(len, values), len(values), arrow_type)
+        if offsets is not None:
+            return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
+    return pa.array(values, arrow_type)
 
 
-_type = type
-
-
-def _binary_like(type: pa.DataType, values: Sequence, data: bytes) -> pa.Array:
-    offsets = np.zeros(len(values) + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
-    if type in (pa.string(), pa.binary()):
-        if offsets[-1] > np.iinfo(np.int32).max:
-            return pa.array(values, type)  # Arrow's own error
-        offsets = offsets.astype(np.int32)
-    return pa.Array.from_buffers(type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+def _offsets(lengths: Iterable[int], n: int, arrow_type: pa.DataType) -> np.ndarray | None:
+    """The offsets of ``n`` values of these byte lengths in a string / binary array of
+    ``arrow_type`` (int32, or int64 for the large types); None where they overflow int32."""
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(lengths, np.int64, n), out=offsets[1:])
+    if arrow_type in (pa.large_string(), pa.large_binary()):
+        return offsets
+    return offsets.astype(np.int32) if offsets[-1] <= np.iinfo(np.int32).max else None
 
 
 def table_from_rows(rows: Sequence[dict], *, schema: pa.Schema) -> pa.Table:
@@ -89,30 +90,26 @@ def table_from_rows(rows: Sequence[dict], *, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _column(values: list, type: pa.DataType) -> pa.Array | None:
+def _column(values: list, arrow_type: pa.DataType) -> pa.Array | None:
     n = len(values)
     valid = np.fromiter((v is not None for v in values), bool, n)
     nulls = n - int(valid.sum())
     validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    present = [v for v in values if v is not None]
-    kinds = set(map(_type, present))
-    if type in (pa.string(), pa.large_string()):
+    kinds = {type(v) for v in values if v is not None}
+    if arrow_type in (pa.string(), pa.large_string()):
         if not kinds <= {str}:
             return None
         encoded = [v.encode() if v is not None else b"" for v in values]
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=offsets[1:])
-        if type == pa.string():
-            if offsets[-1] > np.iinfo(np.int32).max:
-                return None
-            offsets = offsets.astype(np.int32)
-        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))], nulls)
-    if type == pa.bool_():
+        offsets = _offsets(map(len, encoded), n, arrow_type)
+        if offsets is None:
+            return None
+        return pa.Array.from_buffers(arrow_type, n, [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))], nulls)
+    if arrow_type == pa.bool_():
         if not kinds <= {bool}:
             return None
         bits = np.packbits(np.fromiter((bool(v) for v in values), bool, n), bitorder="little")
-        return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(bits)], nulls)
-    dtype = _NUMPY.get(type)
+        return pa.Array.from_buffers(arrow_type, n, [validity, pa.py_buffer(bits)], nulls)
+    dtype = _NUMPY.get(arrow_type)
     if dtype is None or not kinds <= ({int} if np.issubdtype(dtype, np.integer) else {int, float}):
         return None
     try:
@@ -121,4 +118,4 @@ def _column(values: list, type: pa.DataType) -> pa.Array | None:
         return None
     if np.issubdtype(dtype, np.integer) and any(int(a) != v for a, v in zip(data.tolist(), values) if v is not None):
         return None  # out of the type's range: pyarrow's own error
-    return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(data)], nulls)
+    return pa.Array.from_buffers(arrow_type, n, [validity, pa.py_buffer(data)], nulls)
