@@ -518,10 +518,10 @@ static PyObject *read_ground_truth(PyObject *self, PyObject *args) {
     status = ground_truth(&q, &a, spans);
     Py_END_ALLOW_THREADS
     PyObject *result = status ? Py_NewRef(Py_None)
-                              : Py_BuildValue("(L(nnnn)NNNNNNNNNNNN)", (long long)a.rows, spans[0], spans[1], spans[2], spans[3],
+                              : Py_BuildValue("(L(nnnn)NNNNNNNNNNN)", (long long)a.rows, spans[0], spans[1], spans[2], spans[3],
                                               bytes_of(&a.id), bytes_of(&a.image), bytes_of(&a.category), bytes_of(&a.area),
                                               bytes_of(&a.crowd), bytes_of(&a.bbox), bytes_of(&a.kp), bytes_of(&a.kp_at),
-                                              bytes_of(&a.has_kp), bytes_of(&a.nk), bytes_of(&a.has_nk), bytes_of(&a.bbox_at));
+                                              bytes_of(&a.has_kp), bytes_of(&a.nk), bytes_of(&a.has_nk));
     Buf *all[] = {&a.id, &a.image, &a.category, &a.area, &a.crowd, &a.bbox, &a.bbox_at, &a.kp, &a.kp_at, &a.has_kp, &a.nk, &a.has_nk};
     for (size_t k = 0; k < sizeof all / sizeof *all; k++) free(all[k]->p);
     PyBuffer_Release(&data);
@@ -536,8 +536,8 @@ static PyMethodDef methods[] = {
      "segmentation every result has."},
     {"ground_truth", read_ground_truth, METH_VARARGS,
      "ground_truth(data) -> None or (rows, (images_start, images_end, categories_start, categories_end), id, image_id, "
-     "category_id, area, iscrowd, bbox, keypoints, keypoints_at, has_keypoints, num_keypoints, has_num_keypoints, "
-     "bbox_at): a COCO annotations file's annotations as columns (int64 / float64 values, int32 list offsets, uint8 "
+     "category_id, area, iscrowd, bbox, keypoints, keypoints_at, has_keypoints, num_keypoints, has_num_keypoints): "
+     "a COCO annotations file's annotations as columns (int64 / float64 values, int32 list offsets, uint8 "
      "flags; segmentation and other fields skipped, each checked to be JSON) and the byte spans of its images and "
      "categories arrays; None where an annotation lacks an id, image_id, category_id, area, iscrowd or a bbox of "
      "four numbers, has a field twice, a float id or iscrowd, or anything is not plain JSON."},

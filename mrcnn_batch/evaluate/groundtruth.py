@@ -117,7 +117,7 @@ def load_ground_truth(
     segmentations skipped) and checked in bulk as :func:`_fast_annotations` checks them; any
     other file, or one those checks decline, is parsed whole and read as before."""
     data = read_document(url, storage_options=storage_options, what="ground truth")
-    if not any(t in MASK_IOU_TYPES for t in iou_types) and set(iou_types) <= set(EVAL_IOU_TYPES):
+    if not any(t in MASK_IOU_TYPES for t in iou_types):
         compiled = compiled_ground_truth(data)
         if compiled is not None:
             images, categories, rows, columns = compiled
@@ -314,24 +314,22 @@ def _compiled_annotations(rows: int, columns: tuple, image_ids: np.ndarray, cate
     """:func:`_fast_annotations`' columns (without masks) from the compiled reader's, with its
     checks (known images and categories; keypoint lists where they must be, of their category's
     length, with an integer ``num_keypoints``); None: let the whole document speak."""
-    ids, img, cat, area, crowd, bbox, kp, kp_at, has_kp, nk, has_nk, _ = columns
+    ids, img, cat, area, crowd, bbox, kp, kp_at, has_kp, nk, has_nk = columns
     ids, img, cat = (np.frombuffer(b, np.int64) for b in (ids, img, cat))
     if not (np.isin(img, image_ids).all() and np.isin(cat, [c.id for c in categories]).all()):
         return None
     kp_columns = None
     if keypoints:
-        widths = {c.id: 3 * len(c.keypoints) for c in categories if c.keypoints}
+        widths = _keypoint_widths(categories)
         has_kp, has_nk = np.frombuffer(has_kp, np.uint8) > 0, np.frombuffer(has_nk, np.uint8) > 0
         which = np.flatnonzero(np.isin(cat, list(widths)) | has_kp)
         if not (has_kp[which].all() and has_nk[which].all()):
             return None  # a keypoint category's annotation without them: the itemwise loop words it
-        lens = np.diff(np.frombuffer(kp_at, np.int32).astype(np.int64))
-        need = np.array([widths.get(c, -1) for c in cat[which].tolist()], np.int64)
-        if (lens[which] % 3).any() or ((need >= 0) & (lens[which] != need)).any():
+        lens = np.diff(np.frombuffer(kp_at, np.int32).astype(np.int64))[which]
+        counts = _keypoint_counts(rows, which, cat[which].tolist(), lens, np.frombuffer(nk, np.int64)[which], widths)
+        if counts is None:
             return None
-        num_kp, kp_lens = np.full(rows, -1, np.int64), np.zeros(rows, np.int64)
-        num_kp[which], kp_lens[which] = np.frombuffer(nk, np.int64)[which], lens[which]
-        kp_columns = num_kp, kp_lens, np.frombuffer(kp, np.float64).copy()  # (lists of the others are empty)
+        kp_columns = *counts, np.frombuffer(kp, np.float64).copy()  # (lists of the others are empty)
     return (ids.copy(), img.copy(), cat.copy(), np.frombuffer(area, np.float64).copy(),
             (np.frombuffer(crowd, np.int64) != 0).astype(np.int8), np.frombuffer(bbox, np.float64).reshape(-1, 4).copy(),
             None, kp_columns)
@@ -340,7 +338,7 @@ def _compiled_annotations(rows: int, columns: tuple, image_ids: np.ndarray, cate
 def _fast_keypoints(anns: list[Any], categories: tuple[Category, ...]) -> tuple | None:
     """``num_keypoints``, list lengths and lists of the annotations that carry keypoints (those
     of keypoint categories, and any with a ``keypoints`` field), checked in bulk; None: declined."""
-    widths = {c.id: 3 * len(c.keypoints) for c in categories if c.keypoints}
+    widths = _keypoint_widths(categories)
     which = [i for i, a in enumerate(anns) if a["category_id"] in widths or "keypoints" in a]
     lists = [anns[i]["keypoints"] for i in which]
     counts = [anns[i]["num_keypoints"] for i in which]
@@ -349,13 +347,27 @@ def _fast_keypoints(anns: list[Any], categories: tuple[Category, ...]) -> tuple 
     if not set(map(type, chain.from_iterable(lists))) <= {int, float}:
         return None
     lens = np.array([len(k) for k in lists], np.int64)
-    need = np.array([widths.get(anns[i]["category_id"], -1) for i in which], np.int64)
+    nk = np.array(counts, np.int64) if counts else np.zeros(0, np.int64)  # beyond 64 bits: OverflowError
+    checked = _keypoint_counts(len(anns), which, [anns[i]["category_id"] for i in which], lens, nk, widths)
+    return None if checked is None else (*checked, lists)
+
+
+def _keypoint_widths(categories: tuple[Category, ...]) -> dict[int, int]:
+    """Each keypoint category's list length (3 numbers a keypoint)."""
+    return {c.id: 3 * len(c.keypoints) for c in categories if c.keypoints}
+
+
+def _keypoint_counts(n: int, which: Any, cats: list[int], lens: np.ndarray, nk: np.ndarray,
+                     widths: dict[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``num_keypoints`` and list length of each of ``n`` annotations (-1 and 0 where it has no
+    list), where the lists of ``which`` (of categories ``cats``, lengths ``lens``, counts ``nk``)
+    are triplets of their category's length; None otherwise (the itemwise loop words it)."""
+    need = np.array([widths.get(c, -1) for c in cats], np.int64)
     if (lens % 3).any() or ((need >= 0) & (lens != need)).any():
         return None
-    nk = np.array(counts, np.int64) if counts else np.zeros(0, np.int64)  # beyond 64 bits: OverflowError
-    num_kp, kp_lens = np.full(len(anns), -1, np.int64), np.zeros(len(anns), np.int64)
+    num_kp, kp_lens = np.full(n, -1, np.int64), np.zeros(n, np.int64)
     num_kp[which], kp_lens[which] = nk, lens
-    return num_kp, kp_lens, lists
+    return num_kp, kp_lens
 
 
 def _take(gt: GroundTruth, rows: np.ndarray) -> GroundTruth:

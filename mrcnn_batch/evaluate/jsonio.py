@@ -28,17 +28,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 def read_json(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> Any:
     """Parse the JSON document at ``url`` (``.gz``/``.bz2``/... decompressed by suffix)."""
-    return _parse(_read_bytes(url, storage_options, what), url, what)
-
-
-def read_document(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> bytes:
-    """The bytes of the document at ``url`` (decompressed by suffix), for :func:`parse_document`."""
-    return _read_bytes(url, storage_options, what)
-
-
-def parse_document(data: bytes, url: str, *, what: str) -> Any:
-    """:func:`read_json`'s parse of bytes :func:`read_document` gave."""
-    return _parse(data, url, what)
+    return parse_document(read_document(url, storage_options=storage_options, what=what), url, what=what)
 
 
 def compiled_ground_truth(data: bytes) -> tuple | None:
@@ -62,11 +52,11 @@ def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> 
     """A COCO results file: an Arrow table where it is a plain array of results (read by the
     compiled reader, :func:`compiled_results_table`, or else Arrow's, :func:`results_table`),
     otherwise the parsed list, as :func:`read_json` gives it."""
-    data = _read_bytes(url, storage_options, "predictions")
+    data = read_document(url, storage_options=storage_options, what="predictions")
     table = compiled_results_table(data)
     if table is None:
         table = results_table(data)
-    return table if table is not None else _parse(data, url, "predictions")
+    return table if table is not None else parse_document(data, url, what="predictions")
 
 
 def compiled_results_table(data: bytes) -> pa.Table | None:
@@ -159,7 +149,8 @@ _RESULT_FIELDS = pa.schema([("image_id", pa.int64()), ("category_id", pa.int64()
                             ("segmentation", pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())]))])
 
 
-def _read_bytes(url: str, storage_options: dict[str, Any] | None, what: str) -> bytes:
+def read_document(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> bytes:
+    """The bytes of the document at ``url`` (decompressed by suffix), for :func:`parse_document`."""
     try:
         with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as f:
             return f.read()
@@ -169,7 +160,8 @@ def _read_bytes(url: str, storage_options: dict[str, Any] | None, what: str) -> 
         raise EvalInputError(f"{what} {url}: cannot be read: {e}") from e
 
 
-def _parse(data: bytes, url: str, what: str) -> Any:
+def parse_document(data: bytes, url: str, *, what: str) -> Any:
+    """:func:`read_json`'s parse of bytes :func:`read_document` gave."""
     if not _may_hold_long_integer(data):
         try:  # orjson: faster on a results file; what it refuses (NaN, deep nesting, lone
             # surrogates), the standard parser reads or words the error
