@@ -179,22 +179,13 @@ def detection_order(key: np.ndarray, score: np.ndarray, *ties: np.ndarray, group
 
 
 def _rank_in_group(sorted_key: np.ndarray) -> np.ndarray:
-    n = len(sorted_key)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-    lengths = np.diff(np.r_[starts, n])
-    return np.arange(n) - np.repeat(starts, lengths)
+    _, starts, lengths = _groups(sorted_key)
+    return np.arange(len(sorted_key), dtype=np.int64) - np.repeat(starts, lengths)
 
 
 def _groups(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique keys of a sorted key array, with each group's start and length."""
-    return _runs(key)
-
-
-def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(key, return_index=True, return_counts=True)``, read off the boundaries where
-    ``key`` is sorted (no sort)."""
+    """Unique keys with each group's start and length: ``np.unique(key, return_index=True,
+    return_counts=True)``, read off the boundaries where ``key`` is sorted (no sort)."""
     if len(key) and not (key[1:] >= key[:-1]).all():
         return np.unique(key, return_index=True, return_counts=True)
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.intp)
@@ -545,8 +536,8 @@ def _greedy_match(
     # Candidates, compacted per group; their order (rank / file order) is kept.
     cd, cd_inv = _unique_in(pd, len(d_key))
     cg, cg_inv = _unique_in(pg, len(g_key))
-    grp_ids, d_first, ndet = _runs(d_key[cd])
-    _, g_first, ngt = _runs(g_key[cg])
+    grp_ids, d_first, ndet = _groups(d_key[cd])
+    _, g_first, ngt = _groups(g_key[cg])
     d_local = np.arange(len(cd)) - np.repeat(d_first, ndet)
     g_local = np.arange(len(cg)) - np.repeat(g_first, ngt)
     g_grp = np.repeat(np.arange(len(grp_ids)), ngt)
