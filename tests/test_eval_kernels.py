@@ -298,8 +298,9 @@ def test_long_numbers_are_read_as_pythons_parser_reads_them(values, style):
     '[{"image_id": 1, "category_id": 2, "score": 0.5}', '[{"image_id": 1, "category_id": 2, "score": 0.5}] x',
     '[{"image_id": 01, "category_id": 2, "score": 0.5}]', '[]', '{}', '',
 ])
-def test_what_the_reader_does_not_take_goes_to_the_slower_paths(doc):
-    assert jsonio.compiled_results_table(doc.encode()) is None
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 23])  # read a byte at a time, in pieces, whole
+def test_what_the_reader_does_not_take_goes_to_the_slower_paths(doc, chunk):
+    assert jsonio.compiled_results_table(doc.encode(), chunk=chunk) is None
 
 
 @st.composite
@@ -346,6 +347,63 @@ def test_the_reader_gives_the_parsed_documents_values(doc):
                 assert value == want[key]
             else:
                 assert value == want[key] and np.signbit(value).tolist() == np.signbit(want[key]).tolist(), key
+
+
+@needs_reader
+@settings(max_examples=200, deadline=None)
+@given(results_documents(), st.data())
+def test_the_reader_gives_the_same_table_whatever_the_pieces(doc, data):
+    # the file is read a piece at a time: a result cut anywhere (inside a number, a string, a key,
+    # between a result and its comma) is read again whole with the next piece
+    data_bytes = doc.encode()
+    chunk = data.draw(st.integers(1, len(data_bytes) + 1), label="chunk")
+    whole = jsonio.compiled_results_table(data_bytes, chunk=len(data_bytes) + 1)
+    assert jsonio.compiled_results_table(data_bytes, chunk=chunk).equals(whole)
+
+
+class _Pieces:
+    """A binary file that records the sizes asked of read."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at, self.asked = data, 0, []
+
+    def read(self, n: int) -> bytes:
+        self.asked.append(n)
+        out = self.data[self.at:self.at + n]
+        self.at += len(out)
+        return out
+
+
+@needs_reader
+def test_the_reader_holds_the_file_a_piece_at_a_time_and_leaves_long_results_to_the_slower_paths():
+    rows = [{"image_id": i, "category_id": 1, "score": 0.5, "bbox": [i, 0, 1, 2], "note": "x" * (10 if i != 7 else 500)}
+            for i in range(20)]
+    doc = json.dumps(rows).encode()
+    f = _Pieces(doc)
+    table = jsonio.compiled_results_table(f, chunk=64)
+    assert table["image_id"].to_pylist() == list(range(20)) and table.equals(jsonio.compiled_results_table(doc))
+    assert set(f.asked) == {64} and len(f.asked) == -(-len(doc) // 64) + 1  # to the end, and the empty read there
+    # a result that does not read with `longest` bytes from its start on: None (the slower paths read it)
+    assert jsonio.compiled_results_table(doc, chunk=64, longest=400) is None
+    assert jsonio.compiled_results_table(doc, chunk=64, longest=600).equals(table)
+    assert jsonio.compiled_results_table(doc[:-1] + b" , ]", chunk=64) is None  # malformed at the end
+
+
+def test_read_results_reads_compressed_and_declined_files_as_before(tmp_path):
+    import gzip
+
+    from mrcnn_batch.evaluate.jsonio import read_results
+
+    rows = [{"image_id": i, "category_id": 1, "score": 0.25 * i, "bbox": [i, 0.5, 1, 2]} for i in range(50)]
+    plain, packed = tmp_path / "r.json", tmp_path / "r.json.gz"
+    plain.write_text(json.dumps(rows))
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_results(str(packed)).equals(read_results(str(plain)))
+    assert read_results(str(plain)).to_pylist() == rows
+    rows[3]["score"] = float("nan")  # declined by the compiled reader: Python's parser reads it
+    plain.write_text(json.dumps(rows))
+    got = read_results(str(plain))
+    assert np.isnan(got["score"][3].as_py()) if isinstance(got, pa.Table) else np.isnan(got[3]["score"])
 
 
 # -- the compiled reader of ground truth (bbox / keypoints: no masks) --------------------------------

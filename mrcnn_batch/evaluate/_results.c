@@ -12,8 +12,8 @@
    some results lack, a repeated key, a float or out-of-range id, true/false/null where a number
    is read, NaN or Infinity (not JSON; Python's parser takes them), a mask as polygons or counts
    as a list, an escape in a key or one other than \\ \" \/ in the counts, an empty array, or
-   malformed JSON. The GIL is
-   released while parsing. */
+   malformed JSON. The file is read a piece at a time (its whole bytes are never held), the
+   columns handed over without a copy; the GIL is released while parsing. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -354,53 +354,183 @@ static int result(Parser *q) {
     return 0;
 }
 
-static int parse(Parser *q) {
-    int32_t zero = 0;
-    if (put(&q->bbox_at, &zero, 4) || put(&q->kp_at, &zero, 4) || put(&q->size_at, &zero, 4) || put(&q->counts_at, &zero, 4))
-        return -1;
-    if (expect(q, '[')) return -1;
-    for (;;) {
-        if (result(q)) return -1;
-        int next = more(q, ']');
-        if (next < 0) return -1;
-        if (!next) break;
+/* The state of a results file read a piece at a time (read_results): whether its opening "["
+   and its closing "]" were read. */
+typedef struct {
+    int opened, closed;
+} Stream;
+
+enum { COLUMNS = 11 };
+
+static Buf *column(Parser *q, int k) {
+    Buf *all[COLUMNS] = {&q->image, &q->category, &q->score, &q->bbox, &q->bbox_at, &q->kp,
+                         &q->kp_at, &q->size, &q->size_at, &q->counts, &q->counts_at};
+    return all[k];
+}
+
+/* What the columns held before a result: to take a result cut at the end back. */
+typedef struct {
+    size_t n[COLUMNS];
+    int64_t rows;
+    int present[FIELDS];
+} Mark;
+
+static void mark(Parser *q, Mark *m) {
+    for (int k = 0; k < COLUMNS; k++) m->n[k] = column(q, k)->n;
+    m->rows = q->rows;
+    memcpy(m->present, q->present, sizeof m->present);
+}
+
+static void take_back(Parser *q, const Mark *m) {
+    for (int k = 0; k < COLUMNS; k++) column(q, k)->n = m->n[k];
+    q->rows = m->rows;
+    memcpy(q->present, m->present, sizeof m->present);
+}
+
+/* Read the results in q->s..q->end, the bytes that follow those fed before; final: none follow.
+   1: the document was read whole; 0: more bytes are needed (q->s: the first byte to keep, the
+   start of a result cut at the end, whose columns were taken back); -1: not a plain results
+   file. A result that cannot be read with more than `limit` bytes from its start on is refused
+   (malformed, or too long for this reader: the slower paths read it). Whatever the cuts, the
+   columns are those of the whole document: a result is kept only once its closing brace and
+   the comma or bracket after it were read, so no token of it was cut. */
+static int feed(Parser *q, Stream *st, int final, size_t limit) {
+    if (!st->opened) {
+        ws(q);
+        if (q->s >= q->end) return final ? -1 : 0;
+        if (*q->s != '[') return -1;
+        q->s++;
+        st->opened = 1;
+    }
+    while (!st->closed) {
+        const char *start = q->s;
+        Mark m;
+        mark(q, &m);
+        int next = result(q) ? -1 : more(q, ']');
+        if (next < 0) {
+            if (final || (size_t)(q->end - start) > limit) return -1;
+            take_back(q, &m);
+            q->s = start;
+            return 0;
+        }
+        st->closed = !next;
     }
     ws(q);
     if (q->s != q->end) return -1;
+    if (!final) return 0;
     for (int k = 0; k < FIELDS; k++) /* every result has a field, or none */
         if (q->present[k] != 0 && q->present[k] != q->rows) return -1;
-    return q->present[IMAGE] && q->present[CATEGORY] && q->present[SCORE] ? 0 : -1;
+    return q->present[IMAGE] && q->present[CATEGORY] && q->present[SCORE] ? 1 : -1;
 }
 
-static PyObject *bytes_of(Buf *b) { return PyBytes_FromStringAndSize(b->p ? b->p : "", (Py_ssize_t)b->n); }
+/* A column handed to Python without a copy: a read-only buffer that frees its memory. */
+typedef struct {
+    PyObject_HEAD char *p;
+    Py_ssize_t n;
+} Block;
+
+static void block_dealloc(Block *b) {
+    free(b->p);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static int block_getbuffer(Block *b, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)b, b->p ? b->p : (char *)"", b->n, 1, flags);
+}
+
+static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mrcnn_batch.evaluate._results.Block",
+    .tp_basicsize = sizeof(Block),
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A column read by this module: its bytes through the buffer protocol, freed with it.",
+};
+
+/* The Buf as a Block, which takes its memory (cut to its length); NULL on failure. */
+static PyObject *block_of(Buf *b) {
+    Block *out = PyObject_New(Block, &BlockType);
+    if (!out) return NULL;
+    char *p = b->n && b->n < b->cap ? realloc(b->p, b->n) : NULL;
+    out->p = p ? p : b->p;
+    out->n = (Py_ssize_t)b->n;
+    b->p = NULL;
+    b->n = b->cap = 0;
+    return (PyObject *)out;
+}
+
+/* Append the next bytes of read(chunk) to the window, a NUL kept after them: 1 at the end of the
+   file, 0 otherwise, -1 with an exception set. */
+static int fill(PyObject *read, Py_ssize_t chunk, Buf *window) {
+    PyObject *got = PyObject_CallFunction(read, "n", chunk);
+    if (!got) return -1;
+    Py_buffer view;
+    if (PyObject_GetBuffer(got, &view, PyBUF_SIMPLE)) {
+        Py_DECREF(got);
+        return -1;
+    }
+    char nul = 0;
+    int failed = put(window, view.buf, (size_t)view.len) || put(window, &nul, 1);
+    int end = view.len == 0;
+    PyBuffer_Release(&view);
+    Py_DECREF(got);
+    if (failed) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    window->n--; /* (the NUL stays past the end) */
+    return end;
+}
 
 static PyObject *read_results(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    PyObject *read;
+    Py_ssize_t chunk, longest;
+    if (!PyArg_ParseTuple(args, "Onn", &read, &chunk, &longest)) return NULL;
+    if (chunk < 1 || longest < 0) {
+        PyErr_SetString(PyExc_ValueError, "chunk must be positive, longest not negative");
+        return NULL;
+    }
     Parser q;
     memset(&q, 0, sizeof q);
-    q.s = data.buf;
-    q.end = q.s + data.len;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = parse(&q);
-    Py_END_ALLOW_THREADS
-    PyObject *result;
-    if (status) {
+    Stream st = {0, 0};
+    Buf window = {NULL, 0, 0};
+    int32_t zero = 0;
+    int status = put(&q.bbox_at, &zero, 4) || put(&q.kp_at, &zero, 4) || put(&q.size_at, &zero, 4) || put(&q.counts_at, &zero, 4) ? -1 : 0;
+    int failed = status != 0;
+    while (status == 0) {
+        int end = fill(read, chunk, &window);
+        if (end < 0) {
+            failed = 1;
+            break;
+        }
+        q.s = window.p;
+        q.end = window.p + window.n;
+        Py_BEGIN_ALLOW_THREADS
+        status = feed(&q, &st, end, (size_t)longest);
+        Py_END_ALLOW_THREADS
+        size_t used = (size_t)(q.s - window.p); /* the rest: the start of a result cut at the end */
+        memmove(window.p, window.p + used, window.n - used + 1);
+        window.n -= used;
+    }
+    PyObject *result = NULL;
+    if (failed) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+    } else if (status != 1) {
         result = Py_NewRef(Py_None);
     } else {
         PyObject *present = PyTuple_New(FIELDS);
         for (int k = 0; present && k < FIELDS; k++) PyTuple_SET_ITEM(present, k, PyBool_FromLong(q.present[k] > 0));
-        result = present ? Py_BuildValue("(LNNNNNNNNNNNN)", (long long)q.rows, present, bytes_of(&q.image), bytes_of(&q.category),
-                                         bytes_of(&q.score), bytes_of(&q.bbox), bytes_of(&q.bbox_at), bytes_of(&q.kp),
-                                         bytes_of(&q.kp_at), bytes_of(&q.size), bytes_of(&q.size_at), bytes_of(&q.counts),
-                                         bytes_of(&q.counts_at))
+        result = present ? Py_BuildValue("(LNNNNNNNNNNNN)", (long long)q.rows, present, block_of(&q.image), block_of(&q.category),
+                                         block_of(&q.score), block_of(&q.bbox), block_of(&q.bbox_at), block_of(&q.kp),
+                                         block_of(&q.kp_at), block_of(&q.size), block_of(&q.size_at), block_of(&q.counts),
+                                         block_of(&q.counts_at))
                          : NULL;
     }
-    Buf *all[] = {&q.image, &q.category, &q.score, &q.bbox, &q.bbox_at, &q.kp, &q.kp_at, &q.size, &q.size_at, &q.counts, &q.counts_at};
-    for (size_t k = 0; k < sizeof all / sizeof *all; k++) free(all[k]->p);
-    PyBuffer_Release(&data);
+    for (int k = 0; k < COLUMNS; k++) free(column(&q, k)->p);
+    free(window.p);
     return result;
 }
 
@@ -519,9 +649,9 @@ static PyObject *read_ground_truth(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     PyObject *result = status ? Py_NewRef(Py_None)
                               : Py_BuildValue("(L(nnnn)NNNNNNNNNNN)", (long long)a.rows, spans[0], spans[1], spans[2], spans[3],
-                                              bytes_of(&a.id), bytes_of(&a.image), bytes_of(&a.category), bytes_of(&a.area),
-                                              bytes_of(&a.crowd), bytes_of(&a.bbox), bytes_of(&a.kp), bytes_of(&a.kp_at),
-                                              bytes_of(&a.has_kp), bytes_of(&a.nk), bytes_of(&a.has_nk));
+                                              block_of(&a.id), block_of(&a.image), block_of(&a.category), block_of(&a.area),
+                                              block_of(&a.crowd), block_of(&a.bbox), block_of(&a.kp), block_of(&a.kp_at),
+                                              block_of(&a.has_kp), block_of(&a.nk), block_of(&a.has_nk));
     Buf *all[] = {&a.id, &a.image, &a.category, &a.area, &a.crowd, &a.bbox, &a.bbox_at, &a.kp, &a.kp_at, &a.has_kp, &a.nk, &a.has_nk};
     for (size_t k = 0; k < sizeof all / sizeof *all; k++) free(all[k]->p);
     PyBuffer_Release(&data);
@@ -530,10 +660,12 @@ static PyObject *read_ground_truth(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"read", read_results, METH_VARARGS,
-     "read(data) -> None or (rows, present, image_id, category_id, score, bbox, bbox_at, keypoints, keypoints_at, "
-     "size, size_at, counts, counts_at): the columns of a plain COCO results file as bytes (int64 / float64 values, "
-     "int32 list offsets, counts' characters); present: which of image_id, category_id, score, bbox, keypoints, "
-     "segmentation every result has."},
+     "read(read, chunk, longest) -> None or (rows, present, image_id, category_id, score, bbox, bbox_at, keypoints, "
+     "keypoints_at, size, size_at, counts, counts_at): the columns of a plain COCO results file, its bytes got by "
+     "calling read(chunk) until it gives none (a file's read method), as buffers (int64 / float64 values, int32 "
+     "list offsets, counts' characters); present: which of image_id, category_id, score, bbox, keypoints, "
+     "segmentation every result has. The file is held a piece at a time: a result cut at a piece's end is read again "
+     "with the next; one that cannot be read with longest bytes from its start on gives None."},
     {"ground_truth", read_ground_truth, METH_VARARGS,
      "ground_truth(data) -> None or (rows, (images_start, images_end, categories_start, categories_end), id, image_id, "
      "category_id, area, iscrowd, bbox, keypoints, keypoints_at, has_keypoints, num_keypoints, has_num_keypoints): "
@@ -546,4 +678,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results", "Compiled reader of COCO results files (see jsonio.py).",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__results(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__results(void) {
+    if (PyType_Ready(&BlockType) < 0) return NULL;
+    return PyModule_Create(&module);
+}

@@ -4,8 +4,11 @@ Ids are held as int64 columns: an id is an integer (not a bool) in [-2**63, 2**6
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -50,31 +53,38 @@ def compiled_ground_truth(data: bytes) -> tuple | None:
 
 def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> Any:
     """A COCO results file: an Arrow table where it is a plain array of results (read by the
-    compiled reader, :func:`compiled_results_table`, or else Arrow's, :func:`results_table`),
-    otherwise the parsed list, as :func:`read_json` gives it."""
+    compiled reader a piece at a time, :func:`compiled_results_table`, or else from its whole
+    bytes by Arrow's, :func:`results_table`), otherwise the parsed list, as :func:`read_json`
+    gives it."""
+    if _results is not None:
+        with _opened(url, storage_options, what="predictions") as f:
+            table = compiled_results_table(f)
+        if table is not None:
+            return table
     data = read_document(url, storage_options=storage_options, what="predictions")
-    table = compiled_results_table(data)
-    if table is None:
-        table = results_table(data)
+    table = results_table(data)
     return table if table is not None else parse_document(data, url, what="predictions")
 
 
-def compiled_results_table(data: bytes) -> pa.Table | None:
+def compiled_results_table(source: bytes | Any, *, chunk: int = 1 << 23, longest: int = 1 << 26) -> pa.Table | None:
     """:func:`results_table`'s table read by the compiled reader (``_results.c``: whitespace
     and key order free, numbers as Python's parser reads them), where it was built and the
-    file is plain enough for it; None otherwise."""
+    file is plain enough for it; None otherwise. ``source``: the document's bytes or a binary
+    file, read ``chunk`` bytes at a time (the whole file is never held); a result that does not
+    read with ``longest`` bytes from its start on gives None (malformed, or left to the slower
+    paths)."""
     if _results is None:
         return None
-    out = _results.read(data)
+    out = _results.read((io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source).read, chunk, longest)
     if out is None:
         return None
     rows, present, image, category, score, bbox, bbox_at, kp, kp_at, size, size_at, counts, counts_at = out
     has_bbox, has_keypoints, has_segmentation = present[3:]  # (ids and score: every result has them)
 
-    def values(buf: bytes, dtype) -> pa.Array:
+    def values(buf: Any, dtype) -> pa.Array:
         return from_numpy(np.frombuffer(buf, dtype))
 
-    def lists(buf: bytes, at: bytes, dtype) -> pa.Array:
+    def lists(buf: Any, at: Any, dtype) -> pa.Array:
         return pa.ListArray.from_arrays(values(at, np.int32), values(buf, dtype))
 
     columns = {"image_id": values(image, np.int64), "category_id": values(category, np.int64),
@@ -151,9 +161,17 @@ _RESULT_FIELDS = pa.schema([("image_id", pa.int64()), ("category_id", pa.int64()
 
 def read_document(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> bytes:
     """The bytes of the document at ``url`` (decompressed by suffix), for :func:`parse_document`."""
+    with _opened(url, storage_options, what=what) as f:
+        return f.read()
+
+
+@contextmanager
+def _opened(url: str, storage_options: dict[str, Any] | None, *, what: str) -> Iterator[Any]:
+    """The document at ``url`` open for reading (decompressed by suffix); what cannot be opened
+    or read, worded."""
     try:
         with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as f:
-            return f.read()
+            yield f
     except FileNotFoundError:
         raise EvalInputError(f"{what} {url}: no such file") from None
     except OSError as e:

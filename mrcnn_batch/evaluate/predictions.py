@@ -147,7 +147,7 @@ def detections_from_results(
 
     fast = None if table is None else _table_columns(table, mode=mode, iou_type=iou_type)
     if fast is not None and isinstance(fast[4], pa.StructArray) and not _sizes_are_images(
-            _fixed_list(fast[4].field("size"), 2), fast[0], gt):
+            _fixed_list(fast[4].field("size"), 2, np.int64), fast[0], gt):
         fast = None  # the itemwise check names the mask whose size is not its image's
     if table is not None and fast is None:
         anns = table.to_pylist()  # every result has every field: the parsed list's dicts
@@ -162,7 +162,7 @@ def detections_from_results(
     segm_counts = segm_size = kp_offsets = kp_values = None
     rles: list[dict[str, Any]] | None = []
     if isinstance(segms, pa.StructArray):  # from the table: the strings and sizes as they are
-        segm_counts, segm_size, rles = segms.field("counts"), _fixed_list(segms.field("size"), 2).astype(np.int64), None
+        segm_counts, segm_size, rles = segms.field("counts"), _fixed_list(segms.field("size"), 2, np.int64), None
     elif segms:
         segm_counts, segm_size, rles = _fast_rles(segms, image_id, gt) or _rles_from_results(segms, image_id, gt, source)
     if isinstance(kps, pa.ListArray):  # from the table: already offsets and values
@@ -211,11 +211,11 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     if not numbers("score") or not ((mode, iou_type) in (("bbox", "bbox"), ("keypoints", "keypoints"))
                                     or (masks and mode in ("bbox", "segm") and "segmentation" in names)):
         return None
-    score = to_numpy(table["score"]).astype(np.float64)
+    score = to_numpy(table["score"]).astype(np.float64, copy=False)
     if not np.isfinite(score).all():
         return None
-    image_id = to_numpy(table["image_id"]).astype(np.int64)
-    category_id = to_numpy(table["category_id"]).astype(np.int64)
+    image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
+    category_id = to_numpy(table["category_id"]).astype(np.int64, copy=False)
     segms: Any = []
     if masks:  # compressed RLEs: {"size": [h, w], "counts": str}, every part present
         segms = table["segmentation"].combine_chunks()
@@ -461,9 +461,9 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
     if not np.array_equal(to_numpy(order), np.arange(len(order))):  # shards are written in order
         table = table.take(order)
     n = table.num_rows
-    image_id = to_numpy(table["image_id"]).astype(np.int64)
-    category_id = to_numpy(table["category_id"]).astype(np.int64)
-    score = to_numpy(table["score"]).astype(np.float64)
+    image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
+    category_id = to_numpy(table["category_id"]).astype(np.int64, copy=False)
+    score = to_numpy(table["score"]).astype(np.float64, copy=False)
     bbox = _fixed_list(table["bbox"], 4)
     segm_counts = segm_size = kp_offsets = kp_values = None
     if iou_type == "bbox":
@@ -473,13 +473,13 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         if mask.null_count:
             raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; {iou_type} needs a mask model")
         segm_counts = pc.struct_field(mask, "counts")
-        segm_size = _fixed_list(pc.struct_field(mask, "size"), 2).astype(np.int64)
+        segm_size = _fixed_list(pc.struct_field(mask, "size"), 2, np.int64)
         area = _mask_area(table, segm_counts, segm_size, source)
     else:
         kps = table["keypoints"].combine_chunks()
         kp_offsets = to_numpy(kps.offsets).astype(np.int64)
         kp_offsets = kp_offsets - kp_offsets[0]
-        kp_values = to_numpy(kps.flatten()).astype(np.float64)
+        kp_values = to_numpy(kps.flatten()).astype(np.float64, copy=False)
         if n and ((np.diff(kp_offsets) % 3).any() or (np.diff(kp_offsets) == 0).any()):
             raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
         if n:
@@ -504,8 +504,9 @@ def _mask_area(table: pa.Table, counts: pa.Array, sizes: np.ndarray, source: str
     return table_rle_area(counts, sizes)
 
 
-def _fixed_list(col: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+def _fixed_list(col: pa.ChunkedArray | pa.Array, width: int, dtype: type = np.float64) -> np.ndarray:
+    """``(N, width)`` values of lists of ``width`` items (a view of the column where it holds ``dtype``)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if len(arr) == 0:
-        return np.zeros((0, width), np.float64)
-    return to_numpy(arr.flatten()).astype(np.float64).reshape(-1, width)
+        return np.zeros((0, width), dtype)
+    return to_numpy(arr.flatten()).astype(dtype, copy=False).reshape(-1, width)
