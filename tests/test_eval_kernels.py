@@ -78,6 +78,31 @@ def test_greedy_matching_by_the_kernel_equals_the_numpy_loop(iou_type, seed, mon
     assert (kernel.codes == match.CODE_TP).any()
 
 
+@pytest.mark.parametrize("iou_type,seed", [(t, s) for t, seeds in SEEDS.items() for s in list(seeds)[:8]])
+@pytest.mark.parametrize("block", [1, 5])
+def test_matching_in_blocks_of_detections_equals_matching_at_once(iou_type, seed, block, monkeypatch):
+    whole = _processed(iou_type, seed).matches(iou_type)
+    monkeypatch.setattr(match, "_BLOCK_DETECTIONS", block)  # groups cut apart into many blocks, never split
+    blocks = _processed(iou_type, seed).matches(iou_type)
+    for name in ("category_index", "image_id", "rank", "score", "codes", "npig"):
+        np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))
+    assert (whole.codes == match.CODE_TP).any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=60), st.lists(st.integers(0, 30), max_size=60), st.integers(1, 20))
+def test_blocks_cover_both_key_lists_and_cut_only_between_groups(d_key, g_key, size):
+    d_key, g_key = np.sort(np.array(d_key, np.int64)), np.sort(np.array(g_key, np.int64))
+    blocks = match._blocks(d_key, g_key, size)
+    for k, at in ((0, d_key), (1, g_key)):
+        cuts = [b[k] for b in blocks]
+        assert cuts[0][0] == 0 and cuts[-1][1] == len(at) and all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+    for (d0, d1), (g0, g1) in blocks:  # a group's detections and objects are in one block
+        keys = set(d_key[d0:d1].tolist())
+        assert not keys & set(d_key[:d0].tolist()) and not keys & set(d_key[d1:].tolist())
+        assert all(g0 <= i < g1 for i in np.flatnonzero(np.isin(g_key, list(keys))))
+
+
 @pytest.mark.skipif(match._match is None, reason="the compiled matching kernel was not built (no C compiler)")
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 3000), st.integers(1, 50), st.integers(0, 2), st.integers(0, 2**32 - 1))

@@ -49,12 +49,14 @@ class Accumulated:
 
 
 def merge(results: list[MatchResult]) -> MatchResult:
-    """Concatenate the results of disjoint image sets (their order does not matter)."""
+    """Concatenate the results of disjoint image sets (their order does not matter); one is itself."""
     if not results:
         raise ValueError("nothing to merge")
     seen = np.concatenate([r.image_ids for r in results])
     if len(np.unique(seen)) != len(seen):
         raise ValueError("the merged results evaluate some images more than once")
+    if len(results) == 1:
+        return results[0]  # (its arrays are read, never written: no copy)
     return MatchResult(
         iou_type=results[0].iou_type,
         image_ids=np.sort(seen),

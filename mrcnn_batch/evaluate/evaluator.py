@@ -194,6 +194,8 @@ class COCOEvaluator:
             if not res:
                 raise EvalInputError("no images were processed")
             merged = merge(res)
+            self._results[t] = [merged]  # (the parts are let go before accumulating)
+            del res
             acc = accumulate(merged, params=self.setup.params[t], category_ids=self.setup.category_ids[t])
             cat_ids = self.setup.category_ids[t]
             out[t] = EvalResult(

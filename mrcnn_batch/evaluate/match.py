@@ -56,6 +56,7 @@ except ImportError:
 
 CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
 _CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
+_BLOCK_DETECTIONS = 1 << 16  # detections matched at once (memory: their pairs and greedy arrays)
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,22 +112,25 @@ def match_images(
     d_area = dets.area[d_rows]
     d_out = (d_area[:, None] < areas[:, 0]) | (d_area[:, None] > areas[:, 1])  # (D, A)
 
-    # Similarities of every detection-object pair of a group that reaches the lowest threshold.
-    tmin = min(min(params.iou_thrs), 1 - 1e-10)
-    pd, pg, pv = _similar_pairs(gt, dets, params, g_rows, g_key, crowd, d_rows, d_key, tmin, category_ids, sigmas)
-    keep = pv >= tmin
-    pd, pg, pv = pd[keep], pg[keep], pv[keep]
-
     # A detection without any candidate object is a false positive, ignored outside the area
-    # range; only the candidates' outcomes come from the greedy matching.
+    # range; only the candidates' outcomes come from the greedy matching. Groups are matched a
+    # block of about _BLOCK_DETECTIONS detections at a time (the pairs and the greedy loop's
+    # arrays of one block are held at once); a group is never split.
     codes = np.repeat(np.where(d_out, CODE_IGNORED, CODE_FP).astype(np.uint8)[:, :, None], T, axis=2)
-    cd, cells, obj = _greedy_match(pd, pg, pv, d_key, g_key, crowd, g_ig, params)
-    if len(cells):  # the matched (candidate, area range, threshold) cells and their objects
-        det, at = cd[cells // (A * T)], cells % (A * T)
-        a = at // T
-        nonzero = gt.ann_id[g_rows[obj]] != 0
-        ignored = g_ig[obj, a] | (~nonzero & d_out[det, a])
-        np.put(codes, det * (A * T) + at, np.where(ignored, CODE_IGNORED, np.where(nonzero, CODE_TP, CODE_FP)))
+    tmin = min(min(params.iou_thrs), 1 - 1e-10)
+    for (d0, d1), (g0, g1) in _blocks(d_key, g_key, _BLOCK_DETECTIONS):
+        # similarities of every detection-object pair of a group that reaches the lowest threshold
+        pd, pg, pv = _similar_pairs(gt, dets, params, g_rows[g0:g1], g_key[g0:g1], crowd[g0:g1], d_rows[d0:d1],
+                                    d_key[d0:d1], tmin, category_ids, sigmas)
+        keep = pv >= tmin
+        cd, cells, obj = _greedy_match(pd[keep], pg[keep], pv[keep], d_key[d0:d1], g_key[g0:g1], crowd[g0:g1],
+                                       g_ig[g0:g1], params)
+        if len(cells):  # the matched (candidate, area range, threshold) cells and their objects
+            det, at, obj = d0 + cd[cells // (A * T)], cells % (A * T), g0 + obj
+            a = at // T
+            nonzero = gt.ann_id[g_rows[obj]] != 0
+            ignored = g_ig[obj, a] | (~nonzero & d_out[det, a])
+            np.put(codes, det * (A * T) + at, np.where(ignored, CODE_IGNORED, np.where(nonzero, CODE_TP, CODE_FP)))
 
     return MatchResult(
         iou_type=params.iou_type,
@@ -138,6 +142,15 @@ def match_images(
         codes=codes,
         npig=npig,
     )
+
+
+def _blocks(d_key: np.ndarray, g_key: np.ndarray, size: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """``(d0, d1), (g0, g1)``: ranges of the sorted detection and object keys, about ``size``
+    detections each, cut only between groups; together they cover both."""
+    starts = np.unique(np.searchsorted(d_key, d_key[np.arange(size, len(d_key), size)], side="left"))
+    d_cuts = [0, *starts[starts > 0].tolist(), len(d_key)]
+    g_cuts = [0, *np.searchsorted(g_key, d_key[d_cuts[1:-1]], side="left").tolist(), len(g_key)]
+    return list(zip(pairwise(d_cuts), pairwise(g_cuts)))
 
 
 def ignored_ground_truth(gt: GroundTruth, rows: np.ndarray, params: EvalParams) -> np.ndarray:
