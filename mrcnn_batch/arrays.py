@@ -21,13 +21,19 @@ _NUMPY = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int
 _ARROW = {np.dtype(v): k for k, v in _NUMPY.items()}
 
 
+def one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The column as one array: itself, its only chunk, or its chunks concatenated
+    (``combine_chunks`` copies even a single chunk)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return column.combine_chunks() if column.num_chunks else pa.nulls(0, column.type)
+
+
 def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """``column.to_numpy()`` of a numeric column (read-only where it shares Arrow's memory)."""
-    if isinstance(column, pa.ChunkedArray):
-        if column.num_chunks != 1:
-            column = column.combine_chunks() if column.num_chunks else pa.Array.from_buffers(column.type, 0, [None, None])
-        else:
-            column = column.chunk(0)
+    column = one_array(column)
     dtype = _NUMPY.get(column.type)
     if dtype is None or column.null_count:
         return column.to_numpy(zero_copy_only=False)
@@ -46,6 +52,29 @@ def from_numpy(values: np.ndarray) -> pa.Array:
     if arrow is None or values.ndim != 1:
         return pa.array(values)
     return pa.Array.from_buffers(arrow, len(values), [None, pa.py_buffer(values)])
+
+
+def take(column: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
+    """``column.take(rows)`` as one array, a chunked column taken chunk by chunk: Arrow's take
+    of a chunked string or binary column first concatenates every chunk (a copy of the whole
+    column, kept by its memory pool)."""
+    rows = np.asarray(rows, np.int64)
+    if not isinstance(column, pa.ChunkedArray) or column.num_chunks <= 1:
+        return one_array(column).take(from_numpy(rows))
+    ends = np.cumsum([len(c) for c in column.chunks])
+    which = np.searchsorted(ends, rows, side="right")  # each row's chunk
+    if len(rows) and (rows.min() < 0 or rows.max() >= ends[-1]):
+        raise IndexError(f"rows out of range for a column of {ends[-1]} values")
+    order = np.argsort(which, kind="stable")
+    cut = np.searchsorted(which[order], np.arange(column.num_chunks + 1))
+    parts = [column.chunk(k).take(from_numpy(rows[order[a:b]] - (ends[k - 1] if k else 0)))
+             for k, (a, b) in enumerate(zip(cut[:-1].tolist(), cut[1:].tolist())) if b > a]
+    out = pa.concat_arrays(parts) if parts else column.chunk(0).slice(0, 0)
+    if (order == np.arange(len(order))).all():
+        return out
+    back = np.empty(len(order), np.int64)
+    back[order] = np.arange(len(order))
+    return out.take(from_numpy(back))
 
 
 def strings(values: Sequence[str], arrow_type: pa.DataType = pa.string()) -> pa.Array:

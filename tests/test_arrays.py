@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mrcnn_batch.arrays import binaries, from_numpy, strings, table_from_rows, to_numpy
+from mrcnn_batch.arrays import binaries, from_numpy, one_array, strings, table_from_rows, take, to_numpy
 
 DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64, np.float32, np.float64, np.bool_]
 
@@ -75,3 +75,41 @@ def _outcome(build, rows):
 def test_rows_pyarrow_must_judge_go_to_pyarrow(bad):
     got, want = _outcome(table_from_rows, [bad]), _outcome(pa.Table.from_pylist, [bad])
     assert got == want if isinstance(want, type) else got.equals(want)
+
+
+@st.composite
+def chunked_strings(draw):
+    """A chunked string column (chunks empty, sliced or whole) and rows to take from it."""
+    chunks = []
+    for words in draw(st.lists(st.lists(st.text(max_size=4), max_size=6), max_size=5)):
+        arr = pa.array(words, pa.string())
+        lo = draw(st.integers(0, len(words)))
+        chunks.append(arr.slice(lo, draw(st.integers(0, len(words) - lo))))
+    column = pa.chunked_array(chunks, pa.string())
+    rows = draw(st.lists(st.integers(0, max(len(column) - 1, 0)), max_size=12) if len(column) else st.just([]))
+    return column, np.array(rows, np.int64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunked_strings(), st.booleans())
+def test_take_gives_pyarrows_take_as_one_array(case, sort):
+    column, rows = case
+    rows = np.sort(rows) if sort else rows
+    got = take(column, rows)
+    assert isinstance(got, pa.Array) and got.type == column.type
+    assert got.to_pylist() == column.take(pa.array(rows, pa.int64())).to_pylist()
+    one = one_array(column)
+    assert isinstance(one, pa.Array) and one.to_pylist() == column.to_pylist()
+
+
+def test_take_refuses_rows_out_of_range():
+    column = pa.chunked_array([pa.array(["a"]), pa.array(["b", "c"])])
+    with pytest.raises(IndexError):
+        take(column, np.array([3]))
+    with pytest.raises(IndexError):
+        take(column, np.array([-1]))
+
+
+def test_one_array_of_one_chunk_is_that_chunk():
+    chunk = pa.array(np.arange(5.0))
+    assert one_array(pa.chunked_array([chunk])).buffers()[1].address == chunk.buffers()[1].address  # no copy

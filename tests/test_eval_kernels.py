@@ -517,3 +517,40 @@ def test_ground_truth_the_compiled_reader_declines_reads_as_before(tmp_path, cha
 def test_ground_truth_files_the_compiled_reader_declines(tmp_path, text):
     assert jsonio.compiled_ground_truth(text.encode()) is None
     _ground_truths_agree(tmp_path, None, "bbox", text=text)
+
+
+# -- a run's tables read in chunks (one per shard) ---------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 30), max_size=4), st.sampled_from(["bbox", "keypoints", "segm"]))
+def test_run_tables_in_chunks_give_the_detections_of_the_whole(seed, cuts, iou_type):
+    from mrcnn_batch.evaluate.predictions import detections_from_table
+
+    rng = np.random.default_rng(seed)
+    n = 30
+    lengths = rng.integers(1, 4, n) * 3
+    columns = {
+        "image_id": pa.array(np.repeat(np.arange(10), 3), pa.int64()), "instance_id": pa.array(np.tile(np.arange(3), 10), pa.int32()),
+        "category_id": pa.array(rng.integers(1, 5, n), pa.int32()), "score": pa.array(rng.random(n), pa.float32()),
+        "bbox": pa.FixedSizeListArray.from_arrays(pa.array(rng.random(4 * n) * 50, pa.float32()), 4),
+    }
+    if iou_type == "keypoints":
+        columns["keypoints"] = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)], pa.int32()),
+                                                        pa.array(rng.random(int(lengths.sum())) * 50, pa.float32()))
+    elif iou_type == "segm":
+        sizes = pa.FixedSizeListArray.from_arrays(pa.array(np.tile([2, 3], n), pa.int32()), 2)
+        counts = pa.array([["6", "15", "0"][i % 3] for i in range(n)], pa.string())  # 6 zeros; 1 one + 5 zeros; empty
+        columns["mask"] = pa.StructArray.from_arrays([pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()),
+                                                                               sizes.flatten()), counts], names=["size", "counts"])
+        columns["area"] = pa.array([[0.0, 1.0, 0.0][i % 3] for i in range(n)], pa.float64())
+    whole = pa.table(columns)
+    bounds = sorted({0, n, *(min(c, n) for c in cuts)})
+    chunked = pa.concat_tables([whole.slice(a, b - a) for a, b in zip(bounds, bounds[1:])] or [whole.slice(0, 0)])
+    got = detections_from_table(chunked, iou_type=iou_type, source="chunks")
+    want = detections_from_table(pa.table({k: pa.concat_arrays([v]) for k, v in columns.items()}), iou_type=iou_type, source="one")
+    for name in ("image_id", "category_id", "score", "area", "bbox", "segm_size", "kp_offsets", "kp_values"):
+        if getattr(want, name) is not None:
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    if want.segm_counts is not None:
+        assert got.segm_counts.to_pylist() == want.segm_counts.to_pylist()
+        rows = rng.permutation(n)[:7]
+        assert got.take(rows).segm_counts.to_pylist() == want.take(rows).segm_counts.to_pylist()

@@ -36,7 +36,7 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
-from mrcnn_batch.arrays import binaries, from_numpy
+from mrcnn_batch.arrays import binaries, from_numpy, take
 from mrcnn_batch.evaluate.boundary import boundary_similarity
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -430,7 +430,7 @@ def _mask_pairs_compiled(
         d_at, g_at = np.cumsum(dc[s:e]) - dc[s:e], np.cumsum(gc[s:e]) - gc[s:e]  # in d_list, g_list
         pd, pg, _ = _all_pairs(d_at, dc[s:e], g_at, gc[s:e])
         rows = d_rows[d_list]
-        sim = pair_mask_iou(dets.segm_counts.take(from_numpy(rows)), dets.segm_size[rows], g_counts, g_size,
+        sim = pair_mask_iou(take(dets.segm_counts, rows), dets.segm_size[rows], g_counts, g_size,
                             pd, pg, crowd[g_list])
         hit = sim >= tmin
         out_d.append(d_list[pd[hit]])

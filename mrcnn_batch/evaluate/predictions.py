@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
-from mrcnn_batch.arrays import from_numpy, strings, to_numpy
+from mrcnn_batch.arrays import one_array, strings, take, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_results
@@ -45,7 +45,7 @@ class Detections:
     score: np.ndarray  # (N,) float64
     area: np.ndarray  # (N,) float64
     bbox: np.ndarray | None = None  # (N, 4) float64 (mask results without boxes, for a mask IoU type: NaN)
-    segm_counts: pa.Array | None = None  # (N,) string/binary
+    segm_counts: pa.Array | pa.ChunkedArray | None = None  # (N,) string/binary
     segm_size: np.ndarray | None = None  # (N, 2) int64 [height, width]
     kp_offsets: np.ndarray | None = None  # (N + 1,) int64
     kp_values: np.ndarray | None = None  # flat float64 [x, y, v, ...]
@@ -70,7 +70,7 @@ class Detections:
             score=self.score[rows],
             area=self.area[rows],
             bbox=None if self.bbox is None else self.bbox[rows],
-            segm_counts=None if self.segm_counts is None else self.segm_counts.take(from_numpy(rows)),
+            segm_counts=None if self.segm_counts is None else take(self.segm_counts, rows),
             segm_size=None if self.segm_size is None else self.segm_size[rows],
             kp_offsets=kp_offsets,
             kp_values=kp_values,
@@ -83,7 +83,7 @@ class Detections:
     def rles(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """pycocotools RLE objects of these rows (built per call, never stored)."""
         rows = np.asarray(rows, np.int64)
-        return rle_objects(self.segm_counts.take(from_numpy(rows)), self.segm_size[rows])
+        return rle_objects(take(self.segm_counts, rows), self.segm_size[rows])
 
 
 def empty_detections(iou_type: str) -> Detections:
@@ -166,9 +166,7 @@ def detections_from_results(
     elif segms:
         segm_counts, segm_size, rles = _fast_rles(segms, image_id, gt) or _rles_from_results(segms, image_id, gt, source)
     if isinstance(kps, pa.ListArray):  # from the table: already offsets and values
-        kp_offsets = to_numpy(kps.offsets).astype(np.int64)
-        kp_values = to_numpy(kps.values).astype(np.float64, copy=False)[kp_offsets[0]:kp_offsets[-1]]
-        kp_offsets = kp_offsets - kp_offsets[0]
+        kp_offsets, kp_values = _list_values(kps)
     elif kps:
         lens = np.fromiter((len(k) for k in kps), np.int64, count=n)
         kp_offsets = np.zeros(n + 1, np.int64)
@@ -218,7 +216,7 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     category_id = to_numpy(table["category_id"]).astype(np.int64, copy=False)
     segms: Any = []
     if masks:  # compressed RLEs: {"size": [h, w], "counts": str}, every part present
-        segms = table["segmentation"].combine_chunks()
+        segms = one_array(table["segmentation"])
         size = segms.field("size")
         if segms.field("counts").null_count or size.null_count or size.values.null_count:
             return None
@@ -227,13 +225,13 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     if mode == "segm":
         return None if "bbox" in names else (image_id, category_id, score, np.full((n, 4), np.nan), segms, [])
     if mode == "bbox":
-        boxes = table["bbox"].combine_chunks()
+        boxes = one_array(table["bbox"])
         if not numbers("bbox") or boxes.values.null_count or (to_numpy(boxes.value_lengths()) != 4).any():
             return None
         return image_id, category_id, score, _fixed_list(boxes, 4), segms, []
     if "bbox" in names or "keypoints" not in names or not numbers("keypoints"):
         return None
-    kps = table["keypoints"].combine_chunks()
+    kps = one_array(table["keypoints"])
     lens = to_numpy(kps.value_lengths())
     if kps.values.null_count or (lens == 0).any() or (lens % 3).any():
         return None
@@ -469,17 +467,14 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
     if iou_type == "bbox":
         area = bbox[:, 2] * bbox[:, 3]
     elif iou_type in MASK_IOU_TYPES:
-        mask = table["mask"].combine_chunks()
+        mask = table["mask"]  # (its chunks as they are: the strings are not copied)
         if mask.null_count:
             raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; {iou_type} needs a mask model")
         segm_counts = pc.struct_field(mask, "counts")
         segm_size = _fixed_list(pc.struct_field(mask, "size"), 2, np.int64)
         area = _mask_area(table, segm_counts, segm_size, source)
     else:
-        kps = table["keypoints"].combine_chunks()
-        kp_offsets = to_numpy(kps.offsets).astype(np.int64)
-        kp_offsets = kp_offsets - kp_offsets[0]
-        kp_values = to_numpy(kps.flatten()).astype(np.float64, copy=False)
+        kp_offsets, kp_values = _list_values(table["keypoints"])
         if n and ((np.diff(kp_offsets) % 3).any() or (np.diff(kp_offsets) == 0).any()):
             raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
         if n:
@@ -498,15 +493,35 @@ def _mask_area(table: pa.Table, counts: pa.Array, sizes: np.ndarray, source: str
     if "area" in table.column_names and n:
         column = to_numpy(table["area"]).astype(np.float64)
         sample = np.unique(np.linspace(0, n - 1, min(n, 4096)).astype(np.int64))
-        if np.array_equal(table_rle_area(counts.take(from_numpy(sample)), sizes[sample]), column[sample]):
+        if np.array_equal(table_rle_area(take(counts, sample), sizes[sample]), column[sample]):
             return column
         log.warning("run %s: the area column differs from the masks' pixel counts; counting them from the masks", source)
     return table_rle_area(counts, sizes)
 
 
 def _fixed_list(col: pa.ChunkedArray | pa.Array, width: int, dtype: type = np.float64) -> np.ndarray:
-    """``(N, width)`` values of lists of ``width`` items (a view of the column where it holds ``dtype``)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if len(arr) == 0:
-        return np.zeros((0, width), dtype)
-    return to_numpy(arr.flatten()).astype(dtype, copy=False).reshape(-1, width)
+    """``(N, width)`` values of lists of ``width`` items."""
+    return _flat_values(col, dtype).reshape(-1, width)
+
+
+def _list_values(col: pa.ChunkedArray | pa.Array, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """A list column's ``(N + 1,)`` int64 offsets from 0 and its values."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    offsets = np.zeros(len(col) + 1, np.int64)
+    np.cumsum(np.concatenate([np.zeros(0, np.int64), *(np.diff(to_numpy(c.offsets)) for c in chunks)]), out=offsets[1:])
+    return offsets, _flat_values(col, dtype)
+
+
+def _flat_values(col: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
+    """The values of a list column's lists, one after another, as ``dtype``: a view of a one-chunk
+    column that holds ``dtype``; else converted chunk by chunk into one array (the chunks are
+    never concatenated first, a copy of the whole column)."""
+    flat = [c.flatten() for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    if len(flat) == 1:
+        return to_numpy(flat[0]).astype(dtype, copy=False)
+    values = np.empty(sum(len(f) for f in flat), dtype)
+    at = 0
+    for f in flat:
+        values[at:at + len(f)] = to_numpy(f)
+        at += len(f)
+    return values

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
+from mrcnn_batch.arrays import one_array
+
 try:  # the compiled RLE kernel (_rle.c), built when the package is installed
     from mrcnn_batch.evaluate import _rle
 except ImportError:  # a checkout run from its folder, or installed where nothing compiles
@@ -91,10 +93,9 @@ def polygon_rles(polygons: list[list[float]], sizes: np.ndarray) -> tuple[pa.Arr
     return strings, np.frombuffer(done, np.uint8).astype(bool)
 
 
-def string_buffers(strings: pa.Array) -> tuple[Any, np.ndarray]:
+def string_buffers(strings: pa.Array | pa.ChunkedArray) -> tuple[Any, np.ndarray]:
     """The data buffer and int64 offsets of an Arrow binary or string array without nulls."""
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
+    strings = one_array(strings)
     if strings.null_count:
         raise ValueError("RLE strings must not be null")
     if not pa.types.is_large_binary(strings.type):
