@@ -113,3 +113,4 @@ def test_take_refuses_rows_out_of_range():
 def test_one_array_of_one_chunk_is_that_chunk():
     chunk = pa.array(np.arange(5.0))
     assert one_array(pa.chunked_array([chunk])).buffers()[1].address == chunk.buffers()[1].address  # no copy
+

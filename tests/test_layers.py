@@ -12,7 +12,7 @@ import mrcnn_batch
 ROOT = Path(mrcnn_batch.__file__).parent
 
 LAYERS = [
-    {"config", "errors", "schemas", "datasets", "webpage", "arrays"},  # leaves
+    {"config", "errors", "schemas", "datasets", "webpage", "arrays", "memory"},  # leaves
     {"read", "write", "ray_session"},
     {"plan", "models"},
     {"predict"},

@@ -143,22 +143,22 @@ static void sort_range(const Keys *k, int64_t *v, int64_t n, int64_t *tmp) {
 
 static PyObject *group_order(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer key, score, tie1, tie2;
+    Py_buffer key, score, tie1, tie2, out;
     long long groups;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*L", &key, &score, &tie1, &tie2, &groups)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*Lw*", &key, &score, &tie1, &tie2, &groups, &out)) return NULL;
     PyObject *result = NULL;
     int64_t n = key.len / (Py_ssize_t)sizeof(int64_t);
     int with1 = tie1.len > 0, with2 = tie2.len > 0;
     const int64_t *kv = key.buf;
-    int bad = groups < 0 || score.len != key.len || (with1 && tie1.len != key.len) || (with2 && tie2.len != key.len);
+    int bad = groups < 0 || score.len != key.len || (with1 && tie1.len != key.len) || (with2 && tie2.len != key.len) ||
+              out.len != key.len;
     for (int64_t i = 0; i < n && !bad; i++) bad = kv[i] < 0 || kv[i] >= groups;
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "group_order: keys out of range or buffers of the wrong sizes");
         goto done;
     }
-    int64_t *start = calloc((size_t)groups + 1, sizeof(int64_t)), *order = malloc((n ? n : 1) * sizeof(int64_t)),
-            *tmp = malloc((n ? n : 1) * sizeof(int64_t));
-    if (!start || !order || !tmp) {
+    int64_t *start = calloc((size_t)groups + 1, sizeof(int64_t)), *order = out.buf, *tmp = malloc((n ? n : 1) * sizeof(int64_t));
+    if (!start || !tmp) {
         PyErr_NoMemory();
     } else {
         Py_BEGIN_ALLOW_THREADS
@@ -172,12 +172,12 @@ static PyObject *group_order(PyObject *self, PyObject *args) {
             a = start[g];
         }
         Py_END_ALLOW_THREADS
-        result = PyBytes_FromStringAndSize((const char *)order, n * sizeof(int64_t));
+        result = Py_NewRef(Py_None);
     }
     free(start);
-    free(order);
     free(tmp);
 done:
+    PyBuffer_Release(&out);
     PyBuffer_Release(&key);
     PyBuffer_Release(&score);
     PyBuffer_Release(&tie1);
@@ -187,9 +187,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"group_order", group_order, METH_VARARGS,
-     "group_order(key, score, tie1, tie2, groups) -> bytes of int64: the positions sorted by key (int64 in [0, groups)), "
-     "then score descending, then tie1 and tie2 ascending (int64; an empty buffer: none), then position (stable): "
-     "what np.lexsort((tie2, tie1, -score, key)) gives."},
+     "group_order(key, score, tie1, tie2, groups, out): fills out (int64, as many as keys) with the positions sorted by "
+     "key (int64 in [0, groups)), then score descending, then tie1 and tie2 ascending (int64; an empty buffer: none), "
+     "then position (stable): what np.lexsort((tie2, tie1, -score, key)) gives."},
     {"greedy", greedy, METH_VARARGS,
      "greedy(iou, iou_at, d_at, g_at, crowd, ig, thr, out): fills out (detections x A x T int32) with the object each "
      "detection takes in each area range and threshold (-1: none); iou float64 per group nd x ng, iou_at / d_at / g_at "

@@ -100,21 +100,21 @@ def accumulate(
     every: int | None = None  # a maxDet that keeps every detection (the others equal it)
     for m, max_det in enumerate(params.max_dets):
         keep = rank < max_det
-        sel = None if keep.all() else np.flatnonzero(keep)  # still in (category, score) order
-        if sel is None and every is not None:
+        every_one = bool(keep.all())
+        if every_one and every is not None:
             precision[..., m], scores[..., m], recall[..., m] = precision[..., every], scores[..., every], recall[..., every]
             continue
-        every = m if sel is None else every
-        c_m, s_m = cat[keep].astype(np.int64), score[keep]
+        every = m if every_one else every
+        c_m, s_m = (cat, score) if every_one else (cat[keep], score[keep])  # still in (category, score) order
         first = np.searchsorted(c_m, np.arange(K + 1))  # each category's positions
         nd = np.diff(first)
         if compiled:
             q, ss, n_tp = np.empty((AT, K, R)), np.empty((AT, K, R)), np.empty((AT, K), np.int64)
-            kept = order if sel is None else order[sel]
-            _accumulate.accumulate(flat, kept, first.astype(np.int64), np.ascontiguousarray(s_m, dtype=np.float64),
-                                   need_rows, q, ss, n_tp, AT, K, R)
+            _accumulate.accumulate(flat, order if every_one else order[keep], first.astype(np.int64),
+                                   np.ascontiguousarray(s_m, dtype=np.float64), need_rows, q, ss, n_tp, AT, K, R)
         else:
-            q, ss, n_tp = _precision_at_thresholds(codes, sel, c_m, s_m, first, need_rows, AT, K)
+            q, ss, n_tp = _precision_at_thresholds(codes, None if every_one else np.flatnonzero(keep), c_m, s_m, first,
+                                                   need_rows, AT, K)
         with np.errstate(divide="ignore", invalid="ignore"):
             rc = np.where(nd > 0, n_tp / np.repeat(npig.T, T, axis=0), 0.0)  # (AT, K)
         cell = has_gt[None, None]  # (1, 1, K, A)

@@ -27,6 +27,7 @@ from mrcnn_batch.evaluate.params import EVAL_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections, check_ids, detections_from_results
 from mrcnn_batch.evaluate.sigmas import resolve_sigmas
 from mrcnn_batch.evaluate.summary import per_category, stats, summary_items, summary_lines
+from mrcnn_batch.memory import give_back_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ class COCOEvaluator:
             merged = merge(res)
             self._results[t] = [merged]  # (the parts are let go before accumulating)
             del res
+            give_back_freed_memory()  # matching's temporaries: accumulation takes fresh pages, not more
             acc = accumulate(merged, params=self.setup.params[t], category_ids=self.setup.category_ids[t])
             cat_ids = self.setup.category_ids[t]
             out[t] = EvalResult(

@@ -100,7 +100,7 @@ def compiled_results_table(source: bytes | Any, *, chunk: int = 1 << 23, longest
         except pa.ArrowInvalid:
             return None
         columns["segmentation"] = pa.StructArray.from_arrays([lists(size, size_at, np.int64), strings], names=["size", "counts"])
-    return pa.table(columns).cast(pa.schema([_RESULT_FIELDS.field(c) for c in columns]))
+    return pa.Table.from_arrays(list(columns.values()), schema=pa.schema([_RESULT_FIELDS.field(c) for c in columns]))
 
 
 def results_table(data: bytes, *, piece: int = 1 << 24) -> pa.Table | None:

@@ -186,9 +186,10 @@ def detection_order(key: np.ndarray, score: np.ndarray, *ties: np.ndarray, group
     stable score order within a group (by the compiled kernel where built)."""
     if _match is None or len(key) == 0 or groups > max(4 * len(key), 1 << 22):
         return np.lexsort((*reversed(ties), -score, key))
-    order = _match.group_order(np.ascontiguousarray(key, np.int64), np.ascontiguousarray(score, np.float64),
-                               *(np.ascontiguousarray(t, np.int64) for t in ties), *([b""] * (2 - len(ties))), groups)
-    return np.frombuffer(order, np.int64)
+    order = np.empty(len(key), np.int64)
+    _match.group_order(np.ascontiguousarray(key, np.int64), np.ascontiguousarray(score, np.float64),
+                       *(np.ascontiguousarray(t, np.int64) for t in ties), *([b""] * (2 - len(ties))), groups, order)
+    return order
 
 
 def _rank_in_group(sorted_key: np.ndarray) -> np.ndarray:

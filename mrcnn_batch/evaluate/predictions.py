@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
 from mrcnn_batch.arrays import one_array, strings, take, to_numpy
@@ -220,22 +219,39 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
         size = segms.field("size")
         if segms.field("counts").null_count or size.null_count or size.values.null_count:
             return None
-        if (to_numpy(size.value_lengths()) != 2).any():
+        if (_lengths(size) != 2).any():
             return None
     if mode == "segm":
         return None if "bbox" in names else (image_id, category_id, score, np.full((n, 4), np.nan), segms, [])
     if mode == "bbox":
         boxes = one_array(table["bbox"])
-        if not numbers("bbox") or boxes.values.null_count or (to_numpy(boxes.value_lengths()) != 4).any():
+        if not numbers("bbox") or boxes.values.null_count or (_lengths(boxes) != 4).any():
             return None
         return image_id, category_id, score, _fixed_list(boxes, 4), segms, []
     if "bbox" in names or "keypoints" not in names or not numbers("keypoints"):
         return None
     kps = one_array(table["keypoints"])
-    lens = to_numpy(kps.value_lengths())
+    lens = _lengths(kps)
     if kps.values.null_count or (lens == 0).any() or (lens % 3).any():
         return None
     return image_id, category_id, score, np.full((n, 4), np.nan), [], kps
+
+
+def _flat(lists: pa.Array) -> pa.Array:
+    """``lists.flatten()``: the values of a list or fixed-size list array, its slice's only
+    (without null lists, a slice of the values: ``flatten`` imports pyarrow.compute)."""
+    if lists.null_count:
+        return lists.flatten()
+    if isinstance(lists, pa.FixedSizeListArray):
+        width = lists.type.list_size
+        return lists.values.slice(lists.offset * width, len(lists) * width)
+    at = to_numpy(lists.offsets)
+    return lists.values.slice(int(at[0]), int(at[-1] - at[0])) if len(at) else lists.values.slice(0, 0)
+
+
+def _lengths(lists: pa.ListArray) -> np.ndarray:
+    """Each list's length (a null list: 0), from the offsets (``value_lengths`` imports pyarrow.compute)."""
+    return np.diff(to_numpy(lists.offsets))
 
 
 def _sizes_are_images(sizes: np.ndarray, image_id: np.ndarray, gt: GroundTruth) -> bool:
@@ -455,6 +471,8 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
 
     Rows are put in ``(image_id, instance_id)`` order, independent of how shards were read.
     """
+    import pyarrow.compute as pc  # (here: a results file's evaluation does without it, 9 MiB)
+
     order = pc.sort_indices(table, sort_keys=[("image_id", "ascending"), ("instance_id", "ascending")])
     if not np.array_equal(to_numpy(order), np.arange(len(order))):  # shards are written in order
         table = table.take(order)
@@ -516,7 +534,7 @@ def _flat_values(col: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
     """The values of a list column's lists, one after another, as ``dtype``: a view of a one-chunk
     column that holds ``dtype``; else converted chunk by chunk into one array (the chunks are
     never concatenated first, a copy of the whole column)."""
-    flat = [c.flatten() for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    flat = [_flat(c) for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
     if len(flat) == 1:
         return to_numpy(flat[0]).astype(dtype, copy=False)
     values = np.empty(sum(len(f) for f in flat), dtype)

@@ -24,7 +24,6 @@ that holds anything else.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from mrcnn_batch.errors import RunDamaged, StorageError
+from mrcnn_batch.memory import give_back_freed_memory
 from mrcnn_batch.schemas import PLAN, TABLES
 
 if TYPE_CHECKING:  # imported where used: pyarrow.dataset imports pandas where it is installed (~0.2 s)
@@ -444,7 +444,7 @@ class RunDir:
                 return pa.concat_tables(list(pool.map(one, shards)))
         finally:
             pa.set_memory_pool(default)
-            _give_back_freed_memory()
+            give_back_freed_memory()  # the reader threads' buffers, freed into their own arenas
 
     def read_table(self, table: str, shards: list[int] | None = None) -> pa.Table:
         return self.dataset(table, shards).to_table()
@@ -504,23 +504,6 @@ class RunDir:
             if name and p["name"].rstrip("/") != d.rstrip("/"):
                 out.append((name, "dir" if p.get("type") == "directory" else "file"))
         return out
-
-
-def _give_back_freed_memory() -> None:
-    """Return the free pages the C allocator keeps to the system (glibc's ``malloc_trim``; a
-    no-op elsewhere): the reader threads' buffers, freed into their own arenas, which the
-    thread that goes on (the evaluation) cannot reuse."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            _TRIM = ctypes.CDLL(None).malloc_trim
-        except (AttributeError, OSError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
 
 
 def open_run(url: str, *, storage_options: dict[str, Any] | None = None) -> RunDir:
