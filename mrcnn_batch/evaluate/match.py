@@ -324,8 +324,10 @@ def _oks_pairs(
         at = np.flatnonzero(pair_cat == cat)
         ud, d_inv = _unique_in(d_rows[at], len(dets))
         ug, g_inv = _unique_in(g_rows[at], len(gt.ann_id))
-        dk = np.ascontiguousarray(_kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}"), np.float64)
-        gk = np.ascontiguousarray(_kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}"), np.float64)
+        dk, d_at = _kp_matrix(dets.kp_offsets, dets.kp_values, ud, f"detections of category {cat}")
+        d_inv = d_at[d_inv]  # each pair's row of dk
+        gk, g_at = _kp_matrix(gt.kp_offsets, gt.kp_values, ug, f"ground truth of category {cat}")
+        gk = gk[g_at]
         var = variances[cat]
         g_visible = gk[:, 2::3] > 0
         g_labelled = g_visible.sum(axis=1)  # each object's labelled keypoints
@@ -505,18 +507,19 @@ def gt_strings(gt: GroundTruth, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]
     return binaries(counts, pa.large_binary()), sizes
 
 
-def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
-    """The keypoint lists of ``rows`` (unique, ascending) as a matrix; lists of one length only."""
+def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The keypoint lists of ``rows`` as a float64 matrix (lists of one length only) and the
+    matrix row of each of ``rows``: where every list has that length, a view of all of them (no
+    copy; ``rows`` index it), else the rows' lists gathered."""
     lengths = offsets[rows + 1] - offsets[rows]
     if len(rows) and (lengths != lengths[0]).any():
         raise EvalInputError(f"{what}: keypoint lists of different lengths {sorted(set(lengths.tolist()))}")
     width = int(lengths[0]) if len(rows) else 0
     n = len(offsets) - 1
-    if width and offsets[0] == 0 and offsets[-1] == width * n and (np.diff(offsets) == width).all():
-        table = values[: width * n].reshape(n, width)  # every list this long: a view, rows by one index
-        return table if len(rows) == n else table[rows]  # (rows are unique and sorted: all of them)
+    if width and values.dtype == np.float64 and offsets[0] == 0 and offsets[-1] == width * n and (np.diff(offsets) == width).all():
+        return values[: width * n].reshape(n, width), rows
     idx = offsets[rows][:, None] + np.arange(width)[None, :]
-    return values[idx]
+    return np.ascontiguousarray(values[idx], np.float64), np.arange(len(rows))
 
 
 def _sigmas_for(sigmas: dict[int, np.ndarray] | None, cat: int, dets: Detections, d_rows: np.ndarray) -> np.ndarray:
