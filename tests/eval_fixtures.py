@@ -149,6 +149,7 @@ def write_run(
     commit: list[int] | None = None,
     run_id: str = "test-run",
     mask_area: bool = True,
+    failed: set[int] | frozenset[int] = frozenset(),
 ) -> Path:
     """A run directory as ``infer`` writes it, from COCO results (one shard per image list).
 
@@ -156,6 +157,7 @@ def write_run(
 
     ``kind``: "instances" (results with bbox and segmentation) or "keypoints".
     ``commit``: the shards that get a commit marker (default: all).
+    ``failed``: images that did not decode (status ``decode_error``, no rows of detections).
     """
     root.mkdir(parents=True, exist_ok=True)
     for d in ("images", "instances", "keypoints", "_commits", "_plan"):
@@ -174,9 +176,10 @@ def write_run(
             continue
         img_rows, inst_rows, kp_rows = [], [], []
         for i in ids:
-            rs = by_img.get(i, [])
+            rs = [] if i in failed else by_img.get(i, [])
             h, w = sizes[i]
-            img_rows.append({"image_id": i, "uri": f"mem://{i}.jpg", "shard": s, "status": "ok", "error": None,
+            img_rows.append({"image_id": i, "uri": f"mem://{i}.jpg", "shard": s, "status": "decode_error" if i in failed else "ok",
+                             "error": "not an image" if i in failed else None,
                              "width": w, "height": h, "num_instances": len(rs) if kind == "instances" else 0,
                              "num_keypoints": len(rs) if kind == "keypoints" else 0})
             for j, r in enumerate(rs):

@@ -62,6 +62,17 @@ def test_shard_layout_does_not_change_numbers(instances_case, tmp_path):
             np.testing.assert_array_equal(got[t].accumulated.precision, ref[t].accumulated.precision)
 
 
+def test_failed_images_are_counted_and_evaluated_without_detections(instances_case, tmp_path, caplog):
+    gt_doc, results, gt_path, _ = instances_case
+    failed = {im["id"] for im in gt_doc["images"][::4]}
+    run = write_run(tmp_path / "run", gt_doc, results, shards=_shards(gt_doc, 3), failed=failed)
+    gt = load_ground_truth(str(gt_path), iou_types=("bbox",))
+    out, scope = evaluate_run(str(run), gt, iou_types=("bbox",), workers=0)
+    assert scope.failed_images == len(failed) and f"{len(failed)} processed images failed" in caplog.text
+    kept = [r for r in results if r["image_id"] not in failed]
+    assert_same_as_pycoco(out["bbox"], pycoco(gt_doc, as_run_results(kept, iou_type="bbox"), "bbox"))
+
+
 def test_mask_areas_come_from_the_masks_where_the_area_column_disagrees(instances_case, tmp_path, caplog):
     """The segm evaluation reads each mask's pixel count from the ``area`` column only once it
     agrees with the masks on a sample; a table whose areas are something else (here the boxes')

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn_batch.arrays import strings, to_numpy
+from mrcnn_batch.arrays import to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -155,12 +155,10 @@ def run_scope(
     match_by: str = "image_id",
 ) -> RunScope:
     """Compare the run's committed images with the ground truth; refuse an incomplete run."""
-    import pyarrow.compute as pc
-
     if match_by not in MATCH_BY:
         raise ValueError(f"match_by must be one of {MATCH_BY}, got {match_by!r}")
     committed = run.committed_shards()
-    planned = set(to_numpy(run.read_plan()["shard"]).tolist()) if run.exists("_plan/plan.parquet") else set(committed)
+    planned = set(to_numpy(run.read_plan(["shard"])["shard"]).tolist()) if run.exists("_plan/plan.parquet") else set(committed)
     uncommitted = len(planned - set(committed))
     columns = ["image_id", "shard", "status"] + (["uri"] if match_by == "file_name" else [])
     images = run.read_shards("images", committed, columns) if committed else None
@@ -170,7 +168,7 @@ def run_scope(
         id_map = file_name_map(ids, images["uri"].to_pylist() if images is not None else [], gt, run_url=run.url)
         ids = id_map(ids)
     shard_of = to_numpy(images["shard"]) if images is not None else np.zeros(0, np.int32)
-    failed = int(len(ids) - pc.sum(pc.equal(pc.cast(images["status"], "string"), strings(["ok"])[0])).as_py()) if images is not None and len(ids) else 0
+    failed = len(ids) - _count_ok(images["status"]) if images is not None else 0
     extra = np.setdiff1d(ids, gt.image_ids)
     if len(extra):
         raise EvalInputError(
@@ -197,6 +195,19 @@ def run_scope(
         shards = tuple(committed[i:i + shards_per_task])
         groups.append((shards, np.unique(ids[np.isin(shard_of, shards)])))
     return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted, id_map)
+
+
+def _count_ok(status: Any) -> int:
+    """How many of a status column's values are "ok" (read off each chunk's dictionary, without
+    pyarrow.compute)."""
+    n = 0
+    for chunk in status.chunks:
+        if chunk.null_count or not hasattr(chunk, "dictionary"):
+            n += sum(v == "ok" for v in chunk.to_pylist())
+            continue
+        ok = [i for i, word in enumerate(chunk.dictionary.to_pylist()) if word == "ok"]
+        n += int(np.isin(to_numpy(chunk.indices), ok).sum()) if ok else 0
+    return n
 
 
 def evaluate_run(

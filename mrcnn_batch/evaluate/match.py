@@ -102,15 +102,20 @@ def match_images(
     np.add.at(npig, g_key % K if K else g_key, ~g_ig)
 
     # Detections: (image, category) groups, score-sorted (stable), first max_det of each.
-    d_keep = np.flatnonzero(np.isin(dets.image_id, image_ids) & np.isin(dets.category_id, category_ids))
-    d_key = _group_key(dets.image_id[d_keep], dets.category_id[d_keep], image_ids, category_ids)
-    d_order = detection_order(d_key, dets.score[d_keep], groups=len(image_ids) * K)
-    d_rows, d_key = d_keep[d_order], d_key[d_order]
-    rank = _rank_in_group(d_key)
-    top = rank < params.max_det
-    d_rows, d_key, rank = d_rows[top], d_key[top], rank[top]
+    # (temporaries are let go as soon as they are used: their memory is matching's peak)
+    d_rows = np.flatnonzero(np.isin(dets.image_id, image_ids) & np.isin(dets.category_id, category_ids))
+    d_key = _group_key(dets.image_id[d_rows], dets.category_id[d_rows], image_ids, category_ids)
+    order = detection_order(d_key, dets.score[d_rows], groups=len(image_ids) * K)
+    d_rows, d_key = d_rows[order], d_key[order]
+    del order
+    rank = _rank_in_group(d_key).astype(np.int32)
+    if (rank >= params.max_det).any():
+        top = rank < params.max_det
+        d_rows, d_key, rank = d_rows[top], d_key[top], rank[top]
+        del top
     d_area = dets.area[d_rows]
     d_out = (d_area[:, None] < areas[:, 0]) | (d_area[:, None] > areas[:, 1])  # (D, A)
+    del d_area
 
     # A detection without any candidate object is a false positive, ignored outside the area
     # range; only the candidates' outcomes come from the greedy matching. Groups are matched a
@@ -137,7 +142,7 @@ def match_images(
         image_ids=image_ids,
         category_index=(d_key % K).astype(np.int32) if K else d_key.astype(np.int32),
         image_id=dets.image_id[d_rows],
-        rank=rank.astype(np.int32),
+        rank=rank,
         score=dets.score[d_rows],
         codes=codes,
         npig=npig,

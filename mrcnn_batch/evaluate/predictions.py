@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from mrcnn_batch.arrays import one_array, strings, take, to_numpy
+from mrcnn_batch.arrays import from_numpy, one_array, strings, take, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_results
@@ -471,13 +471,13 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
 
     Rows are put in ``(image_id, instance_id)`` order, independent of how shards were read.
     """
-    import pyarrow.compute as pc  # (here: a results file's evaluation does without it, 9 MiB)
-
-    order = pc.sort_indices(table, sort_keys=[("image_id", "ascending"), ("instance_id", "ascending")])
-    if not np.array_equal(to_numpy(order), np.arange(len(order))):  # shards are written in order
-        table = table.take(order)
-    n = table.num_rows
     image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
+    instance_id = to_numpy(table["instance_id"])
+    if len(image_id) > 1 and not ((image_id[1:] > image_id[:-1])
+                                  | ((image_id[1:] == image_id[:-1]) & (instance_id[1:] >= instance_id[:-1]))).all():
+        table = table.take(from_numpy(np.lexsort((instance_id, image_id))))  # (shards are written in order)
+        image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
+    n = table.num_rows
     category_id = to_numpy(table["category_id"]).astype(np.int64, copy=False)
     score = to_numpy(table["score"]).astype(np.float64, copy=False)
     bbox = _fixed_list(table["bbox"], 4)
@@ -488,8 +488,8 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         mask = table["mask"]  # (its chunks as they are: the strings are not copied)
         if mask.null_count:
             raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; {iou_type} needs a mask model")
-        segm_counts = pc.struct_field(mask, "counts")
-        segm_size = _fixed_list(pc.struct_field(mask, "size"), 2, np.int64)
+        segm_counts = _struct_field(mask, "counts")
+        segm_size = _fixed_list(_struct_field(mask, "size"), 2, np.int64)
         area = _mask_area(table, segm_counts, segm_size, source)
     else:
         kp_offsets, kp_values = _list_values(table["keypoints"])
@@ -501,6 +501,12 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         else:
             area = np.zeros(0)
     return Detections(iou_type, image_id, category_id, score, area, bbox, segm_counts, segm_size, kp_offsets, kp_values)
+
+
+def _struct_field(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    """A struct column's field, chunk by chunk, as they are (``pyarrow.compute.struct_field``)."""
+    at = column.type.get_field_index(name)
+    return pa.chunked_array([c.flatten()[at] for c in column.chunks], column.type.field(at).type)
 
 
 def _mask_area(table: pa.Table, counts: pa.Array, sizes: np.ndarray, source: str) -> np.ndarray:

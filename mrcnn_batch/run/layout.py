@@ -296,9 +296,12 @@ class RunDir:
         else:
             self.remove(FAILED_JSON)
 
-    def read_plan(self) -> pa.Table:
+    def read_plan(self, columns: list[str] | None = None) -> pa.Table:
+        """The plan's table (``columns`` of it: all by default), with the plan schema's types."""
+        schema = PLAN if columns is None else pa.schema([PLAN.field(c) for c in columns])
         with self.fs.open(self.path(PLAN_FILE), "rb") as f:  # Parquet's own reader: no pyarrow.dataset (pandas)
-            return pq.ParquetFile(f).read(columns=PLAN.names).cast(PLAN)
+            table = pq.ParquetFile(f).read(columns=schema.names)
+        return pa.Table.from_arrays([_as_type(table[c], schema.field(c).type) for c in schema.names], schema=schema)
 
     def commits(self, *, run_id: str | None = None, quiet: bool = False) -> dict[int, CommitRecord]:
         """The valid commit markers by shard (see the commit protocol above). Rejected markers
@@ -430,7 +433,7 @@ class RunDir:
                 have = set(pf.schema_arrow.names)
                 part = pf.read(columns=[c for c in columns if c in have])
             return pa.Table.from_arrays(  # (as the dataset: nulls even in a field declared non-null)
-                [part[c].cast(schema.field(c).type) if c in have else pa.nulls(len(part), schema.field(c).type)
+                [_as_type(part[c], schema.field(c).type) if c in have else pa.nulls(len(part), schema.field(c).type)
                  for c in columns], schema=schema)
 
         if not shards:
@@ -504,6 +507,11 @@ class RunDir:
             if name and p["name"].rstrip("/") != d.rstrip("/"):
                 out.append((name, "dir" if p.get("type") == "directory" else "file"))
         return out
+
+
+def _as_type(column: pa.ChunkedArray, arrow_type: pa.DataType) -> pa.ChunkedArray:
+    """The column cast to ``arrow_type`` (itself where it has that type: a cast imports pyarrow.compute)."""
+    return column if column.type == arrow_type else column.cast(arrow_type)
 
 
 def open_run(url: str, *, storage_options: dict[str, Any] | None = None) -> RunDir:
