@@ -153,6 +153,11 @@ def test_cli_run_outputs(instances_case, tmp_path):
     ap = [r for r in table if r["iou_type"] == "bbox" and r["scope"] == "overall" and r["metric"] == "AP"][0]
     assert ap["value"] == doc["iou_types"]["bbox"]["stats"][0] and ap["stat_index"] == 0
     assert (out_dir / "pr_bbox.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with np.load(out_dir / "precision_bbox.npz") as npz:  # the accumulated arrays, as pycocotools' eval holds them
+        e = pycoco(gt_doc, as_run_results(results, iou_type="bbox"), "bbox")
+        for name in ("precision", "recall", "scores"):
+            np.testing.assert_array_equal(npz[name], e.eval[name])
+        assert npz["iou_thrs"].tolist() == e.params.iouThrs.tolist() and not npz["partial"]
 
 
 def test_cli_predictions_file_needs_out(tmp_path):
