@@ -143,7 +143,7 @@ def match_images(
         category_index=(d_key % K).astype(np.int32) if K else d_key.astype(np.int32),
         image_id=dets.image_id[d_rows],
         rank=rank,
-        score=dets.score[d_rows],
+        score=dets.score[d_rows].astype(np.float64, copy=False),
         codes=codes,
         npig=npig,
     )

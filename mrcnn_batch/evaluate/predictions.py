@@ -41,9 +41,9 @@ class Detections:
     iou_type: str
     image_id: np.ndarray  # (N,) int64
     category_id: np.ndarray  # (N,) int64
-    score: np.ndarray  # (N,) float64
+    score: np.ndarray  # (N,) float64, or float32 as a run's tables hold it (widened where computed with)
     area: np.ndarray  # (N,) float64
-    bbox: np.ndarray | None = None  # (N, 4) float64 (mask results without boxes, for a mask IoU type: NaN)
+    bbox: np.ndarray | None = None  # (N, 4) float64 or a run's float32 (mask results without boxes, for a mask IoU type: NaN)
     segm_counts: pa.Array | pa.ChunkedArray | None = None  # (N,) string/binary
     segm_size: np.ndarray | None = None  # (N, 2) int64 [height, width]
     kp_offsets: np.ndarray | None = None  # (N + 1,) int64
@@ -479,11 +479,14 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
     n = table.num_rows
     category_id = to_numpy(table["category_id"]).astype(np.int64, copy=False)
-    score = to_numpy(table["score"]).astype(np.float64, copy=False)
-    bbox = _fixed_list(table["bbox"], 4)
+    # scores and boxes kept as the table holds them (float32: half the memory; every use widens
+    # them to float64 first, which changes no value)
+    score = to_numpy(table["score"])
+    score = score if score.dtype in (np.float32, np.float64) else score.astype(np.float64)
+    bbox = _fixed_list(table["bbox"], 4, np.float32 if table["bbox"].type.value_type == pa.float32() else np.float64)
     segm_counts = segm_size = kp_offsets = kp_values = None
     if iou_type == "bbox":
-        area = bbox[:, 2] * bbox[:, 3]
+        area = bbox[:, 2].astype(np.float64) * bbox[:, 3]
     elif iou_type in MASK_IOU_TYPES:
         mask = table["mask"]  # (its chunks as they are: the strings are not copied)
         if mask.null_count:

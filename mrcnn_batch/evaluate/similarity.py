@@ -39,7 +39,9 @@ def box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
 
 
 def pair_box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """Elementwise IoU of broadcastable box arrays ``(..., 4)`` (``bbIou``'s arithmetic)."""
+    """Elementwise IoU of broadcastable box arrays ``(..., 4)`` (``bbIou``'s arithmetic, in float64:
+    float32 boxes, as a run's tables hold them, are widened first)."""
+    dt, gt = np.asarray(dt, np.float64), np.asarray(gt, np.float64)
     dx, dy, dw, dh = (dt[..., i] for i in range(4))
     gx, gy, gw, gh = (gt[..., i] for i in range(4))
     w = np.fmin(dw + dx, gw + gx) - np.fmax(dx, gx)

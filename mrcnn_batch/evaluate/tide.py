@@ -204,7 +204,7 @@ def match_tide(
     rows, img, rank = rows[keep], img[keep], rank[keep]
     n = len(rows)
     cat = np.searchsorted(cat_ids, dets.category_id[rows]).astype(np.int32)
-    score = dets.score[rows]
+    score = dets.score[rows].astype(np.float64)
 
     g_rows = np.flatnonzero(np.isin(gt.ann_image_id, image_ids))  # by image, file order within
     g_img = np.searchsorted(image_ids, gt.ann_image_id[g_rows])
