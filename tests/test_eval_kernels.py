@@ -63,7 +63,7 @@ def test_segm_matching_by_the_kernel_equals_pycocotools_iou(seed, monkeypatch):
     reference = _processed("segm", seed).matches("segm")
     for name in ("image_id", "rank", "score", "codes", "npig"):
         np.testing.assert_array_equal(getattr(kernel, name), getattr(reference, name))
-    assert (kernel.codes == match.CODE_TP).any()
+    assert (kernel.outcomes() == match.CODE_TP).any()
 
 
 @pytest.mark.skipif(match._match is None, reason="the compiled matching kernel was not built (no C compiler)")
@@ -75,7 +75,7 @@ def test_greedy_matching_by_the_kernel_equals_the_numpy_loop(iou_type, seed, mon
     reference = _processed(iou_type, seed).matches(iou_type)
     for name in ("category_index", "image_id", "rank", "score", "codes"):
         np.testing.assert_array_equal(getattr(kernel, name), getattr(reference, name))
-    assert (kernel.codes == match.CODE_TP).any()
+    assert (kernel.outcomes() == match.CODE_TP).any()
 
 
 @pytest.mark.parametrize("iou_type,seed", [(t, s) for t, seeds in SEEDS.items() for s in list(seeds)[:8]])
@@ -86,7 +86,7 @@ def test_matching_in_blocks_of_detections_equals_matching_at_once(iou_type, seed
     blocks = _processed(iou_type, seed).matches(iou_type)
     for name in ("category_index", "image_id", "rank", "score", "codes", "npig"):
         np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name))
-    assert (whole.codes == match.CODE_TP).any()
+    assert (whole.outcomes() == match.CODE_TP).any()
 
 
 @settings(max_examples=200, deadline=None)
@@ -554,3 +554,12 @@ def test_run_tables_in_chunks_give_the_detections_of_the_whole(seed, cuts, iou_t
         assert got.segm_counts.to_pylist() == want.segm_counts.to_pylist()
         rows = rng.permutation(n)[:7]
         assert got.take(rows).segm_counts.to_pylist() == want.take(rows).segm_counts.to_pylist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 20), st.integers(1, 5), st.integers(1, 11), st.integers(0, 2**32 - 1))
+def test_outcomes_packed_two_bits_each_unpack_to_themselves(n, areas, thresholds, seed):
+    codes = np.random.default_rng(seed).integers(0, 3, (n, areas, thresholds)).astype(np.uint8)
+    packed = match.pack_codes(codes)
+    assert packed.shape == (n, -(-areas * thresholds // 4)) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(match.unpack_codes(packed, areas, thresholds), codes)

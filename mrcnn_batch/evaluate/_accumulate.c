@@ -19,7 +19,7 @@
 #define CODE_FP 2
 
 typedef struct {
-    const uint8_t *codes;  /* N x AT, a detection's codes together */
+    const uint8_t *codes;  /* N x ceil(AT / 4): a detection's codes together, 2 bits each (row a: byte a / 4, bits 2 (a % 4)) */
     const int64_t *order;  /* the detections kept, in pycocotools' order */
     const int64_t *first;  /* K + 1: each category's start in order */
     const double *score;   /* per position in order */
@@ -33,7 +33,7 @@ static int run(Job *j) {
     int64_t most = 0;
     for (int64_t c = 0; c < j->k; c++)
         if (j->first[c + 1] - j->first[c] > most) most = j->first[c + 1] - j->first[c];
-    int64_t rows = j->at, cap = most ? most : 1;
+    int64_t rows = j->at, width = (rows + 3) / 4, cap = most ? most : 1;
     double *pr = malloc((size_t)(rows * cap) * sizeof(double));   /* row x true positive */
     int64_t *pos = malloc((size_t)(rows * cap) * sizeof(int64_t)); /* their positions */
     int64_t *tp = malloc((size_t)rows * sizeof(int64_t)), *fp = malloc((size_t)rows * sizeof(int64_t));
@@ -48,17 +48,18 @@ static int run(Job *j) {
         int64_t start = j->first[c], end = j->first[c + 1];
         for (int64_t a = 0; a < rows; a++) tp[a] = fp[a] = 0;
         for (int64_t i = start; i < end; i++) {
-            const uint8_t *code = j->codes + j->order[i] * rows;
+            const uint8_t *code = j->codes + j->order[i] * width;
 #if defined(__GNUC__)
-            if (i + 16 < end) __builtin_prefetch(j->codes + j->order[i + 16] * rows); /* positions jump */
+            if (i + 16 < end) __builtin_prefetch(j->codes + j->order[i + 16] * width); /* positions jump */
 #endif
             for (int64_t a = 0; a < rows; a++) {
-                if (code[a] == CODE_TP) {
+                int c = (code[a >> 2] >> ((a & 3) << 1)) & 3;
+                if (c == CODE_TP) {
                     int64_t n = tp[a]++;
                     double t = (double)(n + 1), f = (double)fp[a];
                     pr[a * cap + n] = t / (f + t + DBL_EPSILON);
                     pos[a * cap + n] = i;
-                } else if (code[a] == CODE_FP) {
+                } else if (c == CODE_FP) {
                     fp[a]++;
                 }
             }
@@ -101,7 +102,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     int64_t n_order = order.len / (Py_ssize_t)sizeof(int64_t);
-    if (at < 1 || k < 0 || r < 0 || codes.len % at || first.len != (Py_ssize_t)((k + 1) * sizeof(int64_t)) ||
+    if (at < 1 || k < 0 || r < 0 || codes.len % ((at + 3) / 4) || first.len != (Py_ssize_t)((k + 1) * sizeof(int64_t)) ||
         score.len != order.len || need.len != (Py_ssize_t)(at * k * r * sizeof(int64_t)) ||
         q.len != (Py_ssize_t)(at * k * r * sizeof(double)) || ss.len != q.len ||
         n_tp.len != (Py_ssize_t)(at * k * sizeof(int64_t))) {
@@ -109,7 +110,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
         goto done;
     }
     const int64_t *o = order.buf, *f = first.buf;
-    int64_t n_codes = codes.len / at;
+    int64_t n_codes = codes.len / ((at + 3) / 4);
     int bad = k > 0 && (f[0] < 0 || f[k] > n_order);
     for (int64_t c = 0; c < k && !bad; c++) bad = f[c + 1] < f[c];
     for (int64_t i = 0; i < n_order && !bad; i++) bad = o[i] < 0 || o[i] >= n_codes;
@@ -142,7 +143,7 @@ done:
 static PyMethodDef methods[] = {
     {"accumulate", accumulate, METH_VARARGS,
      "accumulate(codes, order, first, score, need, q, ss, n_tp, at, k, r): fills q, ss (AT x K x R float64) and "
-     "n_tp (AT x K int64) from codes (N x AT uint8), order (int64), first (K + 1 int64), score (float64 per "
+     "n_tp (AT x K int64) from codes (N x ceil(AT / 4) uint8, four 2-bit codes a byte), order (int64), first (K + 1 int64), score (float64 per "
      "position of order) and need (AT x K x R int64)."},
     {NULL, NULL, 0, NULL}};
 

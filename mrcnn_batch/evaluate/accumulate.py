@@ -66,6 +66,7 @@ def merge(results: list[MatchResult]) -> MatchResult:
         score=np.concatenate([r.score for r in results]),
         codes=np.concatenate([r.codes for r in results]),
         npig=np.sum([r.npig for r in results], axis=0),
+        cells=results[0].cells,
     )
 
 
@@ -92,11 +93,11 @@ def accumulate(
     # id, then rank within the image (equal scores keep that order)
     order = detection_order(result.category_index, result.score, result.image_id, result.rank, groups=K)
     cat, rank, score = result.category_index[order], result.rank[order], result.score[order]
-    if compiled:
-        flat = np.ascontiguousarray(result.codes.reshape(len(order), AT), dtype=np.uint8)
+    if compiled:  # (the packed outcomes as they are)
+        flat = np.ascontiguousarray(result.codes, dtype=np.uint8)
         codes = None
     else:  # one row per (area range, threshold), positions in that order
-        codes = np.ascontiguousarray(result.codes.reshape(len(order), AT)[order].T)
+        codes = np.ascontiguousarray(result.outcomes().reshape(len(order), AT)[order].T)
     every: int | None = None  # a maxDet that keeps every detection (the others equal it)
     for m, max_det in enumerate(params.max_dets):
         keep = rank < max_det

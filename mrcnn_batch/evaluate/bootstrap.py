@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrcnn_batch.evaluate.accumulate import Accumulated
-from mrcnn_batch.evaluate.match import CODE_FP, CODE_TP, MatchResult
+from mrcnn_batch.evaluate.match import CODE_FP, CODE_TP, MatchResult, unpack_codes
 from mrcnn_batch.evaluate.params import EvalParams
 from mrcnn_batch.evaluate.summary import items_for, stats
 
@@ -128,7 +128,8 @@ class WeightedAccumulator:
         N = len(order)
         cat = result.category_index[order].astype(np.int64)
         img = np.searchsorted(self.image_ids, result.image_id[order])
-        rank, score, codes = result.rank[order], result.score[order], result.codes[order]
+        rank, score = result.rank[order], result.score[order]
+        codes = unpack_codes(result.codes[order], *result.cells)
         tp, fp = codes == CODE_TP, codes == CODE_FP  # (N, A, T)
         self._dets_per_image = np.bincount(img, minlength=I)
         if N:  # runs: the detections of one category, image and score (consecutive here)

@@ -3,7 +3,7 @@ matching in tasks over groups of shards (or of images); exact merge on the drive
 
 A task gets its images' ground truth (through the object store) and either the shards it reads
 itself from the run directory, or its slice of a results file's detections. It returns only
-:class:`~mrcnn_batch.evaluate.match.MatchResult` arrays (a score, a rank and one byte per area
+:class:`~mrcnn_batch.evaluate.match.MatchResult` arrays (a score, a rank and two bits per area
 range and IoU threshold per detection), so the driver holds no Python object per detection.
 Matching is per image and accumulation sorts by (category, image id, rank) before pycocotools'
 stable score sort, so the numbers do not depend on how images were split into shards or tasks.

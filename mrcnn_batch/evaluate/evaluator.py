@@ -176,7 +176,7 @@ class COCOEvaluator:
                                        image_ids=ids).sum(axis=0)
             out.add(t, MatchResult(iou_type=m.iou_type, image_ids=ids, category_index=m.category_index[keep],
                                    image_id=m.image_id[keep], rank=m.rank[keep], score=m.score[keep],
-                                   codes=m.codes[keep], npig=npig))
+                                   codes=m.codes[keep], npig=npig, cells=m.cells))
         return out
 
     def evaluate(self, *, allow_partial: bool = False) -> dict[str, EvalResult]:

@@ -41,7 +41,13 @@ from mrcnn_batch.evaluate.groundtruth import (
     ground_truth_from_dict,
 )
 from mrcnn_batch.evaluate.jsonio import is_int, is_number, read_json
-from mrcnn_batch.evaluate.match import CODE_FP, CODE_IGNORED, MatchResult, match_images
+from mrcnn_batch.evaluate.match import (
+    CODE_FP,
+    CODE_IGNORED,
+    MatchResult,
+    match_images,
+    pack_codes,
+)
 from mrcnn_batch.evaluate.params import EvalParams
 from mrcnn_batch.evaluate.predictions import Detections
 
@@ -158,7 +164,8 @@ def lvis_match(lgt: LVISGroundTruth, dets: Detections, *, image_ids: np.ndarray 
     m = match_images(lgt.gt, federated_detections(lgt, dets), params=lvis_params(dets.iou_type),
                      category_ids=lgt.gt.category_ids, image_ids=image_ids)
     ne = np.isin(lgt.keys(m.image_id, lgt.gt.category_ids[m.category_index]), lgt.not_exhaustive_keys)
-    return replace(m, codes=np.where(ne[:, None, None] & (m.codes == CODE_FP), CODE_IGNORED, m.codes).astype(np.uint8))
+    outcomes = m.outcomes()
+    return replace(m, codes=pack_codes(np.where(ne[:, None, None] & (outcomes == CODE_FP), CODE_IGNORED, outcomes).astype(np.uint8)))
 
 
 @dataclass(frozen=True, eq=False)

@@ -69,11 +69,36 @@ class MatchResult:
     image_id: np.ndarray  # (N,) int64
     rank: np.ndarray  # (N,) int32: position within its (image, category) after the score sort
     score: np.ndarray  # (N,) float64
-    codes: np.ndarray  # (N, A, T) uint8: CODE_IGNORED / CODE_TP / CODE_FP
+    codes: np.ndarray  # (N, ceil(A * T / 4)) uint8: each (area range, threshold)'s outcome packed, see outcomes()
     npig: np.ndarray  # (K, A) int64: non-ignored ground truth per category and area range
+    cells: tuple[int, int]  # (A, T): area ranges and thresholds
 
     def __len__(self) -> int:
         return len(self.image_id)
+
+    def outcomes(self) -> np.ndarray:
+        """``(N, A, T)`` uint8: CODE_IGNORED / CODE_TP / CODE_FP of each detection in each area
+        range at each threshold (``codes`` holds them two bits each, a quarter of the memory)."""
+        return unpack_codes(self.codes, *self.cells)
+
+
+def pack_codes(codes: np.ndarray) -> np.ndarray:
+    """``(N, A, T)`` outcomes (0 to 3) as ``(N, ceil(A * T / 4))`` bytes: cell ``r = a * T + t`` in
+    bits ``2 * (r % 4)`` of byte ``r // 4``."""
+    n = len(codes)
+    flat = codes.reshape(n, int(np.prod(codes.shape[1:])))
+    width = -(-flat.shape[1] // 4)
+    quads = np.zeros((n, width * 4), np.uint8)
+    quads[:, :flat.shape[1]] = flat
+    quads = quads.reshape(n, width, 4)
+    return quads[:, :, 0] | (quads[:, :, 1] << 2) | (quads[:, :, 2] << 4) | (quads[:, :, 3] << 6)
+
+
+def unpack_codes(packed: np.ndarray, areas: int, thresholds: int) -> np.ndarray:
+    """:func:`pack_codes` undone: ``(N, areas, thresholds)`` uint8."""
+    n = len(packed)
+    quads = np.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], axis=2).reshape(n, 4 * packed.shape[1])
+    return np.ascontiguousarray(quads[:, :areas * thresholds]).reshape(n, areas, thresholds)
 
 
 def match_images(
@@ -119,11 +144,13 @@ def match_images(
 
     # A detection without any candidate object is a false positive, ignored outside the area
     # range; only the candidates' outcomes come from the greedy matching. Groups are matched a
-    # block of about _BLOCK_DETECTIONS detections at a time (the pairs and the greedy loop's
-    # arrays of one block are held at once); a group is never split.
-    codes = np.repeat(np.where(d_out, CODE_IGNORED, CODE_FP).astype(np.uint8)[:, :, None], T, axis=2)
+    # block of about _BLOCK_DETECTIONS detections at a time (the pairs, the greedy loop's arrays
+    # and the outcomes of one block are held at once, the outcomes then packed); a group is
+    # never split.
+    codes = np.empty((len(d_rows), -(-A * T // 4)), np.uint8)
     tmin = min(min(params.iou_thrs), 1 - 1e-10)
     for (d0, d1), (g0, g1) in _blocks(d_key, g_key, _BLOCK_DETECTIONS):
+        block = np.repeat(np.where(d_out[d0:d1], CODE_IGNORED, CODE_FP).astype(np.uint8)[:, :, None], T, axis=2)
         # similarities of every detection-object pair of a group that reaches the lowest threshold
         pd, pg, pv = _similar_pairs(gt, dets, params, g_rows[g0:g1], g_key[g0:g1], crowd[g0:g1], d_rows[d0:d1],
                                     d_key[d0:d1], tmin, category_ids, sigmas)
@@ -131,11 +158,12 @@ def match_images(
         cd, cells, obj = _greedy_match(pd[keep], pg[keep], pv[keep], d_key[d0:d1], g_key[g0:g1], crowd[g0:g1],
                                        g_ig[g0:g1], params)
         if len(cells):  # the matched (candidate, area range, threshold) cells and their objects
-            det, at, obj = d0 + cd[cells // (A * T)], cells % (A * T), g0 + obj
+            det, at, obj = cd[cells // (A * T)], cells % (A * T), g0 + obj
             a = at // T
             nonzero = gt.ann_id[g_rows[obj]] != 0
-            ignored = g_ig[obj, a] | (~nonzero & d_out[det, a])
-            np.put(codes, det * (A * T) + at, np.where(ignored, CODE_IGNORED, np.where(nonzero, CODE_TP, CODE_FP)))
+            ignored = g_ig[obj, a] | (~nonzero & d_out[d0 + det, a])
+            np.put(block, det * (A * T) + at, np.where(ignored, CODE_IGNORED, np.where(nonzero, CODE_TP, CODE_FP)))
+        codes[d0:d1] = pack_codes(block)
 
     return MatchResult(
         iou_type=params.iou_type,
@@ -146,6 +174,7 @@ def match_images(
         score=dets.score[d_rows].astype(np.float64, copy=False),
         codes=codes,
         npig=npig,
+        cells=(A, T),
     )
 
 
