@@ -33,6 +33,7 @@ from mrcnn_batch.evaluate.predictions import (
     check_ids,
     detections_from_table,
 )
+from mrcnn_batch.memory import give_back_freed_memory
 from mrcnn_batch.ray_session import ray_address, ray_session
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class ShardGroup:
         run = RunDir(self.url, dict(self.storage_options))
         table = run.read_shards(table_name, list(self.shards), columns)
         dets = detections_from_table(table, iou_type=iou_type, source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
+        del table
+        give_back_freed_memory()  # the table's columns that were converted
         return dets if self.id_map is None else replace(dets, image_id=self.id_map(dets.image_id))
 
 

@@ -40,7 +40,7 @@ class Detections:
 
     iou_type: str
     image_id: np.ndarray  # (N,) int64
-    category_id: np.ndarray  # (N,) int64
+    category_id: np.ndarray  # (N,) int64, or a run's int32
     score: np.ndarray  # (N,) float64, or float32 as a run's tables hold it (widened where computed with)
     area: np.ndarray  # (N,) float64
     bbox: np.ndarray | None = None  # (N, 4) float64 or a run's float32 (mask results without boxes, for a mask IoU type: NaN)
@@ -478,7 +478,8 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         table = table.take(from_numpy(np.lexsort((instance_id, image_id))))  # (shards are written in order)
         image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
     n = table.num_rows
-    category_id = to_numpy(table["category_id"]).astype(np.int64, copy=False)
+    category_id = to_numpy(table["category_id"])  # (int32 as the table holds it: compared, never computed with)
+    category_id = category_id if category_id.dtype in (np.int32, np.int64) else category_id.astype(np.int64)
     # scores and boxes kept as the table holds them (float32: half the memory; every use widens
     # them to float64 first, which changes no value)
     score = to_numpy(table["score"])
