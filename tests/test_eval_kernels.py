@@ -105,12 +105,13 @@ def test_blocks_cover_both_key_lists_and_cut_only_between_groups(d_key, g_key, s
 
 @pytest.mark.skipif(match._match is None, reason="the compiled matching kernel was not built (no C compiler)")
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 3000), st.integers(1, 50), st.integers(0, 2), st.integers(0, 2**32 - 1))
-def test_detection_order_is_lexsort(n, groups, n_ties, seed):
+@given(st.integers(0, 3000), st.integers(1, 50), st.integers(0, 2), st.integers(0, 2**32 - 1),
+       st.lists(st.sampled_from([np.int32, np.int64]), min_size=3, max_size=3))
+def test_detection_order_is_lexsort(n, groups, n_ties, seed, dtypes):
     rng = np.random.default_rng(seed)
-    key = rng.integers(0, groups, n)
+    key = rng.integers(0, groups, n).astype(dtypes[0])  # keys and ties read as int32 or int64, as held
     score = np.round(rng.random(n), 1)  # many equal scores
-    ties = [rng.integers(0, 4, n) for _ in range(n_ties)]
+    ties = [rng.integers(-3, 4, n).astype(d) for d in dtypes[1:1 + n_ties]]
     np.testing.assert_array_equal(match.detection_order(key, score, *ties, groups=groups),
                                   np.lexsort((*reversed(ties), -score, key)))
 

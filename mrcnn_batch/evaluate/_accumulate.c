@@ -22,7 +22,7 @@ typedef struct {
     const uint8_t *codes;  /* N x ceil(AT / 4): a detection's codes together, 2 bits each (row a: byte a / 4, bits 2 (a % 4)) */
     const int64_t *order;  /* the detections kept, in pycocotools' order */
     const int64_t *first;  /* K + 1: each category's start in order */
-    const double *score;   /* per position in order */
+    const double *score;   /* per detection (row of codes), read through order */
     const int64_t *need;   /* AT x K x R: the true positives a recall threshold needs */
     double *q, *ss;        /* AT x K x R: precision and score at each recall threshold */
     int64_t *n_tp;         /* AT x K */
@@ -76,10 +76,10 @@ static int run(Job *j) {
                 int64_t m = need[r];
                 if (m == 0) { /* reached at the category's first position, whatever it is */
                     q[r] = n > 0 ? p[0] : 0.0;
-                    ss[r] = end > start ? j->score[start] : 0.0;
+                    ss[r] = end > start ? j->score[j->order[start]] : 0.0;
                 } else if (m <= n) {
                     q[r] = p[m - 1];
-                    ss[r] = j->score[pos[a * cap + m - 1]];
+                    ss[r] = j->score[j->order[pos[a * cap + m - 1]]];
                 } else {
                     q[r] = 0.0;
                     ss[r] = 0.0;
@@ -103,7 +103,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     int64_t n_order = order.len / (Py_ssize_t)sizeof(int64_t);
     if (at < 1 || k < 0 || r < 0 || codes.len % ((at + 3) / 4) || first.len != (Py_ssize_t)((k + 1) * sizeof(int64_t)) ||
-        score.len != order.len || need.len != (Py_ssize_t)(at * k * r * sizeof(int64_t)) ||
+        score.len != (Py_ssize_t)(codes.len / ((at + 3) / 4) * sizeof(double)) || need.len != (Py_ssize_t)(at * k * r * sizeof(int64_t)) ||
         q.len != (Py_ssize_t)(at * k * r * sizeof(double)) || ss.len != q.len ||
         n_tp.len != (Py_ssize_t)(at * k * sizeof(int64_t))) {
         PyErr_SetString(PyExc_ValueError, "accumulate: buffers of the wrong sizes");
@@ -143,8 +143,8 @@ done:
 static PyMethodDef methods[] = {
     {"accumulate", accumulate, METH_VARARGS,
      "accumulate(codes, order, first, score, need, q, ss, n_tp, at, k, r): fills q, ss (AT x K x R float64) and "
-     "n_tp (AT x K int64) from codes (N x ceil(AT / 4) uint8, four 2-bit codes a byte), order (int64), first (K + 1 int64), score (float64 per "
-     "position of order) and need (AT x K x R int64)."},
+     "n_tp (AT x K int64) from codes (N x ceil(AT / 4) uint8, four 2-bit codes a byte), order (int64), first (K + 1 "
+     "int64, into order), score (N float64, a detection's, read through order) and need (AT x K x R int64)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_accumulate", "Compiled accumulation (see accumulate.py).", -1,

@@ -106,16 +106,32 @@ done:
 
 /* -- pycocotools' detection order ------------------------------------------------------------- */
 
+/* An integer column as the caller holds it: int32 or int64 (no widened copy). */
+typedef struct {
+    const void *p; /* NULL: none */
+    int wide;
+} Ints;
+
+static inline int64_t value(const Ints *c, int64_t i) { return c->wide ? ((const int64_t *)c->p)[i] : ((const int32_t *)c->p)[i]; }
+
+/* The column of n values in buf (4 or 8 bytes each; an empty buffer: none); -1 if neither. */
+static int ints(const Py_buffer *buf, int64_t n, int optional, Ints *out) {
+    out->p = buf->len ? buf->buf : NULL;
+    out->wide = buf->len == (Py_ssize_t)(n * 8);
+    if (!buf->len) return optional || n == 0 ? 0 : -1;
+    return buf->len == (Py_ssize_t)(n * 8) || buf->len == (Py_ssize_t)(n * 4) ? 0 : -1;
+}
+
 typedef struct {
     const double *score;
-    const int64_t *tie1, *tie2; /* may be NULL */
+    Ints tie1, tie2;
 } Keys;
 
 /* a before b: the higher score, then the lower tie1, tie2, then the earlier (stable) */
 static inline int before(const Keys *k, int64_t a, int64_t b) {
     if (k->score[a] != k->score[b]) return k->score[a] > k->score[b];
-    if (k->tie1 && k->tie1[a] != k->tie1[b]) return k->tie1[a] < k->tie1[b];
-    if (k->tie2 && k->tie2[a] != k->tie2[b]) return k->tie2[a] < k->tie2[b];
+    if (k->tie1.p && value(&k->tie1, a) != value(&k->tie1, b)) return value(&k->tie1, a) < value(&k->tie1, b);
+    if (k->tie2.p && value(&k->tie2, a) != value(&k->tie2, b)) return value(&k->tie2, a) < value(&k->tie2, b);
     return a < b;
 }
 
@@ -147,12 +163,12 @@ static PyObject *group_order(PyObject *self, PyObject *args) {
     long long groups;
     if (!PyArg_ParseTuple(args, "y*y*y*y*Lw*", &key, &score, &tie1, &tie2, &groups, &out)) return NULL;
     PyObject *result = NULL;
-    int64_t n = key.len / (Py_ssize_t)sizeof(int64_t);
-    int with1 = tie1.len > 0, with2 = tie2.len > 0;
-    const int64_t *kv = key.buf;
-    int bad = groups < 0 || score.len != key.len || (with1 && tie1.len != key.len) || (with2 && tie2.len != key.len) ||
-              out.len != key.len;
-    for (int64_t i = 0; i < n && !bad; i++) bad = kv[i] < 0 || kv[i] >= groups;
+    int64_t n = score.len / (Py_ssize_t)sizeof(double);
+    Ints kv;
+    Keys k = {score.buf, {NULL, 0}, {NULL, 0}};
+    int bad = groups < 0 || score.len % (Py_ssize_t)sizeof(double) || ints(&key, n, 0, &kv) || ints(&tie1, n, 1, &k.tie1) ||
+              ints(&tie2, n, 1, &k.tie2) || out.len != (Py_ssize_t)(n * sizeof(int64_t));
+    for (int64_t i = 0; i < n && !bad; i++) bad = value(&kv, i) < 0 || value(&kv, i) >= groups;
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "group_order: keys out of range or buffers of the wrong sizes");
         goto done;
@@ -162,10 +178,9 @@ static PyObject *group_order(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
     } else {
         Py_BEGIN_ALLOW_THREADS
-        for (int64_t i = 0; i < n; i++) start[kv[i] + 1]++; /* counting sort by key: stable */
+        for (int64_t i = 0; i < n; i++) start[value(&kv, i) + 1]++; /* counting sort by key: stable */
         for (int64_t g = 0; g < groups; g++) start[g + 1] += start[g];
-        for (int64_t i = 0; i < n; i++) order[start[kv[i]]++] = i;
-        Keys k = {score.buf, with1 ? tie1.buf : NULL, with2 ? tie2.buf : NULL};
+        for (int64_t i = 0; i < n; i++) order[start[value(&kv, i)]++] = i;
         int64_t a = 0;
         for (int64_t g = 0; g < groups; g++) { /* start[g] is now the end of group g */
             sort_range(&k, order + a, start[g] - a, tmp);
@@ -187,9 +202,10 @@ done:
 
 static PyMethodDef methods[] = {
     {"group_order", group_order, METH_VARARGS,
-     "group_order(key, score, tie1, tie2, groups, out): fills out (int64, as many as keys) with the positions sorted by "
-     "key (int64 in [0, groups)), then score descending, then tie1 and tie2 ascending (int64; an empty buffer: none), "
-     "then position (stable): what np.lexsort((tie2, tie1, -score, key)) gives."},
+     "group_order(key, score, tie1, tie2, groups, out): fills out (int64, as many as scores) with the positions sorted "
+     "by key (in [0, groups)), then score (float64) descending, then tie1 and tie2 ascending (an empty buffer: none), "
+     "then position (stable): what np.lexsort((tie2, tie1, -score, key)) gives. Keys and ties are int32 or int64, "
+     "each as its buffer's size says."},
     {"greedy", greedy, METH_VARARGS,
      "greedy(iou, iou_at, d_at, g_at, crowd, ig, thr, out): fills out (detections x A x T int32) with the object each "
      "detection takes in each area range and threshold (-1: none); iou float64 per group nd x ng, iou_at / d_at / g_at "

@@ -92,11 +92,12 @@ def accumulate(
     # pycocotools' order within a category: its stable score sort of the concatenation by image
     # id, then rank within the image (equal scores keep that order)
     order = detection_order(result.category_index, result.score, result.image_id, result.rank, groups=K)
-    cat, rank, score = result.category_index[order], result.rank[order], result.score[order]
-    if compiled:  # (the packed outcomes as they are)
+    cat, rank = result.category_index[order], result.rank[order]
+    if compiled:  # (the packed outcomes and the scores as they are, read through the order)
         flat = np.ascontiguousarray(result.codes, dtype=np.uint8)
-        codes = None
+        score, codes = np.ascontiguousarray(result.score, dtype=np.float64), None
     else:  # one row per (area range, threshold), positions in that order
+        score = result.score[order]
         codes = np.ascontiguousarray(result.outcomes().reshape(len(order), AT)[order].T)
     every: int | None = None  # a maxDet that keeps every detection (the others equal it)
     for m, max_det in enumerate(params.max_dets):
@@ -106,16 +107,16 @@ def accumulate(
             precision[..., m], scores[..., m], recall[..., m] = precision[..., every], scores[..., every], recall[..., every]
             continue
         every = m if every_one else every
-        c_m, s_m = (cat, score) if every_one else (cat[keep], score[keep])  # still in (category, score) order
+        c_m = cat if every_one else cat[keep]  # still in (category, score) order
         first = np.searchsorted(c_m, np.arange(K + 1))  # each category's positions
         nd = np.diff(first)
         if compiled:
             q, ss, n_tp = np.empty((AT, K, R)), np.empty((AT, K, R)), np.empty((AT, K), np.int64)
-            _accumulate.accumulate(flat, order if every_one else order[keep], first.astype(np.int64),
-                                   np.ascontiguousarray(s_m, dtype=np.float64), need_rows, q, ss, n_tp, AT, K, R)
+            _accumulate.accumulate(flat, order if every_one else order[keep], first.astype(np.int64), score, need_rows,
+                                   q, ss, n_tp, AT, K, R)
         else:
-            q, ss, n_tp = _precision_at_thresholds(codes, None if every_one else np.flatnonzero(keep), c_m, s_m, first,
-                                                   need_rows, AT, K)
+            q, ss, n_tp = _precision_at_thresholds(codes, None if every_one else np.flatnonzero(keep), c_m,
+                                                   score if every_one else score[keep], first, need_rows, AT, K)
         with np.errstate(divide="ignore", invalid="ignore"):
             rc = np.where(nd > 0, n_tp / np.repeat(npig.T, T, axis=0), 0.0)  # (AT, K)
         cell = has_gt[None, None]  # (1, 1, K, A)

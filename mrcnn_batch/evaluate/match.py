@@ -221,9 +221,15 @@ def detection_order(key: np.ndarray, score: np.ndarray, *ties: np.ndarray, group
     if _match is None or len(key) == 0 or groups > max(4 * len(key), 1 << 22):
         return np.lexsort((*reversed(ties), -score, key))
     order = np.empty(len(key), np.int64)
-    _match.group_order(np.ascontiguousarray(key, np.int64), np.ascontiguousarray(score, np.float64),
-                       *(np.ascontiguousarray(t, np.int64) for t in ties), *([b""] * (2 - len(ties))), groups, order)
+    _match.group_order(_ints(key), np.ascontiguousarray(score, np.float64), *(_ints(t) for t in ties),
+                       *([b""] * (2 - len(ties))), groups, order)
     return order
+
+
+def _ints(values: np.ndarray) -> np.ndarray:
+    """Integers as the order kernel reads them: int32 or int64 as they are (no widened copy)."""
+    values = np.asarray(values)
+    return np.ascontiguousarray(values, values.dtype if values.dtype in (np.int32, np.int64) else np.int64)
 
 
 def _rank_in_group(sorted_key: np.ndarray) -> np.ndarray:
