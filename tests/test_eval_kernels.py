@@ -137,8 +137,9 @@ def test_keypoint_extents_by_the_kernel_equal_numpys(seed, labelled_only):
     rng = np.random.default_rng(seed)
     counts = rng.integers(0, 5, rng.integers(1, 30))  # keypoints per row, some rows with none
     offsets = np.r_[0, np.cumsum(3 * counts)].astype(np.int64)
-    values = rng.choice([-5.0, 0.0, 1.5, 7.25, 1e9, np.nan, np.inf, -np.inf], int(offsets[-1]))
+    values = rng.choice([-5.0, 0.0, 1.5, 7.25, 1e9, 0.1, np.nan, np.inf, -np.inf], int(offsets[-1]))
     values[2::3] = rng.choice([-1.0, 0.0, 1.0, 2.0, np.nan], len(values[2::3]))  # visibility
+    values = values.astype(rng.choice([np.float32, np.float64]))  # (a run's keypoints stay float32)
     rows = rng.integers(0, len(counts), rng.integers(0, 40))
     kernel = match._extent(offsets, values, rows, labelled_only=labelled_only)
     oks = match._oks
@@ -564,3 +565,20 @@ def test_outcomes_packed_two_bits_each_unpack_to_themselves(n, areas, thresholds
     packed = match.pack_codes(codes)
     assert packed.shape == (n, -(-areas * thresholds // 4)) and packed.dtype == np.uint8
     np.testing.assert_array_equal(match.unpack_codes(packed, areas, thresholds), codes)
+
+
+def test_a_runs_float32_keypoints_give_float64_extents_and_areas():
+    from mrcnn_batch.evaluate.predictions import detections_from_table, keypoint_extent
+
+    values = np.array([0.1, 0.2, 2, 10.7, 3.3, 2], np.float32)  # x, y, v; x, y, v
+    extent = keypoint_extent(np.array([0, 6]), values)
+    assert all(e.dtype == np.float64 for e in extent)
+    wide = values.astype(np.float64)
+    assert extent[2][0] - extent[0][0] == wide[3] - wide[0]  # (in float32 the difference rounds otherwise)
+    table = pa.table({"image_id": pa.array([1], pa.int64()), "instance_id": pa.array([0], pa.int32()),
+                      "category_id": pa.array([1], pa.int32()), "score": pa.array([0.5], pa.float32()),
+                      "bbox": pa.FixedSizeListArray.from_arrays(pa.array([0, 0, 1, 1], pa.float32()), 4),
+                      "keypoints": pa.ListArray.from_arrays(pa.array([0, 6], pa.int32()), pa.array(values))})
+    dets = detections_from_table(table, iou_type="keypoints", source="t")
+    assert dets.kp_values.dtype == np.float32 and dets.area.dtype == np.float64
+    assert dets.area[0] == (wide[3] - wide[0]) * (wide[4] - wide[1])

@@ -12,16 +12,21 @@
 #include <math.h>
 #include <stdint.h>
 
+/* A value of a float64 array, or of a float32 one widened (exactly): a run's keypoints stay float32. */
+static inline double real(const void *p, int wide, int64_t i) { return wide ? ((const double *)p)[i] : (double)((const float *)p)[i]; }
+
 static PyObject *terms(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer dk, gk, di, gi, var, area, out;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*", &dk, &gk, &di, &gi, &var, &area, &out)) return NULL;
+    int dwide;
+    if (!PyArg_ParseTuple(args, "y*py*y*y*y*y*w*", &dk, &dwide, &gk, &di, &gi, &var, &area, &out)) return NULL;
     PyObject *result = NULL;
     int64_t k = var.len / (Py_ssize_t)sizeof(double), w = 3 * k, pairs = di.len / (Py_ssize_t)sizeof(int64_t);
-    int64_t nd = k ? dk.len / (Py_ssize_t)(w * sizeof(double)) : 0, ng = k ? gk.len / (Py_ssize_t)(w * sizeof(double)) : 0;
+    Py_ssize_t dsize = dwide ? sizeof(double) : sizeof(float);
+    int64_t nd = k ? dk.len / (Py_ssize_t)(w * dsize) : 0, ng = k ? gk.len / (Py_ssize_t)(w * sizeof(double)) : 0;
     const int64_t *d = di.buf, *g = gi.buf;
     const double *gv = gk.buf;
-    int bad = k < 1 || dk.len != (Py_ssize_t)(nd * w * sizeof(double)) || gk.len != (Py_ssize_t)(ng * w * sizeof(double)) ||
+    int bad = k < 1 || dk.len != (Py_ssize_t)(nd * w * dsize) || gk.len != (Py_ssize_t)(ng * w * sizeof(double)) ||
               gi.len != di.len || area.len != (Py_ssize_t)(pairs * sizeof(double));
     int64_t n = 0;
     for (int64_t p = 0; p < pairs && !bad; p++) {
@@ -33,15 +38,16 @@ static PyObject *terms(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    const double *dv = dk.buf, *vr = var.buf, *ar = area.buf;
+    const double *vr = var.buf, *ar = area.buf;
     double *e = out.buf;
     int64_t o = 0;
     for (int64_t p = 0; p < pairs; p++) {
-        const double *a = dv + d[p] * w, *b = gv + g[p] * w;
+        const double *b = gv + g[p] * w;
+        int64_t a = d[p] * w;
         double scale = ar[p] + DBL_EPSILON;
         for (int64_t j = 0; j < k; j++) {
             if (!(b[3 * j + 2] > 0)) continue; /* labelled keypoints only */
-            double dx = a[3 * j] - b[3 * j], dy = a[3 * j + 1] - b[3 * j + 1];
+            double dx = real(dk.buf, dwide, a + 3 * j) - b[3 * j], dy = real(dk.buf, dwide, a + 3 * j + 1) - b[3 * j + 1];
             e[o++] = (dx * dx + dy * dy) / vr[j] / scale / 2;
         }
     }
@@ -61,10 +67,10 @@ done:
 static PyObject *extent(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer off, val, rows, out;
-    int labelled;
-    if (!PyArg_ParseTuple(args, "y*y*y*pw*", &off, &val, &rows, &labelled, &out)) return NULL;
+    int labelled, wide;
+    if (!PyArg_ParseTuple(args, "y*y*py*pw*", &off, &val, &wide, &rows, &labelled, &out)) return NULL;
     PyObject *result = NULL;
-    int64_t n_off = off.len / (Py_ssize_t)sizeof(int64_t), n_val = val.len / (Py_ssize_t)sizeof(double);
+    int64_t n_off = off.len / (Py_ssize_t)sizeof(int64_t), n_val = val.len / (Py_ssize_t)(wide ? sizeof(double) : sizeof(float));
     int64_t n = rows.len / (Py_ssize_t)sizeof(int64_t);
     const int64_t *o = off.buf, *r = rows.buf;
     int bad = out.len != (Py_ssize_t)(4 * n * sizeof(double));
@@ -77,21 +83,20 @@ static PyObject *extent(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    const double *v = val.buf;
     double *x0 = out.buf, *y0 = x0 + n, *x1 = y0 + n, *y1 = x1 + n;
     for (int64_t i = 0; i < n; i++) {
-        int64_t a = r[i], count = (o[a + 1] - o[a]) / 3;
-        const double *p = v + o[a] / 3 * 3;
+        int64_t a = r[i], count = (o[a + 1] - o[a]) / 3, at = o[a] / 3 * 3;
         double lx = INFINITY, ly = INFINITY, hx = -INFINITY, hy = -INFINITY;
-        for (int64_t j = 0; j < count; j++, p += 3) {
-            if (labelled && !(p[2] > 0)) continue; /* labelled keypoints only */
-            if (!isnan(p[0])) {
-                if (p[0] < lx) lx = p[0];
-                if (p[0] > hx) hx = p[0];
+        for (int64_t j = 0; j < count; j++, at += 3) {
+            double x = real(val.buf, wide, at), y = real(val.buf, wide, at + 1);
+            if (labelled && !(real(val.buf, wide, at + 2) > 0)) continue; /* labelled keypoints only */
+            if (!isnan(x)) {
+                if (x < lx) lx = x;
+                if (x > hx) hx = x;
             }
-            if (!isnan(p[1])) {
-                if (p[1] < ly) ly = p[1];
-                if (p[1] > hy) hy = p[1];
+            if (!isnan(y)) {
+                if (y < ly) ly = y;
+                if (y > hy) hy = y;
             }
         }
         x0[i] = lx, y0[i] = ly, x1[i] = hx, y1[i] = hy;
@@ -108,11 +113,12 @@ done:
 
 static PyMethodDef methods[] = {
     {"terms", terms, METH_VARARGS,
-     "terms(dk, gk, d_index, g_index, var, area, out): fills out (float64) with e for each pair (d_index[p], g_index[p]) "
-     "of rows of dk / gk (float64 x, y, v triples) and each keypoint j the object labels (v > 0), pair by pair; var "
-     "(float64, per keypoint), area (float64, per pair)."},
+     "terms(dk, dk_float64, gk, d_index, g_index, var, area, out): fills out (float64) with e for each pair (d_index[p], "
+     "g_index[p]) of rows of dk / gk (x, y, v triples; gk float64, dk float64 or, dk_float64 false, float32 widened) "
+     "and each keypoint j the object labels (v > 0), pair by pair; var (float64, per keypoint), area (float64, per pair)."},
     {"extent", extent, METH_VARARGS,
-     "extent(offsets, values, rows, labelled_only, out): out (float64, 4 x len(rows)) = x0, y0, x1, y1 of each row's "
+     "extent(offsets, values, values_float64, rows, labelled_only, out): out (float64, 4 x len(rows)) = x0, y0, x1, y1 "
+     "of each row's (values float64 or, values_float64 false, float32) "
      "keypoints (values[offsets[row]:offsets[row + 1]], x, y, v triples; NaN left out; labelled_only: v > 0 only), "
      "+inf / -inf where there is none."},
     {NULL, NULL, 0, NULL}};

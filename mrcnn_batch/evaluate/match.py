@@ -331,7 +331,8 @@ def _extent(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, *, labell
     -inf where there is none)."""
     if _oks is not None:  # compiled: one pass over the rows' keypoints
         out = np.empty((4, len(rows)))
-        _oks.extent(np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(values, np.float64),
+        values = _reals(values)
+        _oks.extent(np.ascontiguousarray(offsets, np.int64), values, values.dtype == np.float64,
                     np.ascontiguousarray(rows, np.int64), labelled_only, out)
         return tuple(out)
     lengths = (offsets[rows + 1] - offsets[rows]) // 3
@@ -393,7 +394,7 @@ def _oks_pairs(
             rows = rows[np.argsort(labelled[rows], kind="stable")]
             if _oks is not None:  # each labelled keypoint's term, pair by pair, compiled
                 e = np.empty(int(labelled[rows].sum()))
-                _oks.terms(dk, gk, d_inv[c][rows], g_inv[c][rows], np.ascontiguousarray(var, np.float64),
+                _oks.terms(dk, dk.dtype == np.float64, gk, d_inv[c][rows], g_inv[c][rows], np.ascontiguousarray(var, np.float64),
                            np.ascontiguousarray(area[rows], np.float64), e)
             else:
                 d, g = dk[d_inv[c][rows]], gk[g_inv[c][rows]]
@@ -547,19 +548,25 @@ def gt_strings(gt: GroundTruth, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]
     return binaries(counts, pa.large_binary()), sizes
 
 
+def _reals(values: np.ndarray) -> np.ndarray:
+    """Keypoint values as the OKS kernels read them: float64, or a run's float32 as it is."""
+    return np.ascontiguousarray(values, values.dtype if values.dtype in (np.float32, np.float64) else np.float64)
+
+
 def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """The keypoint lists of ``rows`` as a float64 matrix (lists of one length only) and the
-    matrix row of each of ``rows``: where every list has that length, a view of all of them (no
-    copy; ``rows`` index it), else the rows' lists gathered."""
+    """The keypoint lists of ``rows`` as a matrix (lists of one length only; float64, or a run's
+    float32, which every use widens) and the matrix row of each of ``rows``: where every list has
+    that length, a view of all of them (no copy; ``rows`` index it), else the rows' lists gathered."""
     lengths = offsets[rows + 1] - offsets[rows]
     if len(rows) and (lengths != lengths[0]).any():
         raise EvalInputError(f"{what}: keypoint lists of different lengths {sorted(set(lengths.tolist()))}")
     width = int(lengths[0]) if len(rows) else 0
     n = len(offsets) - 1
-    if width and values.dtype == np.float64 and offsets[0] == 0 and offsets[-1] == width * n and (np.diff(offsets) == width).all():
+    values = _reals(values)
+    if width and offsets[0] == 0 and offsets[-1] == width * n and (np.diff(offsets) == width).all():
         return values[: width * n].reshape(n, width), rows
     idx = offsets[rows][:, None] + np.arange(width)[None, :]
-    return np.ascontiguousarray(values[idx], np.float64), np.arange(len(rows))
+    return np.ascontiguousarray(values[idx]), np.arange(len(rows))
 
 
 def _sigmas_for(sigmas: dict[int, np.ndarray] | None, cat: int, dets: Detections, d_rows: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ class Detections:
     segm_counts: pa.Array | pa.ChunkedArray | None = None  # (N,) string/binary
     segm_size: np.ndarray | None = None  # (N, 2) int64 [height, width]
     kp_offsets: np.ndarray | None = None  # (N + 1,) int64
-    kp_values: np.ndarray | None = None  # flat float64 [x, y, v, ...]
+    kp_values: np.ndarray | None = None  # flat float64 [x, y, v, ...], or a run's float32
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -454,13 +454,11 @@ def rle_area(rles: list[dict[str, Any]]) -> np.ndarray:
 
 
 def keypoint_extent(offsets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per detection ``(x0, y0, x1, y1)``: min and max of its keypoints' x and y (loadRes)."""
+    """Per detection ``(x0, y0, x1, y1)``: min and max of its keypoints' x and y (loadRes), float64."""
     starts = offsets[:-1] // 3
     x, y = values[0::3], values[1::3]
-    return (
-        np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts),
-        np.maximum.reduceat(x, starts), np.maximum.reduceat(y, starts),
-    )
+    return tuple(f.reduceat(v, starts).astype(np.float64, copy=False)
+                 for f, v in ((np.minimum, x), (np.minimum, y), (np.maximum, x), (np.maximum, y)))
 
 
 # --------------------------------------------------------------------------- run tables
@@ -496,7 +494,9 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         segm_size = _fixed_list(_struct_field(mask, "size"), 2, np.int64)
         area = _mask_area(table, segm_counts, segm_size, source)
     else:
-        kp_offsets, kp_values = _list_values(table["keypoints"])
+        # (float32 as the table holds them, like the boxes: widened wherever computed with)
+        kp_offsets, kp_values = _list_values(table["keypoints"], np.float32 if table["keypoints"].type.value_type == pa.float32()
+                                             else np.float64)
         if n and ((np.diff(kp_offsets) % 3).any() or (np.diff(kp_offsets) == 0).any()):
             raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
         if n:
