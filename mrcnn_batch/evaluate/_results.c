@@ -225,6 +225,13 @@ static const char *field_name(Parser *q, size_t *len) {
     return expect(q, ':') ? NULL : key;
 }
 
+/* Which of the n names a key is (its raw bytes), or -1. */
+static int field_of(const char *key, size_t len, const char *const *names, int n) {
+    for (int k = 0; k < n; k++)
+        if (strlen(names[k]) == len && !memcmp(key, names[k], len)) return k;
+    return -1;
+}
+
 static int skip_value(Parser *q, int depth);
 
 static int skip_container(Parser *q, char open, char close, int depth) {
@@ -316,9 +323,7 @@ static int result(Parser *q) {
         size_t len;
         const char *key = field_name(q, &len);
         if (!key) return -1;
-        int f = -1;
-        for (int k = 0; k < FIELDS; k++)
-            if (strlen(NAMES[k]) == len && !memcmp(key, NAMES[k], len)) f = k;
+        int f = field_of(key, len, NAMES, FIELDS);
         if (f < 0) {
             if (skip_value(q, 0)) return -1;
         } else {
@@ -552,9 +557,7 @@ static int annotation(Parser *q, Annotations *a) {
         size_t len;
         const char *key = field_name(q, &len);
         if (!key) return -1;
-        int f = -1;
-        for (int k = 0; k < A_FIELDS; k++)
-            if (strlen(A_NAMES[k]) == len && !memcmp(key, A_NAMES[k], len)) f = k;
+        int f = field_of(key, len, A_NAMES, A_FIELDS);
         double d;
         int64_t i;
         int integer;
