@@ -42,6 +42,16 @@ def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(column.buffers()[1], dtype, count=len(column), offset=column.offset * np.dtype(dtype).itemsize)
 
 
+INTS, REALS = (np.int32, np.int64), (np.float32, np.float64)  # the widths a column is kept at, as held
+
+
+def held(values: np.ndarray, dtypes: tuple[type, ...]) -> np.ndarray:
+    """``values`` as a contiguous array of one of ``dtypes``: as they are where they hold one
+    already (no widened copy of a run's int32 or float32 column), else converted to the last."""
+    values = np.asarray(values)
+    return np.ascontiguousarray(values, values.dtype if values.dtype in dtypes else dtypes[-1])
+
+
 def from_numpy(values: np.ndarray) -> pa.Array:
     """``pa.array(values)`` of a 1-D numeric or boolean array (numbers shared, not copied)."""
     values = np.ascontiguousarray(values)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mrcnn_batch.arrays import binaries, from_numpy, one_array, strings, table_from_rows, take, to_numpy
+from mrcnn_batch.arrays import INTS, REALS, binaries, from_numpy, held, one_array, strings, table_from_rows, take, to_numpy
 
 DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64, np.float32, np.float64, np.bool_]
 
@@ -114,3 +114,11 @@ def test_one_array_of_one_chunk_is_that_chunk():
     chunk = pa.array(np.arange(5.0))
     assert one_array(pa.chunked_array([chunk])).buffers()[1].address == chunk.buffers()[1].address  # no copy
 
+
+
+def test_held_keeps_a_width_it_lists_and_converts_the_others_to_the_last():
+    ints, reals = np.arange(4, dtype=np.int32), np.arange(4, dtype=np.float32)
+    assert held(ints, INTS) is ints and held(reals, REALS) is reals  # no widened copy
+    assert held(np.arange(4, dtype=np.uint8), INTS).dtype == np.int64 and held([1, 2], REALS).dtype == np.float64
+    strided = np.arange(8, dtype=np.int64)[::2]
+    assert held(strided, INTS).flags.c_contiguous and held(strided, INTS).tolist() == [0, 2, 4, 6]

@@ -36,7 +36,7 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 
-from mrcnn_batch.arrays import binaries, from_numpy, take
+from mrcnn_batch.arrays import INTS, REALS, binaries, from_numpy, held, take
 from mrcnn_batch.evaluate.boundary import boundary_similarity
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -221,15 +221,9 @@ def detection_order(key: np.ndarray, score: np.ndarray, *ties: np.ndarray, group
     if _match is None or len(key) == 0 or groups > max(4 * len(key), 1 << 22):
         return np.lexsort((*reversed(ties), -score, key))
     order = np.empty(len(key), np.int64)
-    _match.group_order(_ints(key), np.ascontiguousarray(score, np.float64), *(_ints(t) for t in ties),
+    _match.group_order(held(key, INTS), np.ascontiguousarray(score, np.float64), *(held(t, INTS) for t in ties),
                        *([b""] * (2 - len(ties))), groups, order)
     return order
-
-
-def _ints(values: np.ndarray) -> np.ndarray:
-    """Integers as the order kernel reads them: int32 or int64 as they are (no widened copy)."""
-    values = np.asarray(values)
-    return np.ascontiguousarray(values, values.dtype if values.dtype in (np.int32, np.int64) else np.int64)
 
 
 def _rank_in_group(sorted_key: np.ndarray) -> np.ndarray:
@@ -331,7 +325,7 @@ def _extent(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, *, labell
     -inf where there is none)."""
     if _oks is not None:  # compiled: one pass over the rows' keypoints
         out = np.empty((4, len(rows)))
-        values = _reals(values)
+        values = held(values, REALS)
         _oks.extent(np.ascontiguousarray(offsets, np.int64), values, values.dtype == np.float64,
                     np.ascontiguousarray(rows, np.int64), labelled_only, out)
         return tuple(out)
@@ -548,11 +542,6 @@ def gt_strings(gt: GroundTruth, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]
     return binaries(counts, pa.large_binary()), sizes
 
 
-def _reals(values: np.ndarray) -> np.ndarray:
-    """Keypoint values as the OKS kernels read them: float64, or a run's float32 as it is."""
-    return np.ascontiguousarray(values, values.dtype if values.dtype in (np.float32, np.float64) else np.float64)
-
-
 def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     """The keypoint lists of ``rows`` as a matrix (lists of one length only; float64, or a run's
     float32, which every use widens) and the matrix row of each of ``rows``: where every list has
@@ -562,7 +551,7 @@ def _kp_matrix(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, what: 
         raise EvalInputError(f"{what}: keypoint lists of different lengths {sorted(set(lengths.tolist()))}")
     width = int(lengths[0]) if len(rows) else 0
     n = len(offsets) - 1
-    values = _reals(values)
+    values = held(values, REALS)
     if width and offsets[0] == 0 and offsets[-1] == width * n and (np.diff(offsets) == width).all():
         return values[: width * n].reshape(n, width), rows
     idx = offsets[rows][:, None] + np.arange(width)[None, :]

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from mrcnn_batch.arrays import from_numpy, one_array, strings, take, to_numpy
+from mrcnn_batch.arrays import INTS, REALS, from_numpy, held, one_array, strings, take, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_results
@@ -476,13 +476,11 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         table = table.take(from_numpy(np.lexsort((instance_id, image_id))))  # (shards are written in order)
         image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
     n = table.num_rows
-    category_id = to_numpy(table["category_id"])  # (int32 as the table holds it: compared, never computed with)
-    category_id = category_id if category_id.dtype in (np.int32, np.int64) else category_id.astype(np.int64)
-    # scores and boxes kept as the table holds them (float32: half the memory; every use widens
-    # them to float64 first, which changes no value)
-    score = to_numpy(table["score"])
-    score = score if score.dtype in (np.float32, np.float64) else score.astype(np.float64)
-    bbox = _fixed_list(table["bbox"], 4, np.float32 if table["bbox"].type.value_type == pa.float32() else np.float64)
+    category_id = held(to_numpy(table["category_id"]), INTS)  # (compared, never computed with)
+    # scores, boxes and keypoints kept as the table holds them (float32: half the memory; every
+    # use widens them to float64 first, which changes no value)
+    score = held(to_numpy(table["score"]), REALS)
+    bbox = _fixed_list(table["bbox"], 4, _held_real(table["bbox"]))
     segm_counts = segm_size = kp_offsets = kp_values = None
     if iou_type == "bbox":
         area = bbox[:, 2].astype(np.float64) * bbox[:, 3]
@@ -494,9 +492,7 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         segm_size = _fixed_list(_struct_field(mask, "size"), 2, np.int64)
         area = _mask_area(table, segm_counts, segm_size, source)
     else:
-        # (float32 as the table holds them, like the boxes: widened wherever computed with)
-        kp_offsets, kp_values = _list_values(table["keypoints"], np.float32 if table["keypoints"].type.value_type == pa.float32()
-                                             else np.float64)
+        kp_offsets, kp_values = _list_values(table["keypoints"], _held_real(table["keypoints"]))
         if n and ((np.diff(kp_offsets) % 3).any() or (np.diff(kp_offsets) == 0).any()):
             raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
         if n:
@@ -505,6 +501,11 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
         else:
             area = np.zeros(0)
     return Detections(iou_type, image_id, category_id, score, area, bbox, segm_counts, segm_size, kp_offsets, kp_values)
+
+
+def _held_real(lists: pa.ChunkedArray) -> type:
+    """The numpy type a list column's values are kept as: float32 where the table holds them so."""
+    return np.float32 if lists.type.value_type == pa.float32() else np.float64
 
 
 def _struct_field(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
@@ -536,7 +537,7 @@ def _list_values(col: pa.ChunkedArray | pa.Array, dtype: type = np.float64) -> t
     """A list column's ``(N + 1,)`` int64 offsets from 0 and its values."""
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     offsets = np.zeros(len(col) + 1, np.int64)
-    np.cumsum(np.concatenate([np.zeros(0, np.int64), *(np.diff(to_numpy(c.offsets)) for c in chunks)]), out=offsets[1:])
+    np.cumsum(np.concatenate([np.zeros(0, np.int64), *(_lengths(c) for c in chunks)]), out=offsets[1:])
     return offsets, _flat_values(col, dtype)
 
 
