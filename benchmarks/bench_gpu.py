@@ -15,6 +15,11 @@ s3fs): run it from a checkout with ``PYTHONPATH=.`` on the GPU machine.
 * **encoder**: ``encode.masks.paste_and_encode`` of 100 masks per image: its torch ops on the GPU
   and on the CPU (masks copied over first), and the compiled kernel where it was built (see
   ``run_gpu_checks.sh``), one thread and one per CPU; the RLEs of all must be equal.
+* **determinism**: cuDNN's deterministic kernels (on by the ``Predictor`` on CUDA) against its
+  free choice, alternated: the model's rate (``forward``, as above) of the lifted R50 Mask R-CNN
+  and an R50 Keypoint R-CNN whose person class is lifted the same way, float32 and
+  ``--amp``/``--channels-last``, and whether two passes over the same batches give the same bits
+  (every output tensor; the largest difference where not).
 * **agreement**: the rows of a CUDA run against a CPU run of the same images (the packaged
   ``demo`` model on held-out synthetic images, and the lifted R50 on the real photos), CUDA
   batch 8 against batch 1 on a shard of mixed shapes, ``--amp`` and ``--gpu-decode`` against
@@ -233,6 +238,63 @@ def tf32(on: bool) -> None:
 
 
 # -- the encoder on each device -------------------------------------------------------------------
+def keypoint_weights(path: Path) -> Path:
+    """R50 Keypoint R-CNN with random weights, its person class lifted like ``make_weights``'s."""
+    from torchvision.models.detection import keypointrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    net = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)
+    with torch.no_grad():
+        net.roi_heads.box_predictor.cls_score.bias[1] += 4.0
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def outputs_differ(a: list, b: list) -> dict[str, float]:
+    """The largest absolute difference of each output (an ``ImageDetections`` field) that is not
+    the same bits in two passes (inf: another number of detections)."""
+    worst: dict[str, float] = {}
+    for x, y in zip(a, b, strict=True):
+        for k, u in vars(x).items():
+            v = getattr(y, k)
+            if not isinstance(u, torch.Tensor):
+                continue
+            if u.shape != v.shape:
+                worst[k] = float("inf")
+            elif not torch.equal(u, v):
+                worst[k] = max(worst.get(k, 0.0), float((u.double() - v.double()).abs().max()))
+    return worst
+
+
+def determinism(images: Path, tmp: Path, weights: dict[str, Path], bs: int = 8) -> list[dict[str, Any]]:
+    """cuDNN's deterministic kernels against its free choice, alternated, per model and setting:
+    the model's rate and whether two passes over the same batches give the same bits."""
+    rows = []
+    for model, path in weights.items():
+        for setting in ("float32", "amp+channels_last"):
+            processor, plan = processor_for(images, tmp / f"determinism-{model}-{setting}", model=model,
+                                            weights=str(path), batch_size=bs, device=DEVICE, **SETTINGS[setting])
+            try:
+                arrays = host_arrays(plan)
+                batches = [arrays[i : i + bs] for i in range(0, len(arrays), bs)]
+                for deterministic in (False, True, False, True):
+                    torch.backends.cudnn.deterministic = deterministic
+                    processor.predictor(batches[0])  # warm-up: kernels chosen under this switch
+                    rate = forward_rate(processor, arrays, bs)
+                    passes = [[d for b in batches for d in processor.predictor(b)] for _ in range(2)]
+                    differ = outputs_differ(*passes)
+                    detections = sum(len(d.scores) for d in passes[0])
+                    rows.append({"model": model, "setting": setting, "deterministic": deterministic, "batch": bs,
+                                 "forward_images_per_s": round(rate, 1), "detections": detections,
+                                 "two_passes_identical": not differ, "max_diff": differ})
+                    print(f"  {model:26s} {setting:18s} deterministic {int(deterministic)}  forward {rate:7.1f}/s  "
+                          f"{detections} detections  two passes {'identical' if not differ else differ}", flush=True)
+            finally:
+                processor.close()
+                torch.backends.cudnn.deterministic = True
+    return rows
+
+
 def encoder_rates(images: Path, weights: Path, tmp: Path, n_images: int) -> dict[str, Any]:
     processor, plan = processor_for(images, tmp / f"run-encoder-{images.name}", weights=str(weights), batch_size=1, device=DEVICE)
     arrays = host_arrays(plan)[:n_images]
@@ -447,6 +509,12 @@ def main() -> None:
                         save()
             results["decode_pixels"] = {label: decode_difference(folder) for label, folder in sets.items()}
             print(f"  nvJPEG against PIL: {results['decode_pixels']}", flush=True)
+            save()
+        if "determinism" in parts:
+            print("cuDNN's deterministic kernels (images/s of the model alone; two passes compared)", flush=True)
+            models = {"maskrcnn_resnet50_fpn": weights,
+                      "keypointrcnn_resnet50_fpn": keypoint_weights(tmp / "lifted-keypoint.pth")}
+            results["determinism"] = determinism(sets["640x480"], tmp, models)
             save()
         if "encoder" in parts:
             print("encoder, 100 masks per image", flush=True)

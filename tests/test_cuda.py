@@ -214,10 +214,7 @@ def test_encoder_threads_write_what_processes_write_on_cuda(tmp_path):
     threads = tables_with("threads", images, tmp_path / "threads", **options)
     processes = tables_with("processes", images, tmp_path / "processes", **options)
     assert len(threads["instances"]) > 0 and len(threads["keypoints"]) > 0
-    assert processes["images"] == threads["images"] and processes["instances"] == threads["instances"]
-    # the keypoint head's scores vary on CUDA from run to run, whichever encoder (up to 4.8e-7 on
-    # an H200: two runs of each kind all differed so); everything else is the same bits
-    assert len(processes["keypoints"]) == len(threads["keypoints"])
-    for a, b in zip(processes["keypoints"], threads["keypoints"]):
-        np.testing.assert_allclose(a.pop("keypoint_scores"), b.pop("keypoint_scores"), rtol=0, atol=1e-5)
-        assert a == b
+    # the same bits, keypoint scores too: with cuDNN free to choose its kernels they moved by up
+    # to 4.8e-7 from run to run on an H200, whichever encoder (the Predictor asks for its
+    # deterministic ones)
+    assert processes == threads

@@ -97,6 +97,11 @@ class Predictor:
             # which moves scores by ~1e-2 against the CPU (measured: benchmarks/bench_gpu.py)
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
+            # the same input, the same bits: cuDNN otherwise may pick kernels whose sums run in
+            # a varying order, and a keypoint score moved by up to 1.1e-5 from run to run on an
+            # H200; its deterministic ones cost no speed there (benchmarks/bench_gpu.py --parts
+            # determinism)
+            torch.backends.cudnn.deterministic = True
         self.model = model.to(device)
         if speed.channels_last:
             for net in self.model.networks.values():
