@@ -11,14 +11,30 @@ pyarrow's conversion otherwise (same result, pandas imported).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
-_NUMPY = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
-          pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
-          pa.float32(): np.float32, pa.float64(): np.float64}
-_ARROW = {np.dtype(v): k for k, v in _NUMPY.items()}
+from mrcnn_batch.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:  # imported by the first conversion: NumPy-only callers (held) never import it
+    pa = LazyModule("pyarrow")
+
+
+@cache
+def _numpy_types() -> dict:
+    """Arrow's numeric types and their NumPy dtypes."""
+    return {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+            pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
+            pa.float32(): np.float32, pa.float64(): np.float64}
+
+
+@cache
+def _arrow_types() -> dict:
+    return {np.dtype(v): k for k, v in _numpy_types().items()}
 
 
 def one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -34,7 +50,7 @@ def one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """``column.to_numpy()`` of a numeric column (read-only where it shares Arrow's memory)."""
     column = one_array(column)
-    dtype = _NUMPY.get(column.type)
+    dtype = _numpy_types().get(column.type)
     if dtype is None or column.null_count:
         return column.to_numpy(zero_copy_only=False)
     if len(column) == 0:
@@ -58,7 +74,7 @@ def from_numpy(values: np.ndarray) -> pa.Array:
     if values.dtype == np.bool_:
         bits = np.packbits(values, bitorder="little")
         return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
-    arrow = _ARROW.get(values.dtype)
+    arrow = _arrow_types().get(values.dtype)
     if arrow is None or values.ndim != 1:
         return pa.array(values)
     return pa.Array.from_buffers(arrow, len(values), [None, pa.py_buffer(values)])
@@ -87,8 +103,10 @@ def take(column: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
     return out.take(from_numpy(back))
 
 
-def strings(values: Sequence[str], arrow_type: pa.DataType = pa.string()) -> pa.Array:
-    """``pa.array(values, arrow_type)`` of ASCII ``str`` values (``pa.string()`` / ``pa.large_string()``)."""
+def strings(values: Sequence[str], arrow_type: pa.DataType | None = None) -> pa.Array:
+    """``pa.array(values, arrow_type)`` of ASCII ``str`` values (``pa.string()``, the default, or
+    ``pa.large_string()``)."""
+    arrow_type = pa.string() if arrow_type is None else arrow_type
     if arrow_type in (pa.string(), pa.large_string()) and all(type(v) is str for v in values):
         data = "".join(values).encode()
         if len(data) == sum(map(len, values)):  # ASCII: a character is a byte
@@ -98,8 +116,10 @@ def strings(values: Sequence[str], arrow_type: pa.DataType = pa.string()) -> pa.
     return pa.array(values, arrow_type)
 
 
-def binaries(values: Sequence[bytes], arrow_type: pa.DataType = pa.binary()) -> pa.Array:
-    """``pa.array(values, arrow_type)`` of ``bytes`` values (``pa.binary()`` / ``pa.large_binary()``)."""
+def binaries(values: Sequence[bytes], arrow_type: pa.DataType | None = None) -> pa.Array:
+    """``pa.array(values, arrow_type)`` of ``bytes`` values (``pa.binary()``, the default, or
+    ``pa.large_binary()``)."""
+    arrow_type = pa.binary() if arrow_type is None else arrow_type
     if arrow_type in (pa.binary(), pa.large_binary()) and all(type(v) is bytes for v in values):
         offsets = _offsets(map(len, values), len(values), arrow_type)
         if offsets is not None:
@@ -148,7 +168,7 @@ def _column(values: list, arrow_type: pa.DataType) -> pa.Array | None:
             return None
         bits = np.packbits(np.fromiter((bool(v) for v in values), bool, n), bitorder="little")
         return pa.Array.from_buffers(arrow_type, n, [validity, pa.py_buffer(bits)], nulls)
-    dtype = _NUMPY.get(arrow_type)
+    dtype = _numpy_types().get(arrow_type)
     if dtype is None or not kinds <= ({int} if np.issubdtype(dtype, np.integer) else {int, float}):
         return None
     try:

@@ -12,6 +12,7 @@ import mrcnn_batch
 ROOT = Path(mrcnn_batch.__file__).parent
 
 LAYERS = [
+    {"lazy"},  # a module imported at first use (arrays names pyarrow through it)
     {"config", "errors", "schemas", "datasets", "webpage", "arrays", "memory"},  # leaves
     {"read", "write", "ray_session"},
     {"plan", "models"},

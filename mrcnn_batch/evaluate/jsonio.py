@@ -9,15 +9,22 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import orjson
-import pyarrow as pa
 
 from mrcnn_batch.arrays import from_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
+from mrcnn_batch.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:  # a results file of boxes or keypoints is read without it (see ResultColumns)
+    pa = LazyModule("pyarrow")
 
 try:  # the compiled reader of plain results files (_results.c), built when the package is installed
     from mrcnn_batch.evaluate import _results
@@ -52,27 +59,61 @@ def compiled_ground_truth(data: bytes) -> tuple | None:
 
 
 def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> Any:
-    """A COCO results file: an Arrow table where it is a plain array of results (read by the
-    compiled reader a piece at a time, :func:`compiled_results_table`, or else from its whole
-    bytes by Arrow's, :func:`results_table`), otherwise the parsed list, as :func:`read_json`
-    gives it."""
+    """A COCO results file: where it is a plain array of results, its columns (read by the
+    compiled reader a piece at a time, :func:`compiled_results`: :class:`ResultColumns`, or an
+    Arrow table where they hold masks; else from its whole bytes by Arrow's reader,
+    :func:`results_table`), otherwise the parsed list, as :func:`read_json` gives it."""
     if _results is not None:
         with _opened(url, storage_options, what="predictions") as f:
-            table = compiled_results_table(f)
-        if table is not None:
-            return table
+            columns = compiled_results(f)
+        if columns is not None:
+            return columns
     data = read_document(url, storage_options=storage_options, what="predictions")
     table = results_table(data)
     return table if table is not None else parse_document(data, url, what="predictions")
 
 
-def compiled_results_table(source: bytes | Any, *, chunk: int = 1 << 23, longest: int = 1 << 26) -> pa.Table | None:
-    """:func:`results_table`'s table read by the compiled reader (``_results.c``: whitespace
-    and key order free, numbers as Python's parser reads them), where it was built and the
-    file is plain enough for it; None otherwise. ``source``: the document's bytes or a binary
-    file, read ``chunk`` bytes at a time (the whole file is never held); a result that does not
-    read with ``longest`` bytes from its start on gives None (malformed, or left to the slower
-    paths)."""
+@dataclass(frozen=True, eq=False)
+class ResultColumns:
+    """A plain results file of boxes and/or keypoints as the compiled reader gives it: NumPy
+    views of its buffers, no pyarrow. A list field is its values and its ``rows + 1`` int32
+    offsets (every result has every present field). :meth:`table` is the Arrow table
+    :func:`results_table` gives for the same file."""
+
+    rows: int
+    image_id: np.ndarray  # int64
+    category_id: np.ndarray  # int64
+    score: np.ndarray  # float64
+    bbox: tuple[np.ndarray, np.ndarray] | None = None  # (offsets, float64 values)
+    keypoints: tuple[np.ndarray, np.ndarray] | None = None  # (offsets, float64 values)
+
+    def first(self) -> dict[str, Any]:
+        """The first result (the one pycocotools' loadRes decides the file's kind by)."""
+        out: dict[str, Any] = {"image_id": int(self.image_id[0]), "category_id": int(self.category_id[0]),
+                               "score": float(self.score[0])}
+        for name in ("bbox", "keypoints"):
+            if (field := getattr(self, name)) is not None:
+                at, values = field
+                out[name] = values[at[0]:at[1]].tolist()
+        return out
+
+    def table(self) -> pa.Table:
+        columns = {"image_id": from_numpy(self.image_id), "category_id": from_numpy(self.category_id),
+                   "score": from_numpy(self.score)}
+        for name in ("bbox", "keypoints"):
+            if (field := getattr(self, name)) is not None:
+                columns[name] = pa.ListArray.from_arrays(from_numpy(field[0]), from_numpy(field[1]))
+        return pa.Table.from_arrays(list(columns.values()), schema=pa.schema([_result_fields().field(c) for c in columns]))
+
+
+def compiled_results(source: bytes | Any, *, chunk: int = 1 << 23, longest: int = 1 << 26) -> ResultColumns | pa.Table | None:
+    """A results file read by the compiled reader (``_results.c``: whitespace and key order
+    free, numbers as Python's parser reads them), where it was built and the file is plain
+    enough for it: :class:`ResultColumns`, or :func:`results_table`'s table where the results
+    hold masks (their strings are Arrow's); None otherwise. ``source``: the document's bytes or
+    a binary file, read ``chunk`` bytes at a time (the whole file is never held); a result that
+    does not read with ``longest`` bytes from its start on gives None (malformed, or left to
+    the slower paths)."""
     if _results is None:
         return None
     out = _results.read((io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source).read, chunk, longest)
@@ -81,33 +122,36 @@ def compiled_results_table(source: bytes | Any, *, chunk: int = 1 << 23, longest
     rows, present, image, category, score, bbox, bbox_at, kp, kp_at, size, size_at, counts, counts_at = out
     has_bbox, has_keypoints, has_segmentation = present[3:]  # (ids and score: every result has them)
 
-    def values(buf: Any, dtype) -> pa.Array:
-        return from_numpy(np.frombuffer(buf, dtype))
+    def lists(buf: Any, at: Any, dtype) -> tuple[np.ndarray, np.ndarray]:
+        return np.frombuffer(at, np.int32), np.frombuffer(buf, dtype)
 
-    def lists(buf: Any, at: Any, dtype) -> pa.Array:
-        return pa.ListArray.from_arrays(values(at, np.int32), values(buf, dtype))
+    columns = ResultColumns(rows, np.frombuffer(image, np.int64), np.frombuffer(category, np.int64),
+                            np.frombuffer(score, np.float64), lists(bbox, bbox_at, np.float64) if has_bbox else None,
+                            lists(kp, kp_at, np.float64) if has_keypoints else None)
+    if not has_segmentation:
+        return columns
+    strings = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(counts_at), pa.py_buffer(counts)])
+    try:
+        strings.validate(full=True)  # UTF-8
+    except pa.ArrowInvalid:
+        return None
+    segmentation = pa.StructArray.from_arrays([pa.ListArray.from_arrays(*map(from_numpy, lists(size, size_at, np.int64))),
+                                               strings], names=["size", "counts"])
+    table = columns.table()
+    return table.append_column(_result_fields().field("segmentation"), segmentation)
 
-    columns = {"image_id": values(image, np.int64), "category_id": values(category, np.int64),
-               "score": values(score, np.float64)}
-    if has_bbox:
-        columns["bbox"] = lists(bbox, bbox_at, np.float64)
-    if has_keypoints:
-        columns["keypoints"] = lists(kp, kp_at, np.float64)
-    if has_segmentation:
-        strings = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(counts_at), pa.py_buffer(counts)])
-        try:
-            strings.validate(full=True)  # UTF-8
-        except pa.ArrowInvalid:
-            return None
-        columns["segmentation"] = pa.StructArray.from_arrays([lists(size, size_at, np.int64), strings], names=["size", "counts"])
-    return pa.Table.from_arrays(list(columns.values()), schema=pa.schema([_RESULT_FIELDS.field(c) for c in columns]))
+
+def compiled_results_table(source: bytes | Any, *, chunk: int = 1 << 23, longest: int = 1 << 26) -> pa.Table | None:
+    """:func:`compiled_results` as :func:`results_table`'s Arrow table."""
+    out = compiled_results(source, chunk=chunk, longest=longest)
+    return out.table() if isinstance(out, ResultColumns) else out
 
 
 def results_table(data: bytes, *, piece: int = 1 << 24) -> pa.Table | None:
     """``data`` read by Arrow's JSON reader, one column per field, with no Python object per
     result (less time and memory), where it is a one-line array of objects that all have the
     same fields, ids as integers, masks (if any) as compressed RLE; the fields evaluation reads
-    (``_RESULT_FIELDS``), the others left out. None otherwise: then the document is parsed as
+    (``_result_fields``), the others left out. None otherwise: then the document is parsed as
     usual, which checks it result by result. The array's objects are cut apart at ``}, {`` and
     ``},{``, about ``piece`` bytes at a time (a copy of one piece at once): a cut inside a string
     leaves a line that is not a JSON object, which the reader refuses, as it refuses a line of
@@ -125,7 +169,7 @@ def results_table(data: bytes, *, piece: int = 1 << 24) -> pa.Table | None:
 
     parts, rows, at, end = [], 0, first + 1, last - 1
     options = {"read_options": pj.ReadOptions(block_size=1 << 22), "memory_pool": pa.system_memory_pool(),
-               "parse_options": pj.ParseOptions(explicit_schema=_RESULT_FIELDS, unexpected_field_behavior="ignore")}
+               "parse_options": pj.ParseOptions(explicit_schema=_result_fields(), unexpected_field_behavior="ignore")}
     try:
         while at < end:
             cut = min((c for c in (data.find(b"}, {", at + piece, end), data.find(b"},{", at + piece, end)) if c >= 0),
@@ -152,11 +196,13 @@ def results_table(data: bytes, *, piece: int = 1 << 24) -> pa.Table | None:
     return table
 
 
-# The fields a result's evaluation reads (others are left out), with the types that read every
-# block alike (an integer where a float is expected is read as one; a float id is refused).
-_RESULT_FIELDS = pa.schema([("image_id", pa.int64()), ("category_id", pa.int64()), ("score", pa.float64()),
-                            ("bbox", pa.list_(pa.float64())), ("keypoints", pa.list_(pa.float64())),
-                            ("segmentation", pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())]))])
+@cache
+def _result_fields() -> pa.Schema:
+    """The fields a result's evaluation reads (others are left out), with the types that read
+    every block alike (an integer where a float is expected is read as one; a float id is refused)."""
+    return pa.schema([("image_id", pa.int64()), ("category_id", pa.int64()), ("score", pa.float64()),
+                      ("bbox", pa.list_(pa.float64())), ("keypoints", pa.list_(pa.float64())),
+                      ("segmentation", pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())]))])
 
 
 def read_document(url: str, *, storage_options: dict[str, Any] | None = None, what: str) -> bytes:
@@ -241,7 +287,9 @@ def is_number_list(v: Any) -> bool:
 
 def results_iou_types(doc: Any) -> tuple[str, ...]:
     """The IoU types a results file supports, from its first result (as loadRes decides)."""
-    if isinstance(doc, pa.Table):
+    if isinstance(doc, ResultColumns):
+        doc = [doc.first()] if doc.rows else []
+    elif not isinstance(doc, list) and isinstance(doc, pa.Table):
         doc = doc.slice(0, 1).to_pylist()
     if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
         raise EvalInputError("predictions: cannot tell the IoU type of an empty or malformed results list; pass --iou-types")

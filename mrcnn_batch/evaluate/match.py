@@ -32,9 +32,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from mrcnn_batch.arrays import INTS, REALS, binaries, from_numpy, held, take
 from mrcnn_batch.evaluate.boundary import boundary_similarity
@@ -44,6 +44,12 @@ from mrcnn_batch.evaluate.params import MASK_IOU_TYPES, EvalParams
 from mrcnn_batch.evaluate.predictions import Detections
 from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
 from mrcnn_batch.evaluate.similarity import mask_iou, pair_box_iou, pair_mask_iou, polygon_rles
+from mrcnn_batch.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:  # used for masks' strings alone: boxes and keypoints are matched without it
+    pa = LazyModule("pyarrow")
 
 try:  # the compiled kernels (_match.c, _oks.c), built when the package is installed; else the numpy code
     from mrcnn_batch.evaluate import _match

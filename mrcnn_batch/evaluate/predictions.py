@@ -17,19 +17,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from mrcnn_batch.arrays import INTS, REALS, from_numpy, held, one_array, strings, take, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
-from mrcnn_batch.evaluate.jsonio import id_problem, is_box, is_int, is_number, is_number_list, read_results
+from mrcnn_batch.evaluate.jsonio import ResultColumns, id_problem, is_box, is_int, is_number, is_number_list, read_results
 from mrcnn_batch.evaluate.params import MASK_IOU_TYPES
 from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
 from mrcnn_batch.evaluate.similarity import rle_areas
+from mrcnn_batch.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:  # a results file's boxes or keypoints are read without it (jsonio.ResultColumns)
+    pa = LazyModule("pyarrow")
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +124,16 @@ def detections_from_results(
     source: str = "<results>",
     unknown_categories: str = "error",
 ) -> Detections:
-    """:func:`load_results_json` for an already parsed list of result dicts (or the Arrow table
-    of ``jsonio.results_table``)."""
-    table = None
-    if isinstance(anns, pa.Table):
+    """:func:`load_results_json` for an already parsed list of result dicts (or the columns
+    ``jsonio.read_results`` gives: :class:`~mrcnn_batch.evaluate.jsonio.ResultColumns` or an
+    Arrow table)."""
+    table = columns = None
+    if isinstance(anns, ResultColumns):
+        columns = anns
+        anns = [columns.first()] if columns.rows else []  # the first result decides the mode, as loadRes
+    elif not isinstance(anns, list) and isinstance(anns, pa.Table):
         table = anns
-        anns = table.slice(0, 1).to_pylist()  # the first result decides the mode, as loadRes
+        anns = table.slice(0, 1).to_pylist()
     if not isinstance(anns, list):
         raise EvalInputError(f"predictions {source}: expected a JSON list of results, found {type(anns).__name__}")
     if not anns:
@@ -144,13 +153,17 @@ def detections_from_results(
     if iou_type in MASK_IOU_TYPES and mode == "keypoints":
         raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for {iou_type}")
 
-    fast = None if table is None else _table_columns(table, mode=mode, iou_type=iou_type)
-    if fast is not None and isinstance(fast[4], pa.StructArray) and not _sizes_are_images(
+    fast = None if columns is None else _plain_columns(columns, mode=mode, iou_type=iou_type)
+    if columns is not None and fast is None:
+        table = columns.table()
+    if fast is None and table is not None:
+        fast = _table_columns(table, mode=mode, iou_type=iou_type)
+    if fast is not None and not isinstance(fast[4], list) and not _sizes_are_images(
             _fixed_list(fast[4].field("size"), 2, np.int64), fast[0], gt):
         fast = None  # the itemwise check names the mask whose size is not its image's
     if table is not None and fast is None:
         anns = table.to_pylist()  # every result has every field: the parsed list's dicts
-    n = len(anns) if fast is None else table.num_rows
+    n = len(anns) if fast is None else len(fast[0])
     if fast is None:
         fast = _fast_columns(anns, mode=mode, iou_type=iou_type)
     if fast is None:
@@ -160,12 +173,12 @@ def detections_from_results(
     keep = check_ids(image_id, category_id, gt=gt, source=source, unknown_categories=unknown_categories)
     segm_counts = segm_size = kp_offsets = kp_values = None
     rles: list[dict[str, Any]] | None = []
-    if isinstance(segms, pa.StructArray):  # from the table: the strings and sizes as they are
+    if not isinstance(segms, list):  # from the table: the strings and sizes as they are
         segm_counts, segm_size, rles = segms.field("counts"), _fixed_list(segms.field("size"), 2, np.int64), None
     elif segms:
         segm_counts, segm_size, rles = _fast_rles(segms, image_id, gt) or _rles_from_results(segms, image_id, gt, source)
-    if isinstance(kps, pa.ListArray):  # from the table: already offsets and values
-        kp_offsets, kp_values = _list_values(kps)
+    if isinstance(kps, tuple):  # from the columns: already offsets and values
+        kp_offsets, kp_values = kps
     elif kps:
         lens = np.fromiter((len(k) for k in kps), np.int64, count=n)
         kp_offsets = np.zeros(n + 1, np.int64)
@@ -189,8 +202,29 @@ def detections_from_results(
         kx0, ky0, kx1, ky1 = keypoint_extent(kp_offsets, kp_values)
         area = (kx1 - kx0) * (ky1 - ky0)
         boxes = np.stack([kx0, ky0, kx1 - kx0, ky1 - ky0], axis=1)
+    if mode == "bbox":
+        boxes = narrowed(boxes)
+    if kp_values is not None:
+        kp_values = narrowed(kp_values)
     dets = Detections(iou_type, image_id, category_id, score, area, boxes, segm_counts, segm_size, kp_offsets, kp_values)
     return dets if keep is None else dets.take(keep)
+
+
+def narrowed(values: np.ndarray, *, block: int = 1 << 20) -> np.ndarray:
+    """``values`` as float32 where every one of them is a float32 exactly (a run's own results,
+    written from float32, are): half the memory, and the same numbers once widened where they
+    are computed with (as a run's float32 columns are). Otherwise ``values`` as they are.
+    Compared ``block`` values at a time (no float64 copy of the whole)."""
+    if values.dtype != np.float64:
+        return values
+    narrow = np.empty(values.shape, np.float32)
+    wide, out = values.reshape(-1), narrow.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # (a value beyond float32's range: kept wide)
+        for i in range(0, len(wide), block):
+            out[i:i + block] = wide[i:i + block]
+            if not np.array_equal(out[i:i + block], wide[i:i + block]):
+                return values
+    return narrow
 
 
 def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None:
@@ -234,7 +268,28 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     lens = _lengths(kps)
     if kps.values.null_count or (lens == 0).any() or (lens % 3).any():
         return None
-    return image_id, category_id, score, np.full((n, 4), np.nan), [], kps
+    return image_id, category_id, score, np.full((n, 4), np.nan), [], _list_values(kps)
+
+
+def _plain_columns(columns: ResultColumns, *, mode: str, iou_type: str) -> tuple | None:
+    """:func:`_table_columns` from the compiled reader's columns (NumPy alone), for box results
+    evaluated as boxes and keypoint results (without boxes) as keypoints; None: anything else
+    (then the columns' Arrow table is read as :func:`_table_columns` reads it)."""
+    if (mode, iou_type) not in (("bbox", "bbox"), ("keypoints", "keypoints")) or not np.isfinite(columns.score).all():
+        return None
+    n = columns.rows
+    if mode == "bbox":
+        at, values = columns.bbox
+        if (np.diff(at) != 4).any():
+            return None
+        return columns.image_id, columns.category_id, columns.score, values.reshape(n, 4), [], []
+    if columns.bbox is not None or columns.keypoints is None:
+        return None
+    at, values = columns.keypoints
+    lens = np.diff(at)
+    if (lens == 0).any() or (lens % 3).any():
+        return None
+    return columns.image_id, columns.category_id, columns.score, np.full((n, 4), np.nan), [], (at.astype(np.int64), values)
 
 
 def _flat(lists: pa.Array) -> pa.Array:

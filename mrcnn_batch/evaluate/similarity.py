@@ -17,13 +17,18 @@ Every result is ``(D, G)``: detections in score order, ground truth in file orde
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from mrcnn_batch.arrays import one_array
+from mrcnn_batch.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:  # used for masks' strings alone: boxes and keypoints are matched without it
+    pa = LazyModule("pyarrow")
 
 try:  # the compiled RLE kernel (_rle.c), built when the package is installed
     from mrcnn_batch.evaluate import _rle

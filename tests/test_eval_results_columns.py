@@ -1,0 +1,105 @@
+"""A results file of boxes or keypoints read into NumPy columns: no pyarrow imported, and values
+that are all float32 (a run's own export) held as float32, evaluated as pycocotools does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from eval_fixtures import (
+    CUSTOM_SIGMAS,
+    as_run_results,
+    assert_same_as_pycoco,
+    pycoco,
+    random_case,
+)
+
+from mrcnn_batch.evaluate import jsonio
+from mrcnn_batch.evaluate.distributed import evaluate_detections
+from mrcnn_batch.evaluate.groundtruth import ground_truth_from_dict
+from mrcnn_batch.evaluate.predictions import load_results_json, narrowed
+
+compiled = pytest.mark.skipif(jsonio._results is None, reason="the compiled results reader was not built")
+
+
+def test_narrowed_keeps_float32_only_where_every_value_is_one():
+    exact = np.array([0.5, 1.25, 3.0, float(np.float32(0.1)), -2.0**-140, 0.0])
+    got = narrowed(exact, block=4)
+    assert got.dtype == np.float32 and np.array_equal(got.astype(np.float64), exact)
+    for last in (0.1, 1e300, np.nan):  # not a float32, beyond its range, NaN: the float64 values as they are
+        wide = np.append(exact, last)
+        assert narrowed(wide, block=4) is wide
+    boxes = exact[:4].reshape(1, 4)
+    assert narrowed(boxes).shape == (1, 4)
+    assert narrowed(np.zeros(0)).dtype == np.float32
+    run = np.ones(3, np.float32)
+    assert narrowed(run) is run
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "keypoints"])
+@pytest.mark.parametrize("exported", [True, False])
+def test_results_file_evaluates_as_pycocotools_whether_held_as_float32_or_not(tmp_path, iou_type, exported):
+    gt_doc, results = random_case(11, iou_type=iou_type)
+    if exported:  # float32 values, as a run's export writes them
+        results = as_run_results(results, iou_type=iou_type)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    gt = ground_truth_from_dict(gt_doc, iou_types=(iou_type,))
+    dets = load_results_json(str(path), gt=gt, iou_type=iou_type)
+    held = dets.bbox if iou_type == "bbox" else dets.kp_values
+    assert held.dtype == (np.float32 if exported else np.float64)
+    out = evaluate_detections({iou_type: dets}, gt, workers=0)
+    sigmas = CUSTOM_SIGMAS if iou_type == "keypoints" else None
+    assert_same_as_pycoco(out[iou_type], pycoco(gt_doc, results, iou_type, sigmas=sigmas))
+
+
+def test_float32_boxes_of_a_results_file_are_compared_in_float64(tmp_path):
+    # boxes whose IoU falls on the other side of a threshold in float32 arithmetic (the pairs of
+    # test_eval_run's run test), read from a results file: held as float32, computed in float64
+    pairs = [([2.843524217605591, 15.701577186584473, 24.13334083557129, 17.269269943237305],
+              [5.086123466491699, 14.785320281982422, 30.233081817626953, 19.559167861938477]),
+             ([48.08424758911133, 43.13511276245117, 24.952213287353516, 30.721824645996094],
+              [47.875770568847656, 43.92240524291992, 23.985431671142578, 30.685720443725586]),
+             ([46.51205062866211, 2.0791070461273193, 6.50937557220459, 17.65397834777832],
+              [45.924217224121094, 1.7609632015228271, 7.027050971984863, 21.393301010131836])]
+    gt_doc = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2, 3)],
+              "categories": [{"id": 1, "name": "a"}],
+              "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": g, "area": g[2] * g[3], "iscrowd": 0}
+                              for i, (g, _) in enumerate(pairs, 1)]}
+    results = [{"image_id": i, "category_id": 1, "score": 0.75, "bbox": d} for i, (_, d) in enumerate(pairs, 1)]
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    gt = ground_truth_from_dict(gt_doc, iou_types=("bbox",))
+    dets = load_results_json(str(tmp_path / "r.json"), gt=gt, iou_type="bbox")
+    assert dets.bbox.dtype == np.float32
+    out = evaluate_detections({"bbox": dets}, gt, workers=0)
+    assert_same_as_pycoco(out["bbox"], pycoco(gt_doc, results, "bbox"))
+
+
+WITHOUT_PYARROW = """
+import json, sys
+from mrcnn_batch.evaluate.distributed import evaluate_detections
+from mrcnn_batch.evaluate.groundtruth import load_ground_truth
+from mrcnn_batch.evaluate.predictions import load_results_json
+gt_path, results, iou_type = sys.argv[1:]
+gt = load_ground_truth(gt_path, iou_types=(iou_type,))
+out = evaluate_detections({iou_type: load_results_json(results, gt=gt, iou_type=iou_type)}, gt, workers=0)
+print(json.dumps({"pyarrow": "pyarrow" in sys.modules, "stats": list(out[iou_type].stats)}))
+"""
+
+
+@compiled
+@pytest.mark.parametrize("iou_type", ["bbox", "keypoints"])
+def test_a_results_file_of_boxes_or_keypoints_is_evaluated_without_pyarrow(tmp_path, iou_type):
+    # pyarrow takes 27 MiB and 0.1 CPU s to import: more than such an evaluation of 5,000 images
+    gt_doc, results = random_case(5, iou_type=iou_type)
+    (tmp_path / "gt.json").write_text(json.dumps(gt_doc))
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    done = subprocess.run([sys.executable, "-c", WITHOUT_PYARROW, str(tmp_path / "gt.json"), str(tmp_path / "r.json"), iou_type],
+                          capture_output=True, text=True, check=True)
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["pyarrow"] is False
+    sigmas = CUSTOM_SIGMAS if iou_type == "keypoints" else None
+    np.testing.assert_allclose(got["stats"], pycoco(gt_doc, results, iou_type, sigmas=sigmas).stats, rtol=0, atol=1e-12)
