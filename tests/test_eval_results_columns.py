@@ -3,6 +3,7 @@ that are all float32 (a run's own export) held as float32, evaluated as pycocoto
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from eval_fixtures import (
     pycoco,
     random_case,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mrcnn_batch.evaluate import jsonio
 from mrcnn_batch.evaluate.distributed import evaluate_detections
@@ -103,3 +106,40 @@ def test_a_results_file_of_boxes_or_keypoints_is_evaluated_without_pyarrow(tmp_p
     assert got["pyarrow"] is False
     sigmas = CUSTOM_SIGMAS if iou_type == "keypoints" else None
     np.testing.assert_allclose(got["stats"], pycoco(gt_doc, results, iou_type, sigmas=sigmas).stats, rtol=0, atol=1e-12)
+
+
+floats = st.one_of(st.floats(width=32, allow_nan=False, allow_infinity=False),  # float32 exactly
+                   st.floats(allow_nan=False, allow_infinity=False))
+
+
+@compiled
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(floats, min_size=3, max_size=9).filter(lambda v: len(v) % 3 == 0), min_size=1, max_size=8))
+def test_the_compiled_reader_holds_keypoints_as_float32_exactly_where_all_are_float32(keypoints):
+    results = [{"image_id": 1, "category_id": 1, "score": 0.5, "keypoints": k} for k in keypoints]
+    data = json.dumps(results).encode()
+    columns = jsonio.compiled_results(data, chunk=97)
+    at, values = columns.keypoints
+    flat = [x for k in keypoints for x in k]
+    all32 = all(abs(x) <= float(np.finfo(np.float32).max) and float(np.float32(x)) == x for x in flat)
+    assert values.dtype == (np.float32 if all32 else np.float64)
+    assert values.astype(np.float64).tolist() == flat  # the same numbers either way
+    assert np.diff(at).tolist() == [len(k) for k in keypoints]
+    assert columns.table().equals(jsonio.results_table(data))  # (Arrow's table: float64 lists)
+
+
+@compiled
+def test_narrow_refuses_a_block_whose_memory_is_viewed():
+    out = jsonio._results.read(io.BytesIO(b'[{"image_id": 1, "category_id": 1, "score": 1, "bbox": [1, 2, 3, 4.5]}]').read, 64, 1024)
+    block = out[5]
+    view = memoryview(block)
+    with pytest.raises(BufferError):
+        jsonio._results.narrow(block)
+    view.release()
+    assert jsonio._results.narrow(block) is True
+    assert np.frombuffer(block, np.float32).tolist() == [1, 2, 3, 4.5]
+    wide = jsonio._results.read(io.BytesIO(b'[{"image_id": 1, "category_id": 1, "score": 1, "bbox": [1, 2, 3, 1e300]}]').read, 64, 1024)[5]
+    assert jsonio._results.narrow(wide) is False
+    assert np.frombuffer(wide, np.float64).tolist() == [1, 2, 3, 1e300]
+    with pytest.raises(TypeError):
+        jsonio._results.narrow(b"\0" * 8)

@@ -432,6 +432,7 @@ static int feed(Parser *q, Stream *st, int final, size_t limit) {
 typedef struct {
     PyObject_HEAD char *p;
     Py_ssize_t n;
+    Py_ssize_t exports; /* buffer views held (narrow() moves the memory only where none is) */
 } Block;
 
 static void block_dealloc(Block *b) {
@@ -440,10 +441,17 @@ static void block_dealloc(Block *b) {
 }
 
 static int block_getbuffer(Block *b, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)b, b->p ? b->p : (char *)"", b->n, 1, flags);
+    if (PyBuffer_FillInfo(view, (PyObject *)b, b->p ? b->p : (char *)"", b->n, 1, flags)) return -1;
+    b->exports++;
+    return 0;
 }
 
-static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
+static void block_releasebuffer(Block *b, Py_buffer *view) {
+    (void)view;
+    b->exports--;
+}
+
+static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, (releasebufferproc)block_releasebuffer};
 
 static PyTypeObject BlockType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mrcnn_batch.evaluate._results.Block",
@@ -461,6 +469,7 @@ static PyObject *block_of(Buf *b) {
     char *p = b->n && b->n < b->cap ? realloc(b->p, b->n) : NULL;
     out->p = p ? p : b->p;
     out->n = (Py_ssize_t)b->n;
+    out->exports = 0;
     b->p = NULL;
     b->n = b->cap = 0;
     return (PyObject *)out;
@@ -661,7 +670,44 @@ static PyObject *read_ground_truth(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* narrow(block): a Block of float64 values made float32 in place where every value is one
+   exactly (then its memory is cut to half: True), else left as it is (False). Each value is read
+   before its float32 is written, and a float32 is written over bytes of values already read
+   (value i's 4 bytes start at 4i, value j's 8 at 8j >= 8i), so no value is read after it was
+   overwritten. */
+static PyObject *narrow(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyObject_TypeCheck(arg, &BlockType)) {
+        PyErr_SetString(PyExc_TypeError, "narrow() takes a Block");
+        return NULL;
+    }
+    Block *b = (Block *)arg;
+    if (b->exports) {
+        PyErr_SetString(PyExc_BufferError, "narrow(): a view of the block is held");
+        return NULL;
+    }
+    size_t n = (size_t)b->n / 8;
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        memcpy(&v, b->p + 8 * i, 8);
+        if (!(fabs(v) <= FLT_MAX) || (double)(float)v != v) Py_RETURN_FALSE; /* NaN, beyond float's range, or inexact */
+    }
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        memcpy(&v, b->p + 8 * i, 8);
+        float f = (float)v;
+        memcpy(b->p + 4 * i, &f, 4);
+    }
+    b->n = (Py_ssize_t)(4 * n);
+    char *p = n ? realloc(b->p, 4 * n) : NULL;
+    if (p) b->p = p;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"narrow", narrow, METH_O,
+     "narrow(block) -> bool: a block of float64 values made float32 in place, its memory cut to half, where every "
+     "value is a float32 exactly (True); else left as it is (False). BufferError while a view of it is held."},
     {"read", read_results, METH_VARARGS,
      "read(read, chunk, longest) -> None or (rows, present, image_id, category_id, score, bbox, bbox_at, keypoints, "
      "keypoints_at, size, size_at, counts, counts_at): the columns of a plain COCO results file, its bytes got by "

@@ -76,16 +76,17 @@ def read_results(url: str, *, storage_options: dict[str, Any] | None = None) -> 
 @dataclass(frozen=True, eq=False)
 class ResultColumns:
     """A plain results file of boxes and/or keypoints as the compiled reader gives it: NumPy
-    views of its buffers, no pyarrow. A list field is its values and its ``rows + 1`` int32
-    offsets (every result has every present field). :meth:`table` is the Arrow table
-    :func:`results_table` gives for the same file."""
+    views of its buffers, no pyarrow. A list field is its values (float64, or float32 where every
+    value of the field is one exactly, as a run's export writes them: half the memory) and its
+    ``rows + 1`` int32 offsets (every result has every present field). :meth:`table` is the
+    Arrow table :func:`results_table` gives for the same file."""
 
     rows: int
     image_id: np.ndarray  # int64
     category_id: np.ndarray  # int64
     score: np.ndarray  # float64
-    bbox: tuple[np.ndarray, np.ndarray] | None = None  # (offsets, float64 values)
-    keypoints: tuple[np.ndarray, np.ndarray] | None = None  # (offsets, float64 values)
+    bbox: tuple[np.ndarray, np.ndarray] | None = None  # (offsets, values)
+    keypoints: tuple[np.ndarray, np.ndarray] | None = None  # (offsets, values)
 
     def first(self) -> dict[str, Any]:
         """The first result (the one pycocotools' loadRes decides the file's kind by)."""
@@ -102,7 +103,7 @@ class ResultColumns:
                    "score": from_numpy(self.score)}
         for name in ("bbox", "keypoints"):
             if (field := getattr(self, name)) is not None:
-                columns[name] = pa.ListArray.from_arrays(from_numpy(field[0]), from_numpy(field[1]))
+                columns[name] = pa.ListArray.from_arrays(from_numpy(field[0]), from_numpy(field[1].astype(np.float64)))
         return pa.Table.from_arrays(list(columns.values()), schema=pa.schema([_result_fields().field(c) for c in columns]))
 
 
@@ -125,9 +126,12 @@ def compiled_results(source: bytes | Any, *, chunk: int = 1 << 23, longest: int 
     def lists(buf: Any, at: Any, dtype) -> tuple[np.ndarray, np.ndarray]:
         return np.frombuffer(at, np.int32), np.frombuffer(buf, dtype)
 
+    def reals(buf: Any, at: Any) -> tuple[np.ndarray, np.ndarray]:  # float32 where all are, in place
+        return lists(buf, at, np.float32 if _results.narrow(buf) else np.float64)
+
     columns = ResultColumns(rows, np.frombuffer(image, np.int64), np.frombuffer(category, np.int64),
-                            np.frombuffer(score, np.float64), lists(bbox, bbox_at, np.float64) if has_bbox else None,
-                            lists(kp, kp_at, np.float64) if has_keypoints else None)
+                            np.frombuffer(score, np.float64), reals(bbox, bbox_at) if has_bbox else None,
+                            reals(kp, kp_at) if has_keypoints else None)
     if not has_segmentation:
         return columns
     strings = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(counts_at), pa.py_buffer(counts)])

@@ -185,7 +185,7 @@ def detections_from_results(
         np.cumsum(lens, out=kp_offsets[1:])
         kp_values = np.fromiter((x for k in kps for x in k), np.float64, count=int(kp_offsets[-1]))
     if mode == "bbox":
-        area = boxes[:, 2] * boxes[:, 3]
+        area = boxes[:, 2].astype(np.float64) * boxes[:, 3]  # (a float32 box: w * h in float64, as pycocotools)
     elif mode == "segm" and rles is None:  # from the table, for a mask evaluation
         area = table_rle_area(segm_counts, segm_size)
     elif mode == "segm":
