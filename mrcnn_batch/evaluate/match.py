@@ -62,7 +62,8 @@ except ImportError:
 
 CODE_IGNORED, CODE_TP, CODE_FP = 0, 1, 2
 _CHUNK_ELEMENTS = 1 << 22  # bound on (groups x area ranges x thresholds x objects) per batch
-_BLOCK_DETECTIONS = 1 << 16  # detections matched at once (memory: their pairs and greedy arrays)
+_BLOCK_DETECTIONS = 1 << 14  # detections matched at once (memory: their pairs and greedy arrays; 1 << 16 peaked
+# 60 MiB higher on 500,000 masks and 17 MiB on 100,000 people at the same CPU time)
 
 
 @dataclass(frozen=True, eq=False)
