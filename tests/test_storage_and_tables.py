@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -127,6 +128,10 @@ def test_reading_shards_file_by_file_gives_the_datasets_table(local_run, tmp_pat
         columns = schema.names[::2]
         got = local_run.read_shards(table, shards, columns)
         assert got.equals(local_run.dataset(table, shards).to_table(columns=columns)), table
+        # one shard at a time, in shard order (read ahead by threads), the same rows
+        parts = list(local_run.iter_shards(table, shards, columns))
+        assert len(parts) == len(shards) and pa.concat_tables(parts).equals(got), table
+        assert [len(p) for p in parts] == [local_run.dataset(table, [s]).count_rows() for s in shards]
     # a file of an older schema version, without a column: nulls there, as the dataset gives them
     root = tmp_path / "run"
     shutil.copytree(local_run.path(""), root)

@@ -31,7 +31,7 @@ from mrcnn_batch.evaluate.params import EvalParams
 from mrcnn_batch.evaluate.predictions import (
     Detections,
     check_ids,
-    detections_from_table,
+    detections_from_tables,
 )
 from mrcnn_batch.memory import give_back_freed_memory
 from mrcnn_batch.ray_session import ray_address, ray_session
@@ -61,10 +61,10 @@ class ShardGroup:
 
         table_name, columns = _TABLE_COLUMNS[iou_type]
         run = RunDir(self.url, dict(self.storage_options))
-        table = run.read_shards(table_name, list(self.shards), columns)
-        dets = detections_from_table(table, iou_type=iou_type, source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
-        del table
-        give_back_freed_memory()  # the table's columns that were converted
+        tables = run.iter_shards(table_name, list(self.shards), columns)  # (each converted and let go)
+        dets = detections_from_tables(tables, count=len(self.shards), iou_type=iou_type,
+                                      source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
+        give_back_freed_memory()  # the tables' columns that were converted
         return dets if self.id_map is None else replace(dets, image_id=self.id_map(dets.image_id))
 
 

@@ -16,13 +16,14 @@ reference export): bbox -> box area; segm -> mask area; keypoints -> keypoint ex
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mrcnn_batch.arrays import INTS, REALS, from_numpy, held, one_array, strings, take, to_numpy
+from mrcnn_batch.arrays import INTS, REALS, held, one_array, strings, take, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
 from mrcnn_batch.evaluate.jsonio import ResultColumns, id_problem, is_box, is_int, is_number, is_number_list, read_results
@@ -524,38 +525,102 @@ def detections_from_table(table: pa.Table, *, iou_type: str, source: str) -> Det
 
     Rows are put in ``(image_id, instance_id)`` order, independent of how shards were read.
     """
-    image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
-    instance_id = to_numpy(table["instance_id"])
-    if len(image_id) > 1 and not ((image_id[1:] > image_id[:-1])
-                                  | ((image_id[1:] == image_id[:-1]) & (instance_id[1:] >= instance_id[:-1]))).all():
-        table = table.take(from_numpy(np.lexsort((instance_id, image_id))))  # (shards are written in order)
-        image_id = to_numpy(table["image_id"]).astype(np.int64, copy=False)
-    n = table.num_rows
-    category_id = held(to_numpy(table["category_id"]), INTS)  # (compared, never computed with)
-    # scores, boxes and keypoints kept as the table holds them (float32: half the memory; every
-    # use widens them to float64 first, which changes no value)
-    score = held(to_numpy(table["score"]), REALS)
-    bbox = _fixed_list(table["bbox"], 4, _held_real(table["bbox"]))
+    return detections_from_tables([table], count=1, iou_type=iou_type, source=source)
+
+
+def detections_from_tables(tables: Iterable[pa.Table], *, count: int, iou_type: str, source: str) -> Detections:
+    """:func:`detections_from_table` of the ``count`` tables (a run's shards, in order) as one:
+    each is converted into the whole's arrays as it comes and let go, so the whole table is
+    never held beside its arrays (a mask's string stays in its table's buffer)."""
+    columns: dict[str, _Filled] = {}
+    counts: list[pa.Array] = []
+    counts_type = None
+    masks = iou_type in MASK_IOU_TYPES
+
+    def add(name: str, values: np.ndarray, done: int) -> None:
+        columns.setdefault(name, _Filled(count)).add(values, done)
+
+    held_real = None
+    for done, table in enumerate(tables):
+        add("image_id", to_numpy(table["image_id"]).astype(np.int64, copy=False), done)
+        add("instance_id", to_numpy(table["instance_id"]), done)
+        add("category_id", held(to_numpy(table["category_id"]), INTS), done)  # (compared, never computed with)
+        # scores, boxes and keypoints kept as the table holds them (float32: half the memory;
+        # every use widens them to float64 first, which changes no value)
+        add("score", held(to_numpy(table["score"]), REALS), done)
+        add("bbox", _fixed_list(table["bbox"], 4, _held_real(table["bbox"])), done)
+        if masks:
+            mask = table["mask"]  # (its chunks as they are: the strings are not copied)
+            if mask.null_count:
+                raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; {iou_type} needs a mask model")
+            strings_of = _struct_field(mask, "counts")
+            counts += strings_of.chunks
+            counts_type = strings_of.type
+            add("size", _fixed_list(_struct_field(mask, "size"), 2, np.int64), done)
+            if "area" in table.column_names:
+                add("area", to_numpy(table["area"]).astype(np.float64), done)
+        elif iou_type == "keypoints":
+            held_real = _held_real(table["keypoints"])
+            offsets, values = _list_values(table["keypoints"], held_real)
+            add("kp_length", np.diff(offsets), done)
+            add("kp_values", values, done)
+        del table
+    got = {name: column.array() for name, column in columns.items()}
+    n = len(got.get("image_id", ()))
+    image_id = got.get("image_id", np.zeros(0, np.int64))
+    category_id = got.get("category_id", np.zeros(0, np.int32))
+    score = got.get("score", np.zeros(0, np.float32))
+    bbox = got.get("bbox", np.zeros((0, 4), np.float32))
     segm_counts = segm_size = kp_offsets = kp_values = None
     if iou_type == "bbox":
         area = bbox[:, 2].astype(np.float64) * bbox[:, 3]
-    elif iou_type in MASK_IOU_TYPES:
-        mask = table["mask"]  # (its chunks as they are: the strings are not copied)
-        if mask.null_count:
-            raise EvalInputError(f"run {source}: {mask.null_count} instances have no mask; {iou_type} needs a mask model")
-        segm_counts = _struct_field(mask, "counts")
-        segm_size = _fixed_list(_struct_field(mask, "size"), 2, np.int64)
-        area = _mask_area(table, segm_counts, segm_size, source)
+    elif masks:
+        segm_counts = pa.chunked_array(counts, counts_type) if counts_type is not None else strings([])
+        segm_size = got.get("size", np.zeros((0, 2), np.int64))
+        area = _mask_area(got.get("area"), segm_counts, segm_size, source)
     else:
-        kp_offsets, kp_values = _list_values(table["keypoints"], _held_real(table["keypoints"]))
-        if n and ((np.diff(kp_offsets) % 3).any() or (np.diff(kp_offsets) == 0).any()):
+        lengths = got.get("kp_length", np.zeros(0, np.int64))
+        kp_offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=kp_offsets[1:])
+        kp_values = got.get("kp_values", np.zeros(0, held_real or np.float32))
+        if n and ((lengths % 3).any() or (lengths == 0).any()):
             raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
         if n:
             x0, y0, x1, y1 = keypoint_extent(kp_offsets, kp_values)
             area = (x1 - x0) * (y1 - y0)
         else:
             area = np.zeros(0)
-    return Detections(iou_type, image_id, category_id, score, area, bbox, segm_counts, segm_size, kp_offsets, kp_values)
+    dets = Detections(iou_type, image_id, category_id, score, area, bbox, segm_counts, segm_size, kp_offsets, kp_values)
+    instance_id = got.get("instance_id", np.zeros(0, np.int32))
+    if n > 1 and not ((image_id[1:] > image_id[:-1])
+                      | ((image_id[1:] == image_id[:-1]) & (instance_id[1:] >= instance_id[:-1]))).all():
+        dets = dets.take(np.lexsort((instance_id, image_id)))  # (shards are written in order)
+    return dets
+
+
+class _Filled:
+    """One column of :func:`detections_from_tables`' arrays, filled a table at a time: an array
+    sized at the first table's rows times the tables to come, plus a quarter (its untouched end
+    is never resident), doubled where that falls short."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.values: np.ndarray | None = None
+        self.n = 0
+
+    def add(self, part: np.ndarray, done: int) -> None:
+        if self.values is None:
+            guess = len(part) * (self.count - done) * 5 // 4 + 1
+            self.values = np.empty((guess, *part.shape[1:]), part.dtype)
+        elif self.n + len(part) > len(self.values):
+            grown = np.empty((max(2 * len(self.values), self.n + len(part)), *part.shape[1:]), self.values.dtype)
+            grown[:self.n] = self.values[:self.n]
+            self.values = grown
+        self.values[self.n:self.n + len(part)] = part
+        self.n += len(part)
+
+    def array(self) -> np.ndarray:
+        return self.values[:self.n]
 
 
 def _held_real(lists: pa.ChunkedArray) -> type:
@@ -569,13 +634,12 @@ def _struct_field(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     return pa.chunked_array([c.flatten()[at] for c in column.chunks], column.type.field(at).type)
 
 
-def _mask_area(table: pa.Table, counts: pa.Array, sizes: np.ndarray, source: str) -> np.ndarray:
+def _mask_area(column: np.ndarray | None, counts: pa.Array, sizes: np.ndarray, source: str) -> np.ndarray:
     """The masks' pixel counts (``maskUtils.area``): the table's ``area`` column, which ``infer``
     writes as each mask's count, once it agrees with the masks' own counts on a sample spread over
     the table; where it does not (a table written otherwise), counted from every mask."""
     n = len(counts)
-    if "area" in table.column_names and n:
-        column = to_numpy(table["area"]).astype(np.float64)
+    if column is not None and n:
         sample = np.unique(np.linspace(0, n - 1, min(n, 4096)).astype(np.int64))
         if np.array_equal(table_rle_area(take(counts, sample), sizes[sample]), column[sample]):
             return column

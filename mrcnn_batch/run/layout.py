@@ -30,6 +30,8 @@ import os
 import posixpath
 import re
 import uuid
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -426,6 +428,14 @@ class RunDir:
         once) by Parquet's own reader, so that pyarrow.dataset (which imports pandas: 0.2 CPU
         s) is not imported. A column a file lacks (an older schema version) comes back as nulls."""
         schema = pa.schema([TABLES[table].field(c) for c in columns])
+        parts = list(self.iter_shards(table, shards, columns))
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def iter_shards(self, table: str, shards: list[int], columns: list[str]) -> Iterator[pa.Table]:
+        """:meth:`read_shards`' table one shard at a time, in shard order (up to eight files
+        read ahead by threads): a reader that converts each and lets it go never holds the
+        whole table."""
+        schema = pa.schema([TABLES[table].field(c) for c in columns])
 
         def one(shard: int) -> pa.Table:
             with self.fs.open(self.path(table_path(table, shard)), "rb") as f:
@@ -437,14 +447,21 @@ class RunDir:
                  for c in columns], schema=schema)
 
         if not shards:
-            return schema.empty_table()
+            return
         # the system allocator while reading: freed Parquet buffers go back to the system
         # (mimalloc, Arrow's default, keeps ~70 MiB that NumPy's arrays then cannot use)
         default = pa.default_memory_pool()
         pa.set_memory_pool(pa.system_memory_pool())
+        ahead = min(8, len(shards))
         try:
-            with ThreadPoolExecutor(min(8, len(shards)), thread_name_prefix="read-shard") as pool:
-                return pa.concat_tables(list(pool.map(one, shards)))
+            with ThreadPoolExecutor(ahead, thread_name_prefix="read-shard") as pool:
+                pending = deque(pool.submit(one, s) for s in shards[:ahead])
+                for s in shards[ahead:] + [None] * ahead:
+                    done = pending.popleft().result()
+                    if s is not None:
+                        pending.append(pool.submit(one, s))
+                    yield done
+                    del done
         finally:
             pa.set_memory_pool(default)
             give_back_freed_memory()  # the reader threads' buffers, freed into their own arenas
