@@ -416,6 +416,37 @@ def test_the_reader_holds_the_file_a_piece_at_a_time_and_leaves_long_results_to_
     assert jsonio.compiled_results_table(doc[:-1] + b" , ]", chunk=64) is None  # malformed at the end
 
 
+class _IntoPieces(_Pieces):
+    """A binary file with readinto, which fills at most ``most`` bytes a call (as a pipe may) and
+    keeps the last view it was given."""
+
+    def __init__(self, data: bytes, most: int):
+        super().__init__(data)
+        self.most, self.view = most, None
+
+    def read(self, n: int) -> bytes:
+        raise AssertionError("read() called where readinto() is there")
+
+    def readinto(self, view: memoryview) -> int:
+        self.asked.append(len(view))
+        out = self.data[self.at:self.at + min(len(view), self.most)]
+        view[:len(out)] = out
+        self.at, self.view = self.at + len(out), view
+        return len(out)
+
+
+@needs_reader
+@pytest.mark.parametrize("most", [1, 7, 64, 1000])
+def test_the_reader_fills_its_window_through_readinto_short_reads_too(most):
+    rows = [{"image_id": i, "category_id": 1, "score": 0.5, "keypoints": [i, 0.25, 2] * 3} for i in range(30)]
+    doc = json.dumps(rows).encode()
+    f = _IntoPieces(doc, most)
+    assert jsonio.compiled_results_table(f, chunk=64).equals(jsonio.compiled_results_table(doc, chunk=len(doc) + 1))
+    assert set(f.asked) == {64} and f.view is not None  # (read through readinto alone)
+    with pytest.raises(ValueError):  # the reader's memory, released: a view the file kept reads nothing
+        f.view[0]
+
+
 def test_read_results_reads_compressed_and_declined_files_as_before(tmp_path):
     import gzip
 

@@ -26,6 +26,7 @@
 typedef struct {
     char *p;
     size_t n, cap;
+    size_t base; /* values moved out before these (a list's end offsets count on from them) */
 } Buf;
 
 static int put(Buf *b, const void *v, size_t size) {
@@ -286,8 +287,9 @@ static int numbers(Parser *q, Buf *values, Buf *at, int ints) {
             if (!next) break;
         }
     }
-    int32_t end = (int32_t)(values->n / 8);
-    if (values->n / 8 > INT32_MAX) return -1;
+    size_t count = values->base + values->n / 8;
+    if (count > INT32_MAX) return -1;
+    int32_t end = (int32_t)count;
     return put(at, &end, 4);
 }
 
@@ -432,7 +434,6 @@ static int feed(Parser *q, Stream *st, int final, size_t limit) {
 typedef struct {
     PyObject_HEAD char *p;
     Py_ssize_t n;
-    Py_ssize_t exports; /* buffer views held (narrow() moves the memory only where none is) */
 } Block;
 
 static void block_dealloc(Block *b) {
@@ -441,17 +442,10 @@ static void block_dealloc(Block *b) {
 }
 
 static int block_getbuffer(Block *b, Py_buffer *view, int flags) {
-    if (PyBuffer_FillInfo(view, (PyObject *)b, b->p ? b->p : (char *)"", b->n, 1, flags)) return -1;
-    b->exports++;
-    return 0;
+    return PyBuffer_FillInfo(view, (PyObject *)b, b->p ? b->p : (char *)"", b->n, 1, flags);
 }
 
-static void block_releasebuffer(Block *b, Py_buffer *view) {
-    (void)view;
-    b->exports--;
-}
-
-static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, (releasebufferproc)block_releasebuffer};
+static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
 
 static PyTypeObject BlockType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mrcnn_batch.evaluate._results.Block",
@@ -469,15 +463,94 @@ static PyObject *block_of(Buf *b) {
     char *p = b->n && b->n < b->cap ? realloc(b->p, b->n) : NULL;
     out->p = p ? p : b->p;
     out->n = (Py_ssize_t)b->n;
-    out->exports = 0;
     b->p = NULL;
     b->n = b->cap = 0;
     return (PyObject *)out;
 }
 
-/* Append the next bytes of read(chunk) to the window, a NUL kept after them: 1 at the end of the
-   file, 0 otherwise, -1 with an exception set. */
-static int fill(PyObject *read, Py_ssize_t chunk, Buf *window) {
+/* A column of reals (boxes, keypoints) kept as float32 while every value read is a float32
+   exactly (a run's own export is: half the memory). After each piece, the values it added to
+   the parser's column (doubles; every result in it complete) move to narrow as float32s and
+   the column's offsets count on from its base; at the first value that is not a float32, the
+   float32s moved so far are widened back in front of the column's doubles, which then stay
+   (wide). 0, or -1 out of memory. */
+static int flush_reals(Buf *column, Buf *narrow, int *wide) {
+    if (*wide) return 0;
+    size_t n = column->n / 8;
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        memcpy(&v, column->p + 8 * i, 8);
+        if (!(fabs(v) <= FLT_MAX) || (double)(float)v != v) { /* NaN, beyond float's range, or not a float */
+            *wide = 1;
+            break;
+        }
+    }
+    if (*wide) {
+        size_t m = narrow->n / 4;
+        char *all = malloc((m + n) * 8 + 1);
+        if (!all) return -1;
+        for (size_t j = 0; j < m; j++) {
+            float f;
+            memcpy(&f, narrow->p + 4 * j, 4);
+            double d = f;
+            memcpy(all + 8 * j, &d, 8);
+        }
+        if (n) memcpy(all + 8 * m, column->p, 8 * n);
+        free(column->p);
+        free(narrow->p);
+        memset(narrow, 0, sizeof *narrow);
+        column->p = all;
+        column->n = column->cap = (m + n) * 8;
+        column->base = 0;
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        memcpy(&v, column->p + 8 * i, 8);
+        float f = (float)v;
+        if (put(narrow, &f, 4)) return -1;
+    }
+    column->base += n;
+    column->n = 0;
+    return 0;
+}
+
+/* Append the next bytes of the file to the window, a NUL kept after them: 1 at the end of the
+   file, 0 otherwise, -1 with an exception set. With into, read is the file's readinto, given a
+   view of the window's free end (no bytes object of each piece beside the window); else it is
+   its read, called with chunk. */
+static int fill(PyObject *read, int into, Py_ssize_t chunk, Buf *window) {
+    if (into) {
+        size_t n = window->n;
+        char nul = 0;
+        if (window->cap < n + (size_t)chunk + 1) { /* room for a piece and the NUL */
+            size_t cap = window->cap ? window->cap : 4096;
+            while (cap < n + (size_t)chunk + 1) cap *= 2;
+            char *q = realloc(window->p, cap);
+            if (!q) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            window->p = q;
+            window->cap = cap;
+        }
+        PyObject *view = PyMemoryView_FromMemory(window->p + n, chunk, PyBUF_WRITE);
+        if (!view) return -1;
+        PyObject *got = PyObject_CallOneArg(read, view);
+        PyObject *released = PyObject_CallMethod(view, "release", NULL); /* (a view kept by the file reads nothing after) */
+        Py_XDECREF(released);
+        Py_DECREF(view);
+        if (!got) return -1;
+        Py_ssize_t k = got == Py_None ? -1 : PyLong_AsSsize_t(got);
+        Py_DECREF(got);
+        if (k < 0 || k > chunk) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_OSError, "readinto() gave no count of the bytes it read");
+            return -1;
+        }
+        window->n = n + (size_t)k;
+        memcpy(window->p + window->n, &nul, 1);
+        return k == 0;
+    }
     PyObject *got = PyObject_CallFunction(read, "n", chunk);
     if (!got) return -1;
     Py_buffer view;
@@ -502,7 +575,8 @@ static PyObject *read_results(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *read;
     Py_ssize_t chunk, longest;
-    if (!PyArg_ParseTuple(args, "Onn", &read, &chunk, &longest)) return NULL;
+    int into = 0;
+    if (!PyArg_ParseTuple(args, "Onn|p", &read, &chunk, &longest, &into)) return NULL;
     if (chunk < 1 || longest < 0) {
         PyErr_SetString(PyExc_ValueError, "chunk must be positive, longest not negative");
         return NULL;
@@ -510,21 +584,28 @@ static PyObject *read_results(PyObject *self, PyObject *args) {
     Parser q;
     memset(&q, 0, sizeof q);
     Stream st = {0, 0};
-    Buf window = {NULL, 0, 0};
+    Buf window = {NULL, 0, 0, 0}, bbox32 = {NULL, 0, 0, 0}, kp32 = {NULL, 0, 0, 0};
+    int bbox_wide = 0, kp_wide = 0;
     int32_t zero = 0;
     int status = put(&q.bbox_at, &zero, 4) || put(&q.kp_at, &zero, 4) || put(&q.size_at, &zero, 4) || put(&q.counts_at, &zero, 4) ? -1 : 0;
     int failed = status != 0;
     while (status == 0) {
-        int end = fill(read, chunk, &window);
+        int end = fill(read, into, chunk, &window);
         if (end < 0) {
             failed = 1;
             break;
         }
         q.s = window.p;
         q.end = window.p + window.n;
+        int flushed = 0;
         Py_BEGIN_ALLOW_THREADS
         status = feed(&q, &st, end, (size_t)longest);
+        if (status >= 0) flushed = flush_reals(&q.bbox, &bbox32, &bbox_wide) || flush_reals(&q.kp, &kp32, &kp_wide) ? -1 : 0;
         Py_END_ALLOW_THREADS
+        if (flushed) {
+            failed = 1;
+            break;
+        }
         size_t used = (size_t)(q.s - window.p); /* the rest: the start of a result cut at the end */
         memmove(window.p, window.p + used, window.n - used + 1);
         window.n -= used;
@@ -537,14 +618,18 @@ static PyObject *read_results(PyObject *self, PyObject *args) {
     } else {
         PyObject *present = PyTuple_New(FIELDS);
         for (int k = 0; present && k < FIELDS; k++) PyTuple_SET_ITEM(present, k, PyBool_FromLong(q.present[k] > 0));
-        result = present ? Py_BuildValue("(LNNNNNNNNNNNN)", (long long)q.rows, present, block_of(&q.image), block_of(&q.category),
-                                         block_of(&q.score), block_of(&q.bbox), block_of(&q.bbox_at), block_of(&q.kp),
-                                         block_of(&q.kp_at), block_of(&q.size), block_of(&q.size_at), block_of(&q.counts),
-                                         block_of(&q.counts_at))
+        result = present ? Py_BuildValue("(LNNNNNNNNNNNN(OO))", (long long)q.rows, present, block_of(&q.image),
+                                         block_of(&q.category), block_of(&q.score),
+                                         block_of(bbox_wide ? &q.bbox : &bbox32), block_of(&q.bbox_at),
+                                         block_of(kp_wide ? &q.kp : &kp32), block_of(&q.kp_at), block_of(&q.size),
+                                         block_of(&q.size_at), block_of(&q.counts), block_of(&q.counts_at),
+                                         bbox_wide ? Py_False : Py_True, kp_wide ? Py_False : Py_True)
                          : NULL;
     }
     for (int k = 0; k < COLUMNS; k++) free(column(&q, k)->p);
     free(window.p);
+    free(bbox32.p);
+    free(kp32.p);
     return result;
 }
 
@@ -670,49 +755,15 @@ static PyObject *read_ground_truth(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* narrow(block): a Block of float64 values made float32 in place where every value is one
-   exactly (then its memory is cut to half: True), else left as it is (False). Each value is read
-   before its float32 is written, and a float32 is written over bytes of values already read
-   (value i's 4 bytes start at 4i, value j's 8 at 8j >= 8i), so no value is read after it was
-   overwritten. */
-static PyObject *narrow(PyObject *self, PyObject *arg) {
-    (void)self;
-    if (!PyObject_TypeCheck(arg, &BlockType)) {
-        PyErr_SetString(PyExc_TypeError, "narrow() takes a Block");
-        return NULL;
-    }
-    Block *b = (Block *)arg;
-    if (b->exports) {
-        PyErr_SetString(PyExc_BufferError, "narrow(): a view of the block is held");
-        return NULL;
-    }
-    size_t n = (size_t)b->n / 8;
-    for (size_t i = 0; i < n; i++) {
-        double v;
-        memcpy(&v, b->p + 8 * i, 8);
-        if (!(fabs(v) <= FLT_MAX) || (double)(float)v != v) Py_RETURN_FALSE; /* NaN, beyond float's range, or inexact */
-    }
-    for (size_t i = 0; i < n; i++) {
-        double v;
-        memcpy(&v, b->p + 8 * i, 8);
-        float f = (float)v;
-        memcpy(b->p + 4 * i, &f, 4);
-    }
-    b->n = (Py_ssize_t)(4 * n);
-    char *p = n ? realloc(b->p, 4 * n) : NULL;
-    if (p) b->p = p;
-    Py_RETURN_TRUE;
-}
-
 static PyMethodDef methods[] = {
-    {"narrow", narrow, METH_O,
-     "narrow(block) -> bool: a block of float64 values made float32 in place, its memory cut to half, where every "
-     "value is a float32 exactly (True); else left as it is (False). BufferError while a view of it is held."},
     {"read", read_results, METH_VARARGS,
-     "read(read, chunk, longest) -> None or (rows, present, image_id, category_id, score, bbox, bbox_at, keypoints, "
-     "keypoints_at, size, size_at, counts, counts_at): the columns of a plain COCO results file, its bytes got by "
-     "calling read(chunk) until it gives none (a file's read method), as buffers (int64 / float64 values, int32 "
-     "list offsets, counts' characters); present: which of image_id, category_id, score, bbox, keypoints, "
+     "read(read, chunk, longest, into=False) -> None or (rows, present, image_id, category_id, score, bbox, bbox_at, keypoints, "
+     "keypoints_at, size, size_at, counts, counts_at, (bbox_float32, keypoints_float32)): the columns of a plain "
+     "COCO results file, its bytes got by "
+     "calling read(chunk) until it gives none (a file's read method; with into, its readinto, given a view of chunk bytes "
+     "to fill), as buffers (int64 / float64 values, int32 "
+     "list offsets, counts' characters; bbox and keypoints values float32 where every one of them is one exactly, "
+     "as the last two flags say); present: which of image_id, category_id, score, bbox, keypoints, "
      "segmentation every result has. The file is held a piece at a time: a result cut at a piece's end is read again "
      "with the next; one that cannot be read with longest bytes from its start on gives None."},
     {"ground_truth", read_ground_truth, METH_VARARGS,

@@ -117,21 +117,21 @@ def compiled_results(source: bytes | Any, *, chunk: int = 1 << 23, longest: int 
     the slower paths)."""
     if _results is None:
         return None
-    out = _results.read((io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source).read, chunk, longest)
+    f = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    into = getattr(f, "readinto", None)  # (straight into the reader's window: no bytes object per piece)
+    out = _results.read(into, chunk, longest, True) if into is not None else _results.read(f.read, chunk, longest)
     if out is None:
         return None
-    rows, present, image, category, score, bbox, bbox_at, kp, kp_at, size, size_at, counts, counts_at = out
+    rows, present, image, category, score, bbox, bbox_at, kp, kp_at, size, size_at, counts, counts_at, narrow = out
     has_bbox, has_keypoints, has_segmentation = present[3:]  # (ids and score: every result has them)
 
     def lists(buf: Any, at: Any, dtype) -> tuple[np.ndarray, np.ndarray]:
         return np.frombuffer(at, np.int32), np.frombuffer(buf, dtype)
 
-    def reals(buf: Any, at: Any) -> tuple[np.ndarray, np.ndarray]:  # float32 where all are, in place
-        return lists(buf, at, np.float32 if _results.narrow(buf) else np.float64)
-
+    reals = [np.float32 if f32 else np.float64 for f32 in narrow]  # (float32 where every value is one)
     columns = ResultColumns(rows, np.frombuffer(image, np.int64), np.frombuffer(category, np.int64),
-                            np.frombuffer(score, np.float64), reals(bbox, bbox_at) if has_bbox else None,
-                            reals(kp, kp_at) if has_keypoints else None)
+                            np.frombuffer(score, np.float64), lists(bbox, bbox_at, reals[0]) if has_bbox else None,
+                            lists(kp, kp_at, reals[1]) if has_keypoints else None)
     if not has_segmentation:
         return columns
     strings = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(counts_at), pa.py_buffer(counts)])
