@@ -224,6 +224,26 @@ def as_run_results(results: list, *, iou_type: str) -> list:
     return out
 
 
+def float32_threshold_case() -> tuple[dict, list]:
+    """Three images of one box each and a detection whose IoU with it falls on the other side of
+    a threshold in float32 arithmetic (all of it, or the detection's sums and products alone):
+    0.59999991 / 0.60000008, 0.89999979 / 0.90000006, 0.75000013 / 0.74999993. Every value is a
+    float32 (as a run holds it), so the case tells whether float32 boxes are computed with in
+    float64, as pycocotools computes."""
+    pairs = [([2.843524217605591, 15.701577186584473, 24.13334083557129, 17.269269943237305],
+              [5.086123466491699, 14.785320281982422, 30.233081817626953, 19.559167861938477]),
+             ([48.08424758911133, 43.13511276245117, 24.952213287353516, 30.721824645996094],
+              [47.875770568847656, 43.92240524291992, 23.985431671142578, 30.685720443725586]),
+             ([46.51205062866211, 2.0791070461273193, 6.50937557220459, 17.65397834777832],
+              [45.924217224121094, 1.7609632015228271, 7.027050971984863, 21.393301010131836])]
+    gt_doc = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2, 3)],
+              "categories": [{"id": 1, "name": "a"}],
+              "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": g, "area": g[2] * g[3], "iscrowd": 0}
+                              for i, (g, _) in enumerate(pairs, 1)]}
+    results = [{"image_id": i, "category_id": 1, "score": 0.75, "bbox": d} for i, (_, d) in enumerate(pairs, 1)]
+    return gt_doc, results
+
+
 def with_boxes(results: list) -> list:
     """Results with a bbox each (segm results get their mask's box, keypoint ones their extent)."""
     out = []

@@ -13,6 +13,7 @@ from eval_fixtures import (
     CUSTOM_SIGMAS,
     as_run_results,
     assert_same_as_pycoco,
+    float32_threshold_case,
     pycoco,
     random_case,
 )
@@ -59,19 +60,9 @@ def test_results_file_evaluates_as_pycocotools_whether_held_as_float32_or_not(tm
 
 
 def test_float32_boxes_of_a_results_file_are_compared_in_float64(tmp_path):
-    # boxes whose IoU falls on the other side of a threshold in float32 arithmetic (the pairs of
-    # test_eval_run's run test), read from a results file: held as float32, computed in float64
-    pairs = [([2.843524217605591, 15.701577186584473, 24.13334083557129, 17.269269943237305],
-              [5.086123466491699, 14.785320281982422, 30.233081817626953, 19.559167861938477]),
-             ([48.08424758911133, 43.13511276245117, 24.952213287353516, 30.721824645996094],
-              [47.875770568847656, 43.92240524291992, 23.985431671142578, 30.685720443725586]),
-             ([46.51205062866211, 2.0791070461273193, 6.50937557220459, 17.65397834777832],
-              [45.924217224121094, 1.7609632015228271, 7.027050971984863, 21.393301010131836])]
-    gt_doc = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2, 3)],
-              "categories": [{"id": 1, "name": "a"}],
-              "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": g, "area": g[2] * g[3], "iscrowd": 0}
-                              for i, (g, _) in enumerate(pairs, 1)]}
-    results = [{"image_id": i, "category_id": 1, "score": 0.75, "bbox": d} for i, (_, d) in enumerate(pairs, 1)]
+    # read from a results file, the boxes of the float32 threshold case are held as float32 and
+    # computed with in float64
+    gt_doc, results = float32_threshold_case()
     (tmp_path / "r.json").write_text(json.dumps(results))
     gt = ground_truth_from_dict(gt_doc, iou_types=("bbox",))
     dets = load_results_json(str(tmp_path / "r.json"), gt=gt, iou_type="bbox")

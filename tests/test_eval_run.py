@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from eval_fixtures import (
-    CUSTOM_SIGMAS, as_run_results, assert_same_as_pycoco, ensure_ray, pycoco, random_case, with_boxes, write_run,
+    CUSTOM_SIGMAS, as_run_results, assert_same_as_pycoco, ensure_ray, float32_threshold_case, pycoco, random_case,
+    with_boxes, write_run,
 )
 from mrcnn_batch.cli import EXIT_INCOMPLETE, EXIT_OK, app
 from mrcnn_batch.evaluate import IncompleteRunError
@@ -75,20 +76,8 @@ def test_failed_images_are_counted_and_evaluated_without_detections(instances_ca
 
 def test_float32_boxes_of_a_run_are_compared_in_float64(tmp_path):
     # a run's tables hold boxes and scores as float32, kept so in memory; their IoUs must still be
-    # pycocotools' float64 arithmetic. Each pair's IoU falls on the other side of a threshold in
-    # float32 (all of it, or the detection's sums and products alone): 0.59999991 / 0.60000008,
-    # 0.89999979 / 0.90000006, 0.75000013 / 0.74999993
-    pairs = [([2.843524217605591, 15.701577186584473, 24.13334083557129, 17.269269943237305],
-              [5.086123466491699, 14.785320281982422, 30.233081817626953, 19.559167861938477]),
-             ([48.08424758911133, 43.13511276245117, 24.952213287353516, 30.721824645996094],
-              [47.875770568847656, 43.92240524291992, 23.985431671142578, 30.685720443725586]),
-             ([46.51205062866211, 2.0791070461273193, 6.50937557220459, 17.65397834777832],
-              [45.924217224121094, 1.7609632015228271, 7.027050971984863, 21.393301010131836])]
-    gt_doc = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2, 3)],
-              "categories": [{"id": 1, "name": "a"}],
-              "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": g, "area": g[2] * g[3], "iscrowd": 0}
-                              for i, (g, _) in enumerate(pairs, 1)]}
-    results = [{"image_id": i, "category_id": 1, "score": 0.75, "bbox": d} for i, (_, d) in enumerate(pairs, 1)]
+    # pycocotools' float64 arithmetic
+    gt_doc, results = float32_threshold_case()
     (tmp_path / "gt.json").write_text(json.dumps(gt_doc))
     run = write_run(tmp_path / "run", gt_doc, results, shards=[[1, 2, 3]])
     out, _ = evaluate_run(str(run), load_ground_truth(str(tmp_path / "gt.json"), iou_types=("bbox",)), iou_types=("bbox",),
