@@ -73,6 +73,19 @@ def test_results_give_pycocotools_our_numbers(data, tmp_path):
         np.testing.assert_array_equal(ref, ours[t].stats, err_msg=t)
 
 
+def test_export_imports_no_pandas(data, tmp_path):
+    # a run's tables read by Parquet's own reader (run.read_table), not pyarrow.dataset, whose
+    # import brings pandas (0.2 CPU s, 40 MiB and more)
+    import subprocess
+    import sys
+
+    _, _, run = data
+    code = ("import sys; from mrcnn_batch.export import export_run; "
+            "written = export_run(sys.argv[1], sys.argv[2]); print(len(written), 'pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, run, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(len(TYPES)), "False"]
+
+
 def test_perfect_predictions_score_one(tmp_path):
     d = tmp_path / "ds"
     coco = write_dataset(str(d), seed=HELDOUT_SEED + 2, num_images=3)

@@ -128,6 +128,7 @@ def test_reading_shards_file_by_file_gives_the_datasets_table(local_run, tmp_pat
         columns = schema.names[::2]
         got = local_run.read_shards(table, shards, columns)
         assert got.equals(local_run.dataset(table, shards).to_table(columns=columns)), table
+        assert local_run.read_table(table, shards).equals(local_run.dataset(table, shards).to_table()), table
         # one shard at a time, in shard order (read ahead by threads), the same rows
         parts = list(local_run.iter_shards(table, shards, columns))
         assert len(parts) == len(shards) and pa.concat_tables(parts).equals(got), table

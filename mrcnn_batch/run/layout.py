@@ -467,7 +467,12 @@ class RunDir:
             give_back_freed_memory()  # the reader threads' buffers, freed into their own arenas
 
     def read_table(self, table: str, shards: list[int] | None = None) -> pa.Table:
-        return self.dataset(table, shards).to_table()
+        """A committed table (only shards with a marker), every column: ``dataset(table,
+        shards).to_table()``, read by :meth:`read_shards` (no pyarrow.dataset, so no pandas)."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        shards = self.committed_shards() if shards is None else shards
+        return self.read_shards(table, shards, TABLES[table].names)
 
     # -- what belongs to a run -------------------------------------------------------------
     def foreign_entries(self) -> list[str]:
