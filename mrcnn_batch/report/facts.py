@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mrcnn_batch.arrays import to_numpy
 from mrcnn_batch.run.layout import EVAL_DIR, CommitRecord, RunDir, RunMeta
 
 log = logging.getLogger(__name__)
@@ -63,16 +64,15 @@ def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
     commits = run.commits(run_id=meta.run_id)  # one view: completeness and tables both from it
     shards = sorted(commits)
     planned = meta.planned_shards or len(shards)
-    images = run.dataset("images", shards).to_table(columns=["image_id", "status"])
+    # Parquet's own reader (read_shards), not pyarrow.dataset, whose import brings pandas
+    images = run.read_shards("images", shards, ["image_id", "uri", "status", "error"])
     status = pc.cast(images["status"], pa.string())
     status_counts = {str(k): int(v) for k, v in _counts(status).items()}
-    bad = run.dataset("images", shards).to_table(
-        filter=pc.field("status") != "ok", columns=["image_id", "uri", "status", "error"]
-    ).sort_by("image_id")
-    inst = run.dataset("instances", shards).to_table(columns=["category", "score"])
-    kps = run.dataset("keypoints", shards).to_table(columns=["category"])
+    bad = images.filter(pc.not_equal(status, "ok")).sort_by("image_id")
+    inst = run.read_shards("instances", shards, ["category", "score"])
+    kps = run.read_shards("keypoints", shards, ["category"])
     names, codes = category_codes(inst["category"])
-    scores = scores_by_category(names, codes, inst["score"].to_numpy() if inst.num_rows else np.zeros(0, np.float32))
+    scores = scores_by_category(names, codes, to_numpy(inst["score"]) if inst.num_rows else np.zeros(0, np.float32))
     kp_names, kp_codes = category_codes(kps["category"])
     metrics, curves = _eval_outputs(run)
     return RunFacts(
