@@ -540,7 +540,7 @@ def detections_from_tables(tables: Iterable[pa.Table], *, count: int, iou_type: 
     def add(name: str, values: np.ndarray, done: int) -> None:
         columns.setdefault(name, _Filled(count)).add(values, done)
 
-    held_real = None
+    held_real, every_area = None, True
     for done, table in enumerate(tables):
         add("image_id", to_numpy(table["image_id"]).astype(np.int64, copy=False), done)
         add("instance_id", to_numpy(table["instance_id"]), done)
@@ -559,6 +559,8 @@ def detections_from_tables(tables: Iterable[pa.Table], *, count: int, iou_type: 
             add("size", _fixed_list(_struct_field(mask, "size"), 2, np.int64), done)
             if "area" in table.column_names:
                 add("area", to_numpy(table["area"]).astype(np.float64), done)
+            else:  # (a table without it: every mask's count is counted)
+                every_area = False
         elif iou_type == "keypoints":
             held_real = _held_real(table["keypoints"])
             offsets, values = _list_values(table["keypoints"], held_real)
@@ -577,7 +579,7 @@ def detections_from_tables(tables: Iterable[pa.Table], *, count: int, iou_type: 
     elif masks:
         segm_counts = pa.chunked_array(counts, counts_type) if counts_type is not None else strings([])
         segm_size = got.get("size", np.zeros((0, 2), np.int64))
-        area = _mask_area(got.get("area"), segm_counts, segm_size, source)
+        area = _mask_area(got.get("area") if every_area else None, segm_counts, segm_size, source)
     else:
         lengths = got.get("kp_length", np.zeros(0, np.int64))
         kp_offsets = np.zeros(n + 1, np.int64)
@@ -619,8 +621,8 @@ class _Filled:
         self.values[self.n:self.n + len(part)] = part
         self.n += len(part)
 
-    def array(self) -> np.ndarray:
-        return self.values[:self.n]
+    def array(self) -> np.ndarray | None:
+        return None if self.values is None else self.values[:self.n]
 
 
 def _held_real(lists: pa.ChunkedArray) -> type:
