@@ -608,6 +608,26 @@ def test_run_tables_in_chunks_give_the_detections_of_the_whole(seed, cuts, iou_t
         assert shards.segm_counts.to_pylist() == want.segm_counts.to_pylist()
 
 
+def test_shard_tables_of_which_one_lacks_the_area_column_count_every_mask():
+    from mrcnn_batch.evaluate.predictions import detections_from_tables
+
+    def shard(ids: list[int], area: float | None) -> pa.Table:
+        n = len(ids)
+        columns = {"image_id": pa.array(ids, pa.int64()), "instance_id": pa.array(range(n), pa.int32()),
+                   "category_id": pa.array([1] * n, pa.int32()), "score": pa.array([0.5] * n, pa.float32()),
+                   "bbox": pa.FixedSizeListArray.from_arrays(pa.array([0, 0, 1, 1] * n, pa.float32()), 4),
+                   "mask": pa.StructArray.from_arrays(
+                       [pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()), pa.array([2, 3] * n, pa.int32())),
+                        pa.array(["15"] * n, pa.string())], names=["size", "counts"])}  # 1 zero, 5 ones: area 5
+        if area is not None:
+            columns["area"] = pa.array([area] * n)
+        return pa.table(columns)
+
+    both = detections_from_tables([shard([1, 2], 5.0), shard([3], 5.0)], count=2, iou_type="segm", source="s")
+    one = detections_from_tables([shard([1, 2], 7.0), shard([3], None)], count=2, iou_type="segm", source="s")
+    assert both.area.tolist() == one.area.tolist() == [5.0, 5.0, 5.0]  # (7.0 would be read if the column were)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 20), st.integers(1, 5), st.integers(1, 11), st.integers(0, 2**32 - 1))
 def test_outcomes_packed_two_bits_each_unpack_to_themselves(n, areas, thresholds, seed):
