@@ -5,6 +5,7 @@ of the suite runs the kernels, the default where built, against pycocotools end 
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -597,7 +598,7 @@ def test_run_tables_in_chunks_give_the_detections_of_the_whole(seed, cuts, iou_t
         assert got.take(rows).segm_counts.to_pylist() == want.take(rows).segm_counts.to_pylist()
     # the pieces as shard tables converted one at a time, in any order (then sorted), the
     # arrays' first guess too small where a later piece is larger
-    parts = [whole.slice(a, b - a) for a, b in zip(bounds, bounds[1:])]
+    parts = [whole.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
     shards = detections_from_tables([parts[i] for i in rng.permutation(len(parts))], count=len(parts),
                                     iou_type=iou_type, source="shards")
     for name in ("image_id", "category_id", "score", "area", "bbox", "segm_size", "kp_offsets", "kp_values"):
