@@ -68,6 +68,19 @@ def held(values: np.ndarray, dtypes: tuple[type, ...]) -> np.ndarray:
     return np.ascontiguousarray(values, values.dtype if values.dtype in dtypes else dtypes[-1])
 
 
+def is_word(column: pa.Array | pa.ChunkedArray, word: str) -> np.ndarray:
+    """Which values of a string column (dictionary-encoded or not) are ``word``: read off each
+    chunk's dictionary where it has one (``pc.equal`` with a Python string imports pandas)."""
+    parts = []
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        if chunk.null_count or not hasattr(chunk, "dictionary"):
+            parts.append(np.array([v == word for v in chunk.to_pylist()], bool))
+            continue
+        hits = [i for i, w in enumerate(chunk.dictionary.to_pylist()) if w == word]
+        parts.append(np.isin(to_numpy(chunk.indices), hits))
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
 def from_numpy(values: np.ndarray) -> pa.Array:
     """``pa.array(values)`` of a 1-D numeric or boolean array (numbers shared, not copied)."""
     values = np.ascontiguousarray(values)

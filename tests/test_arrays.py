@@ -122,3 +122,19 @@ def test_held_keeps_a_width_it_lists_and_converts_the_others_to_the_last():
     assert held(np.arange(4, dtype=np.uint8), INTS).dtype == np.int64 and held([1, 2], REALS).dtype == np.float64
     strided = np.arange(8, dtype=np.int64)[::2]
     assert held(strided, INTS).flags.c_contiguous and held(strided, INTS).tolist() == [0, 2, 4, 6]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["ok", "decode_error", "too_large", "", "okay", None]), max_size=8), max_size=4),
+       st.sampled_from(["ok", "okay", "missing"]), st.booleans())
+def test_is_word_gives_pyarrows_equal(chunks, word, encoded):
+    import pyarrow.compute as pc
+
+    from mrcnn_batch.arrays import is_word
+
+    arrays = [pa.array(c, pa.string()) for c in chunks]
+    if encoded:  # each chunk its own dictionary, as each shard's file has
+        arrays = [a.dictionary_encode() for a in arrays]
+    column = pa.chunked_array(arrays, arrays[0].type if arrays else pa.string())
+    want = pc.fill_null(pc.equal(pc.cast(column, pa.string()), pa.scalar(word, pa.string())), False)
+    assert is_word(column, word).tolist() == want.to_pylist()

@@ -157,6 +157,19 @@ def test_score_threshold_hides_low_scores(gt_run):
     assert torch.equal(out, torch.from_numpy(image).permute(2, 0, 1))
 
 
+def test_records_hold_their_images_rows_read_from_their_own_shards(gt_run):
+    # six images in shards of four: records of images of both shards, in the order asked
+    run = RunDir(gt_run, {})
+    assert len(run.committed_shards()) == 2
+    recs = image_records(run, image_ids=[6, 1, 5])
+    assert [r.image_id for r in recs] == [6, 1, 5]
+    for name, field in (("instances", "instances"), ("keypoints", "keypoints")):
+        rows = run.dataset(name).to_table().sort_by([("image_id", "ascending"), ("instance_id", "ascending")]).to_pylist()
+        for r in recs:
+            assert list(getattr(r, field)) == [row for row in rows if row["image_id"] == r.image_id], (name, r.image_id)
+    assert sum(len(r.instances) for r in recs) > 0 and sum(len(r.keypoints) for r in recs) > 0
+
+
 def test_gallery_has_a_row_per_category(gt_run):
     run = RunDir(gt_run, {})
     recs = image_records(run, limit=6)

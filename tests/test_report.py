@@ -16,6 +16,7 @@ import queue
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,6 +84,15 @@ def test_page_is_self_contained_and_complete(hostile_run):
                     "Instance gallery", "Failed images (2)", "precision-recall"):
         assert section in page, section
     assert page.count("data:image/png;base64,") >= 6 + 1 + 3 + 3  # overlays, gallery, PR curves, charts
+
+
+def test_the_report_imports_no_pandas(hostile_run):
+    # a run's tables through Parquet's own reader and statuses off their dictionaries: pandas
+    # (which pyarrow.dataset and comparisons with Python strings import) is not needed
+    code = ("import sys; from mrcnn_batch.report import build_report; page = build_report(sys.argv[1]); "
+            "print(len(page) > 0, 'pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, hostile_run], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False"]
 
 
 def test_report_without_eval_says_how(tmp_path):

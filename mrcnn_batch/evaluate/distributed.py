@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn_batch.arrays import to_numpy
+from mrcnn_batch.arrays import is_word, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -201,16 +201,9 @@ def run_scope(
 
 
 def _count_ok(status: Any) -> int:
-    """How many of a status column's values are "ok" (read off each chunk's dictionary, without
+    """How many of a status column's values are "ok" (off each chunk's dictionary, without
     pyarrow.compute)."""
-    n = 0
-    for chunk in status.chunks:
-        if chunk.null_count or not hasattr(chunk, "dictionary"):
-            n += sum(v == "ok" for v in chunk.to_pylist())
-            continue
-        ok = [i for i, word in enumerate(chunk.dictionary.to_pylist()) if word == "ok"]
-        n += int(np.isin(to_numpy(chunk.indices), ok).sum()) if ok else 0
-    return n
+    return int(is_word(status, "ok").sum())
 
 
 def evaluate_run(

@@ -20,7 +20,6 @@ from urllib.parse import unquote
 
 import fsspec
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -30,10 +29,12 @@ from torchvision.utils import (
     draw_segmentation_masks,
 )
 
+from mrcnn_batch.arrays import from_numpy, is_word
 from mrcnn_batch.encode.masks import decode_rle
 from mrcnn_batch.read.decode import decode_image
 from mrcnn_batch.read.fetch import fetch_all
 from mrcnn_batch.run.layout import RunDir
+from mrcnn_batch.schemas import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,14 @@ def image_records(run: RunDir, *, image_ids: Sequence[int] | None = None, limit:
     images = run.read_table("images")
     if image_ids is not None:
         wanted = [int(i) for i in image_ids]
-        images = images.filter(pc.is_in(images["image_id"], value_set=pa.array(wanted, pa.int64())))
+        images = images.filter(pc.is_in(images["image_id"], value_set=from_numpy(np.array(wanted, np.int64))))
         found = set(images["image_id"].to_pylist())
         absent = [i for i in wanted if i not in found]
         if absent:
             raise KeyError(f"run {run.url}: no committed image with id {', '.join(map(str, absent[:5]))}")
     else:
         if status is not None:
-            images = images.filter(pc.equal(pc.cast(images["status"], "string"), status))
+            images = images.filter(from_numpy(is_word(images["status"], status)))
         images = images.sort_by("image_id")
         if limit is not None:
             images = images.slice(0, limit)
@@ -103,9 +104,8 @@ def image_records(run: RunDir, *, image_ids: Sequence[int] | None = None, limit:
     if image_ids is not None:
         order = {int(i): k for k, i in enumerate(image_ids)}
         rows.sort(key=lambda r: order[r["image_id"]])
-    ids = [r["image_id"] for r in rows]
-    inst = _rows_by_image(run, "instances", ids)
-    kps = _rows_by_image(run, "keypoints", ids)
+    inst = _rows_by_image(run, "instances", rows)
+    kps = _rows_by_image(run, "keypoints", rows)
     return [
         ImageRecord(
             image_id=r["image_id"], uri=r["uri"], status=r["status"], error=r["error"],
@@ -116,12 +116,14 @@ def image_records(run: RunDir, *, image_ids: Sequence[int] | None = None, limit:
     ]
 
 
-def _rows_by_image(run: RunDir, table: str, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    if not ids:
+def _rows_by_image(run: RunDir, table: str, images: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """The rows of ``table`` of these images (rows of the images table), read from their own
+    shards' files alone (not every shard's, as a dataset filter would open them)."""
+    if not images:
         return {}
-    import pyarrow.dataset as ds
-
-    t = run.dataset(table).to_table(filter=ds.field("image_id").isin(ids))
+    ids = from_numpy(np.array([r["image_id"] for r in images], np.int64))  # (pa.array imports pandas)
+    t = run.read_shards(table, sorted({r["shard"] for r in images}), TABLES[table].names)
+    t = t.filter(pc.is_in(t["image_id"], value_set=ids))
     out: dict[int, list[dict[str, Any]]] = {}
     for row in t.sort_by([("image_id", "ascending"), ("instance_id", "ascending")]).to_pylist():
         out.setdefault(row["image_id"], []).append(row)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mrcnn_batch.arrays import to_numpy
+from mrcnn_batch.arrays import from_numpy, is_word, to_numpy
 from mrcnn_batch.run.layout import EVAL_DIR, CommitRecord, RunDir, RunMeta
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def gather(run: RunDir, *, max_failures: int = 100) -> RunFacts:
     images = run.read_shards("images", shards, ["image_id", "uri", "status", "error"])
     status = pc.cast(images["status"], pa.string())
     status_counts = {str(k): int(v) for k, v in _counts(status).items()}
-    bad = images.filter(pc.not_equal(status, "ok")).sort_by("image_id")
+    bad = images.filter(from_numpy(~is_word(images["status"], "ok"))).sort_by("image_id")
     inst = run.read_shards("instances", shards, ["category", "score"])
     kps = run.read_shards("keypoints", shards, ["category"])
     names, codes = category_codes(inst["category"])
@@ -102,7 +102,7 @@ def category_codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
     if unified.num_chunks == 0:
         return [], np.zeros(0, np.int32)
     names = [str(n) for n in unified.chunk(0).dictionary.to_pylist()]
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in unified.chunks])
+    codes = np.concatenate([to_numpy(c.indices) for c in unified.chunks])
     return names, codes.astype(np.int32, copy=False)
 
 
