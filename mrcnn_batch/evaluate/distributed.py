@@ -171,7 +171,7 @@ def run_scope(
         id_map = file_name_map(ids, images["uri"].to_pylist() if images is not None else [], gt, run_url=run.url)
         ids = id_map(ids)
     shard_of = to_numpy(images["shard"]) if images is not None else np.zeros(0, np.int32)
-    failed = len(ids) - _count_ok(images["status"]) if images is not None else 0
+    failed = len(ids) - int(is_word(images["status"], "ok").sum()) if images is not None else 0
     extra = np.setdiff1d(ids, gt.image_ids)
     if len(extra):
         raise EvalInputError(
@@ -198,12 +198,6 @@ def run_scope(
         shards = tuple(committed[i:i + shards_per_task])
         groups.append((shards, np.unique(ids[np.isin(shard_of, shards)])))
     return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted, id_map)
-
-
-def _count_ok(status: Any) -> int:
-    """How many of a status column's values are "ok" (off each chunk's dictionary, without
-    pyarrow.compute)."""
-    return int(is_word(status, "ok").sum())
 
 
 def evaluate_run(

@@ -414,12 +414,9 @@ class RunDir:
 
     def dataset(self, table: str, shards: list[int] | None = None) -> ds.Dataset:
         """A committed table as a pyarrow dataset (only shards with a marker)."""
-        if table not in TABLES:
-            raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        paths = [self.path(table_path(table, s)) for s in self._table_shards(table, shards)]
         import pyarrow.dataset as ds
 
-        shards = self.committed_shards() if shards is None else shards
-        paths = [self.path(table_path(table, s)) for s in shards]
         return ds.dataset(paths, schema=TABLES[table], format="parquet", filesystem=self.fs)
 
     def read_shards(self, table: str, shards: list[int], columns: list[str]) -> pa.Table:
@@ -469,10 +466,13 @@ class RunDir:
     def read_table(self, table: str, shards: list[int] | None = None) -> pa.Table:
         """A committed table (only shards with a marker), every column: ``dataset(table,
         shards).to_table()``, read by :meth:`read_shards` (no pyarrow.dataset, so no pandas)."""
+        return self.read_shards(table, self._table_shards(table, shards), TABLES[table].names)
+
+    def _table_shards(self, table: str, shards: list[int] | None) -> list[int]:
+        """``shards`` of a known table, or every committed one."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
-        shards = self.committed_shards() if shards is None else shards
-        return self.read_shards(table, shards, TABLES[table].names)
+        return self.committed_shards() if shards is None else shards
 
     # -- what belongs to a run -------------------------------------------------------------
     def foreign_entries(self) -> list[str]:
