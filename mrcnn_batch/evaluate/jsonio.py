@@ -289,12 +289,20 @@ def is_number_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and all(is_number(x) for x in v)
 
 
+def leading(doc: Any) -> Any:
+    """A results document as what decides its kind (loadRes reads the first result): the
+    first result of :class:`ResultColumns` or of an Arrow table, as a list of it (none where
+    there are no results); a parsed document as it is."""
+    if isinstance(doc, ResultColumns):
+        return [doc.first()] if doc.rows else []
+    if not isinstance(doc, list) and isinstance(doc, pa.Table):
+        return doc.slice(0, 1).to_pylist()
+    return doc
+
+
 def results_iou_types(doc: Any) -> tuple[str, ...]:
     """The IoU types a results file supports, from its first result (as loadRes decides)."""
-    if isinstance(doc, ResultColumns):
-        doc = [doc.first()] if doc.rows else []
-    elif not isinstance(doc, list) and isinstance(doc, pa.Table):
-        doc = doc.slice(0, 1).to_pylist()
+    doc = leading(doc)
     if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
         raise EvalInputError("predictions: cannot tell the IoU type of an empty or malformed results list; pass --iou-types")
     first = doc[0]

@@ -26,7 +26,16 @@ from pycocotools import mask as mask_utils
 from mrcnn_batch.arrays import INTS, REALS, held, one_array, strings, take, to_numpy
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
-from mrcnn_batch.evaluate.jsonio import ResultColumns, id_problem, is_box, is_int, is_number, is_number_list, read_results
+from mrcnn_batch.evaluate.jsonio import (
+    ResultColumns,
+    id_problem,
+    is_box,
+    is_int,
+    is_number,
+    is_number_list,
+    leading,
+    read_results,
+)
 from mrcnn_batch.evaluate.params import MASK_IOU_TYPES
 from mrcnn_batch.evaluate.similarity import COMPILED as COMPILED_RLE
 from mrcnn_batch.evaluate.similarity import rle_areas
@@ -128,13 +137,9 @@ def detections_from_results(
     """:func:`load_results_json` for an already parsed list of result dicts (or the columns
     ``jsonio.read_results`` gives: :class:`~mrcnn_batch.evaluate.jsonio.ResultColumns` or an
     Arrow table)."""
-    table = columns = None
-    if isinstance(anns, ResultColumns):
-        columns = anns
-        anns = [columns.first()] if columns.rows else []  # the first result decides the mode, as loadRes
-    elif not isinstance(anns, list) and isinstance(anns, pa.Table):
-        table = anns
-        anns = table.slice(0, 1).to_pylist()
+    columns = anns if isinstance(anns, ResultColumns) else None
+    table = anns if not isinstance(anns, (list, ResultColumns)) and isinstance(anns, pa.Table) else None
+    anns = leading(anns)  # the first result decides the mode, as loadRes
     if not isinstance(anns, list):
         raise EvalInputError(f"predictions {source}: expected a JSON list of results, found {type(anns).__name__}")
     if not anns:
@@ -155,6 +160,7 @@ def detections_from_results(
         raise EvalInputError(f"predictions {source}: keypoint results have no 'segmentation' for {iou_type}")
 
     fast = None if columns is None else _plain_columns(columns, mode=mode, iou_type=iou_type)
+    read_narrow = fast is not None  # (the compiled reader's values: float32 already where they can be)
     if columns is not None and fast is None:
         table = columns.table()
     if fast is None and table is not None:
@@ -203,10 +209,11 @@ def detections_from_results(
         kx0, ky0, kx1, ky1 = keypoint_extent(kp_offsets, kp_values)
         area = (kx1 - kx0) * (ky1 - ky0)
         boxes = np.stack([kx0, ky0, kx1 - kx0, ky1 - ky0], axis=1)
-    if mode == "bbox":
-        boxes = narrowed(boxes)
-    if kp_values is not None:
-        kp_values = narrowed(kp_values)
+    if not read_narrow:
+        if mode == "bbox":
+            boxes = narrowed(boxes)
+        if kp_values is not None:
+            kp_values = narrowed(kp_values)
     dets = Detections(iou_type, image_id, category_id, score, area, boxes, segm_counts, segm_size, kp_offsets, kp_values)
     return dets if keep is None else dets.take(keep)
 
@@ -266,8 +273,7 @@ def _table_columns(table: pa.Table, *, mode: str, iou_type: str) -> tuple | None
     if "bbox" in names or "keypoints" not in names or not numbers("keypoints"):
         return None
     kps = one_array(table["keypoints"])
-    lens = _lengths(kps)
-    if kps.values.null_count or (lens == 0).any() or (lens % 3).any():
+    if kps.values.null_count or not _triplets(_lengths(kps)):
         return None
     return image_id, category_id, score, np.full((n, 4), np.nan), [], _list_values(kps)
 
@@ -287,10 +293,14 @@ def _plain_columns(columns: ResultColumns, *, mode: str, iou_type: str) -> tuple
     if columns.bbox is not None or columns.keypoints is None:
         return None
     at, values = columns.keypoints
-    lens = np.diff(at)
-    if (lens == 0).any() or (lens % 3).any():
+    if not _triplets(np.diff(at)):
         return None
     return columns.image_id, columns.category_id, columns.score, np.full((n, 4), np.nan), [], (at.astype(np.int64), values)
+
+
+def _triplets(lengths: np.ndarray) -> bool:
+    """Whether every keypoint list holds [x, y, v] triplets, one at least."""
+    return not ((lengths == 0).any() or (lengths % 3).any())
 
 
 def _flat(lists: pa.Array) -> pa.Array:
@@ -563,9 +573,8 @@ def detections_from_tables(tables: Iterable[pa.Table], *, count: int, iou_type: 
                 every_area = False
         elif iou_type == "keypoints":
             held_real = _held_real(table["keypoints"])
-            offsets, values = _list_values(table["keypoints"], held_real)
-            add("kp_length", np.diff(offsets), done)
-            add("kp_values", values, done)
+            add("kp_length", _list_lengths(table["keypoints"]), done)
+            add("kp_values", _flat_values(table["keypoints"], held_real), done)
         del table
     got = {name: column.array() for name, column in columns.items()}
     n = len(got.get("image_id", ()))
@@ -585,7 +594,7 @@ def detections_from_tables(tables: Iterable[pa.Table], *, count: int, iou_type: 
         kp_offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lengths, out=kp_offsets[1:])
         kp_values = got.get("kp_values", np.zeros(0, held_real or np.float32))
-        if n and ((lengths % 3).any() or (lengths == 0).any()):
+        if n and not _triplets(lengths):
             raise EvalInputError(f"run {source}: keypoints rows must hold [x, y, v] triplets")
         if n:
             x0, y0, x1, y1 = keypoint_extent(kp_offsets, kp_values)
@@ -656,10 +665,15 @@ def _fixed_list(col: pa.ChunkedArray | pa.Array, width: int, dtype: type = np.fl
 
 def _list_values(col: pa.ChunkedArray | pa.Array, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
     """A list column's ``(N + 1,)`` int64 offsets from 0 and its values."""
-    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     offsets = np.zeros(len(col) + 1, np.int64)
-    np.cumsum(np.concatenate([np.zeros(0, np.int64), *(_lengths(c) for c in chunks)]), out=offsets[1:])
+    np.cumsum(_list_lengths(col), out=offsets[1:])
     return offsets, _flat_values(col, dtype)
+
+
+def _list_lengths(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Each list's length, chunk by chunk, as one array."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    return np.concatenate([np.zeros(0, np.int64), *(_lengths(c) for c in chunks)])
 
 
 def _flat_values(col: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
