@@ -29,7 +29,8 @@ typedef struct {
     size_t base; /* values moved out before these (a list's end offsets count on from them) */
 } Buf;
 
-static int put(Buf *b, const void *v, size_t size) {
+/* Room for size more bytes after the n held (the capacity doubled as often as needed). */
+static int reserve(Buf *b, size_t size) {
     if (b->n + size > b->cap) {
         size_t cap = b->cap ? 2 * b->cap : 4096;
         while (cap < b->n + size) cap *= 2;
@@ -38,6 +39,11 @@ static int put(Buf *b, const void *v, size_t size) {
         b->p = q;
         b->cap = cap;
     }
+    return 0;
+}
+
+static int put(Buf *b, const void *v, size_t size) {
+    if (reserve(b, size)) return -1;
     memcpy(b->p + b->n, v, size);
     b->n += size;
     return 0;
@@ -522,17 +528,9 @@ static int flush_reals(Buf *column, Buf *narrow, int *wide) {
 static int fill(PyObject *read, int into, Py_ssize_t chunk, Buf *window) {
     if (into) {
         size_t n = window->n;
-        char nul = 0;
-        if (window->cap < n + (size_t)chunk + 1) { /* room for a piece and the NUL */
-            size_t cap = window->cap ? window->cap : 4096;
-            while (cap < n + (size_t)chunk + 1) cap *= 2;
-            char *q = realloc(window->p, cap);
-            if (!q) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            window->p = q;
-            window->cap = cap;
+        if (reserve(window, (size_t)chunk + 1)) { /* room for a piece and the NUL */
+            PyErr_NoMemory();
+            return -1;
         }
         PyObject *view = PyMemoryView_FromMemory(window->p + n, chunk, PyBUF_WRITE);
         if (!view) return -1;
@@ -548,7 +546,7 @@ static int fill(PyObject *read, int into, Py_ssize_t chunk, Buf *window) {
             return -1;
         }
         window->n = n + (size_t)k;
-        memcpy(window->p + window->n, &nul, 1);
+        window->p[window->n] = 0;
         return k == 0;
     }
     PyObject *got = PyObject_CallFunction(read, "n", chunk);
