@@ -536,8 +536,12 @@ static int fill(PyObject *read, int into, Py_ssize_t chunk, Buf *window) {
         if (!view) return -1;
         PyObject *got = PyObject_CallOneArg(read, view);
         PyObject *released = PyObject_CallMethod(view, "release", NULL); /* (a view kept by the file reads nothing after) */
-        Py_XDECREF(released);
         Py_DECREF(view);
+        if (!released) { /* the file holds a buffer of the window: it would see the window move */
+            Py_XDECREF(got);
+            return -1;
+        }
+        Py_DECREF(released);
         if (!got) return -1;
         Py_ssize_t k = got == Py_None ? -1 : PyLong_AsSsize_t(got);
         Py_DECREF(got);
