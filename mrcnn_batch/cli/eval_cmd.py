@@ -62,11 +62,6 @@ def eval_command(
     setup_logging(verbose)
     if (run is None) == (predictions is None):
         fail("give either a RUN directory or --predictions FILE (not both)", EXIT_USAGE)
-    import pyarrow as pa
-
-    # Arrow's system allocator in this process: the tables read here are freed soon, and
-    # mimalloc (Arrow's default) keeps their pages (~70 MiB more at the peak on 500,000 boxes)
-    pa.set_memory_pool(pa.system_memory_pool())
     from mrcnn_batch.evaluate.distributed import MATCH_BY
 
     if match_by not in MATCH_BY:

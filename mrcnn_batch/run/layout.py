@@ -445,10 +445,7 @@ class RunDir:
 
         if not shards:
             return
-        # the system allocator while reading: freed Parquet buffers go back to the system
-        # (mimalloc, Arrow's default, keeps ~70 MiB that NumPy's arrays then cannot use)
-        default = pa.default_memory_pool()
-        pa.set_memory_pool(pa.system_memory_pool())
+        # (Arrow allocates with the system's allocator here: see mrcnn_batch/__init__.py)
         ahead = min(8, len(shards))
         try:
             with ThreadPoolExecutor(ahead, thread_name_prefix="read-shard") as pool:
@@ -460,7 +457,6 @@ class RunDir:
                     yield done
                     del done
         finally:
-            pa.set_memory_pool(default)
             give_back_freed_memory()  # the reader threads' buffers, freed into their own arenas
 
     def read_table(self, table: str, shards: list[int] | None = None) -> pa.Table:
