@@ -81,6 +81,11 @@ def is_word(column: pa.Array | pa.ChunkedArray, word: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + n)`` for each start and length."""
+    return np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+
+
 def from_numpy(values: np.ndarray) -> pa.Array:
     """``pa.array(values)`` of a 1-D numeric or boolean array (numbers shared, not copied)."""
     values = np.ascontiguousarray(values)

@@ -53,11 +53,12 @@ def test_folder_run_matched_by_file_name_equals_the_json_planned_run(runs):
 
     ensure_ray()
     gt = load_ground_truth(str(ann), iou_types=("bbox", "segm", "keypoints"))
-    out, scope = evaluate_run(str(root / "by_folder"), gt, iou_types=("bbox", "segm", "keypoints"), workers=2,
-                              shards_per_task=1, match_by="file_name")
-    assert scope.missing_images == 0 and len(scope.groups) == 3
-    for t in ("bbox", "segm", "keypoints"):
-        assert out[t].stats.tolist() == a["iou_types"][t]["stats"], t
+    for workers in (2, 0):  # (and in this process, a shard at a time through the whole id map)
+        out, scope = evaluate_run(str(root / "by_folder"), gt, iou_types=("bbox", "segm", "keypoints"), workers=workers,
+                                  shards_per_task=1, match_by="file_name")
+        assert scope.missing_images == 0 and len(scope.groups) == 3
+        for t in ("bbox", "segm", "keypoints"):
+            assert out[t].stats.tolist() == a["iou_types"][t]["stats"], (t, workers)
 
 
 def test_without_match_by_the_error_says_how(runs):

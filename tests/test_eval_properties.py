@@ -108,3 +108,32 @@ def test_keypoint_pairs_are_computeOks_and_pruning_keeps_every_pair_that_may_mat
         keep = match._may_reach(gt, dets, d_rows, g_rows, cats, variances, tmin)
         assert keep[ref >= tmin].all(), tmin
     assert not match._may_reach(gt, dets, d_rows, g_rows, cats, variances, 0.5).all()  # it does prune
+
+
+def _same_ground_truth(a, b):
+    for name, value in vars(a).items():
+        other = getattr(b, name)
+        if isinstance(value, np.ndarray):
+            assert value.dtype == other.dtype and np.array_equal(value, other), name
+        else:
+            assert value == other, name
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n_images=st.integers(1, 14), n_groups=st.integers(1, 5),
+       split_seed=st.integers(0, 1_000), absent=st.booleans())
+def test_ground_truth_parts_are_its_subsets(seed, n_images, n_groups, split_seed, absent):
+    # (parts finds each group's images and annotations by binary search)
+    gt_doc, _ = random_case(seed, iou_type="keypoints", n_images=n_images)
+    rng = np.random.default_rng(split_seed)
+    gt = ground_truth_from_dict(gt_doc, iou_types=("keypoints",))
+    ids = gt.image_ids.copy()
+    rng.shuffle(ids)
+    groups = [g for g in np.array_split(ids, n_groups)]
+    if absent:  # ids the ground truth does not have (below, between, above its own) are passed over, as subset does
+        others = np.setdiff1d(np.arange(gt.image_ids.min() - 1, gt.image_ids.max() + 2), gt.image_ids)
+        groups = [np.r_[g, rng.choice(others, 3)] for g in groups]
+    parts = list(gt.parts(iter(groups)))
+    assert len(parts) == len(groups)
+    for ids, part in zip(groups, parts):
+        _same_ground_truth(part, gt.subset(ids))

@@ -104,14 +104,29 @@ def test_mask_areas_come_from_the_masks_where_the_area_column_disagrees(instance
     assert "area column" not in caplog.text
 
 
-def test_keypoint_run_uses_model_sigmas(tmp_path):
+def test_in_process_groups_hold_about_a_fixed_number_of_images(instances_case, monkeypatch):
+    # in this process a run is matched a small group of shards at a time (their detections are all
+    # that is held beside the ground truth), each table read once, group after group
+    from mrcnn_batch.evaluate import distributed
+
+    gt_doc, results, gt_path, run = instances_case  # 14 images in 4 shards of 3 or 4
+    monkeypatch.setattr(distributed, "_IMAGES_HERE", 8)
+    gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
+    out, scope = evaluate_run(str(run), gt, iou_types=("bbox", "segm"), workers=0)
+    assert [len(shards) for shards, _ in scope.groups] == [2, 2]
+    for t in ("bbox", "segm"):
+        assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
+
+
+@pytest.mark.parametrize("shards_per_task", [None, 1])
+def test_keypoint_run_uses_model_sigmas(tmp_path, shards_per_task):
     gt_doc, results = random_case(4, iou_type="keypoints", n_images=10)
     for c in gt_doc["categories"]:
         del c["oks_sigmas"]  # only the model metadata has them
     run = write_run(tmp_path / "run", gt_doc, with_boxes(results), shards=_shards(gt_doc, 3), kind="keypoints",
                     model={"name": "kp", "has_keypoints": True, "oks_sigmas": CUSTOM_SIGMAS, "keypoint_category_id": 3})
     gt = ground_truth_from_dict(gt_doc, iou_types=("keypoints",))
-    out, _ = evaluate_run(str(run), gt, iou_types=("keypoints",), workers=0)
+    out, _ = evaluate_run(str(run), gt, iou_types=("keypoints",), workers=0, shards_per_task=shards_per_task)
     assert out["keypoints"].oks_sigmas == {3: CUSTOM_SIGMAS}
     e = pycoco(gt_doc, as_run_results(results, iou_type="keypoints"), "keypoints", sigmas=CUSTOM_SIGMAS)
     assert_same_as_pycoco(out["keypoints"], e)

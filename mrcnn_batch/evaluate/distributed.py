@@ -7,7 +7,10 @@ itself from the run directory, or its slice of a results file's detections. It r
 range and IoU threshold per detection), so the driver holds no Python object per detection.
 Matching is per image and accumulation sorts by (category, image id, rank) before pycocotools'
 stable score sort, so the numbers do not depend on how images were split into shards or tasks.
-``workers=0`` runs the same tasks in-process, without Ray.
+``workers=0`` matches in this process, without Ray: a run's shards are read once per IoU type,
+one after another, in groups of about ``_IMAGES_HERE`` images, each group's detections matched and
+let go before the next (so only the ground truth, one group and the matches are held); a results
+file's detections, held whole, are matched a part at a time in the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -45,6 +50,7 @@ _TABLE_COLUMNS = {
     "keypoints": ("keypoints", ["image_id", "instance_id", "category_id", "score", "bbox", "keypoints"]),
 }
 _IMAGES_PER_TASK = 50_000  # bound on one task's images (its memory)
+_IMAGES_HERE = 256  # about the images of one group matched in this process (workers=0)
 
 
 @dataclass(frozen=True)
@@ -138,19 +144,22 @@ def match_group(
     unknown_categories: str,
 ) -> dict[str, MatchResult]:
     """One task: the detections of ``source`` matched against ``gt_part`` on ``image_ids``."""
-    out = {}
-    for t in setup.iou_types:
-        dets = source.load(t) if isinstance(source, ShardGroup) else source[t]
-        dets = dets.subset(image_ids)
-        keep = check_ids(dets.image_id, dets.category_id, gt=gt_part, source=str(getattr(source, "url", "predictions")),
-                         unknown_categories=unknown_categories)
-        if keep is not None:
-            dets = dets.take(keep)
-        out[t] = match_images(
-            gt_part, dets, params=setup.params[t], category_ids=setup.category_ids[t],
-            sigmas=setup.sigmas, image_ids=image_ids,
-        )
-    return out
+    return {
+        t: _match(gt_part, source.load(t) if isinstance(source, ShardGroup) else source[t], setup, t, image_ids,
+                  unknown_categories, str(getattr(source, "url", "predictions")))
+        for t in setup.iou_types
+    }
+
+
+def _match(gt_part: GroundTruth, dets: Detections, setup: EvalSetup, iou_type: str, image_ids: np.ndarray,
+           unknown_categories: str, source: str) -> MatchResult:
+    """``dets`` on ``image_ids``, their categories checked, matched against ``gt_part``."""
+    dets = dets.subset(image_ids)
+    keep = check_ids(dets.image_id, dets.category_id, gt=gt_part, source=source, unknown_categories=unknown_categories)
+    if keep is not None:
+        dets = dets.take(keep)
+    return match_images(gt_part, dets, params=setup.params[iou_type], category_ids=setup.category_ids[iou_type],
+                        sigmas=setup.sigmas, image_ids=image_ids)
 
 
 def run_scope(
@@ -192,7 +201,8 @@ def run_scope(
     evaluated = np.setdiff1d(gt.image_ids, missing)
     per_shard = max(1, math.ceil(len(ids) / max(1, len(committed))))
     if shards_per_task is None:
-        shards_per_task = max(1, min(math.ceil(len(committed) / max(1, 4 * workers)), _IMAGES_PER_TASK // per_shard))
+        cap = _IMAGES_PER_TASK if workers else _IMAGES_HERE
+        shards_per_task = max(1, min(math.ceil(len(committed) / max(1, 4 * workers)), cap // per_shard))
     groups = []
     for i in range(0, len(committed), shards_per_task):
         shards = tuple(committed[i:i + shards_per_task])
@@ -251,16 +261,41 @@ def match_run(
                       match_by=match_by)
     ev = COCOEvaluator(gt, iou_types=iou_types, params=params, kpt_sigmas=kpt_sigmas, model_metadata=model_meta,
                        unknown_categories=unknown_categories)
-    jobs = [
-        (gt.subset(img_ids), ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids)), img_ids)
-        for shards, img_ids in scope.groups
-    ]
-    covered = np.concatenate([j[2] for j in jobs]) if jobs else np.zeros(0, np.int64)
+    covered = np.concatenate([ids for _, ids in scope.groups]) if scope.groups else np.zeros(0, np.int64)
     rest = np.setdiff1d(scope.image_ids, covered)  # none expected; kept for safety
+    if workers == 0:
+        _match_here(ev, run, scope, unknown_categories=unknown_categories)
+        jobs = []
+    else:
+        jobs = [
+            (part, ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids)), img_ids)
+            for (shards, img_ids), part in zip(scope.groups, gt.parts(ids for _, ids in scope.groups))
+        ]
     if len(rest):
         jobs.append((gt.subset(rest), {t: _no_detections(t) for t in ev.iou_types}, rest))
     _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
     return ev, scope
+
+
+def _match_here(ev: COCOEvaluator, run: Any, scope: RunScope, *, unknown_categories: str) -> None:
+    """:func:`match_run`'s groups in this process: each IoU type's table read once, shard after
+    shard (read ahead across the groups), each group's detections converted, matched and let go
+    before the next's; only the matches are kept. Groups are small here (``run_scope``): the
+    detections of one are all that is held beside the ground truth."""
+    shards = [s for group, _ in scope.groups for s in group]
+    # from object storage eight files in flight hide its latency; from a local disk one, read while
+    # the last is matched, is as fast, and each file more in flight is its table and buffers more
+    ahead = 1 if run.is_local else 8
+    for t in ev.iou_types:
+        table_name, columns = _TABLE_COLUMNS[t]
+        with closing(run.iter_shards(table_name, shards, columns, ahead=ahead)) as tables:
+            for (group, img_ids), gt_part in zip(scope.groups, ev.gt.parts(ids for _, ids in scope.groups)):
+                dets = detections_from_tables(islice(tables, len(group)), count=len(group), iou_type=t,
+                                              source=f"{run.url} shards {group[0]}..{group[-1]}")
+                if scope.id_map is not None:
+                    dets = replace(dets, image_id=scope.id_map(dets.image_id))
+                ev.add(t, _match(gt_part, dets, ev.setup, t, img_ids, unknown_categories, run.url))
+                del dets  # (before the next group's are converted)
 
 
 def evaluate_detections(
@@ -279,11 +314,13 @@ def evaluate_detections(
                        unknown_categories=unknown_categories)
     n = len(gt.image_ids)
     per_task = images_per_task or max(1, min(_IMAGES_PER_TASK, math.ceil(n / max(1, 4 * workers))))
-    jobs = []
-    for i in range(0, n, per_task):
-        img_ids = gt.image_ids[i:i + per_task]
-        jobs.append((gt.subset(img_ids), {t: d.subset(img_ids) for t, d in dets.items()}, img_ids))
-    _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
+    groups = [gt.image_ids[i:i + per_task] for i in range(0, n, per_task)]
+    if workers == 0:  # each group's part taken as it is matched, not every part at once
+        for img_ids, gt_part in zip(groups, gt.parts(groups)):
+            _add(ev, match_group(gt_part, dets, ev.setup, img_ids, unknown_categories))
+    else:
+        jobs = [(gt.subset(ids), {t: d.subset(ids) for t, d in dets.items()}, ids) for ids in groups]
+        _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
     return ev.evaluate()
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mrcnn_batch.arrays import INTS, REALS, binaries, from_numpy, held, take
+from mrcnn_batch.arrays import INTS, REALS, binaries, from_numpy, held, ranges, take
 from mrcnn_batch.evaluate.boundary import boundary_similarity
 from mrcnn_batch.evaluate.errors import EvalInputError
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -337,7 +337,7 @@ def _extent(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, *, labell
                     np.ascontiguousarray(rows, np.int64), labelled_only, out)
         return tuple(out)
     lengths = (offsets[rows + 1] - offsets[rows]) // 3
-    idx = _ranges(offsets[rows] // 3, lengths)  # the rows' keypoints, row after row
+    idx = ranges(offsets[rows] // 3, lengths)  # the rows' keypoints, row after row
     x, y, v = values[0::3][idx], values[1::3][idx], values[2::3][idx]
     starts = (np.cumsum(lengths) - lengths)[lengths > 0]  # each row's first (rows without none)
     out = []
@@ -431,7 +431,7 @@ def _mask_pairs(
     (ds, dc), (gs, gc) = d_groups, g_groups
     if params.iou_type == "segm" and COMPILED_RLE:
         return _mask_pairs_compiled(gt, dets, g_rows, crowd, d_rows, d_groups, g_groups, tmin)
-    d_list, g_list = _ranges(ds, dc), _ranges(gs, gc)
+    d_list, g_list = ranges(ds, dc), ranges(gs, gc)
     d_grp, g_grp = np.repeat(np.arange(len(dc)), dc), np.repeat(np.arange(len(gc)), gc)
     all_d, all_g = dets.rles(d_rows[d_list]), gt_rles(gt, g_rows[g_list])
     d_at, g_at = np.r_[0, np.cumsum(dc)].tolist(), np.r_[0, np.cumsum(gc)].tolist()
@@ -470,7 +470,7 @@ def _mask_pairs_compiled(
     bounds = np.unique(np.r_[0, np.searchsorted(np.cumsum(dc), np.arange(block, int(dc.sum()), block)), len(dc)])
     out_d, out_g, out_v = [], [], []
     for s, e in pairwise(bounds.tolist()):
-        d_list, g_list = _ranges(ds[s:e], dc[s:e]), _ranges(gs[s:e], gc[s:e])
+        d_list, g_list = ranges(ds[s:e], dc[s:e]), ranges(gs[s:e], gc[s:e])
         g_counts, g_size = gt_strings(gt, g_rows[g_list])
         d_at, g_at = np.cumsum(dc[s:e]) - dc[s:e], np.cumsum(gc[s:e]) - gc[s:e]  # in d_list, g_list
         pd, pg, _ = _all_pairs(d_at, dc[s:e], g_at, gc[s:e])
@@ -494,11 +494,6 @@ def _all_pairs(ds: np.ndarray, dc: np.ndarray, gs: np.ndarray, gc: np.ndarray) -
     owner = np.repeat(np.arange(len(dc)), sizes)
     within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return ds[owner] + within // gc[owner], gs[owner] + within % gc[owner], owner
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenation of ``arange(s, s + n)`` for each start and length."""
-    return np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
 
 
 def gt_rles(gt: GroundTruth, rows: np.ndarray) -> list[dict]:

@@ -428,10 +428,10 @@ class RunDir:
         parts = list(self.iter_shards(table, shards, columns))
         return pa.concat_tables(parts) if parts else schema.empty_table()
 
-    def iter_shards(self, table: str, shards: list[int], columns: list[str]) -> Iterator[pa.Table]:
-        """:meth:`read_shards`' table one shard at a time, in shard order (up to eight files
-        read ahead by threads): a reader that converts each and lets it go never holds the
-        whole table."""
+    def iter_shards(self, table: str, shards: list[int], columns: list[str], *, ahead: int = 8) -> Iterator[pa.Table]:
+        """:meth:`read_shards`' table one shard at a time, in shard order, ``ahead`` files read
+        ahead by threads: a reader that converts each and lets it go never holds the whole
+        table."""
         schema = pa.schema([TABLES[table].field(c) for c in columns])
 
         def one(shard: int) -> pa.Table:
@@ -446,7 +446,7 @@ class RunDir:
         if not shards:
             return
         # (Arrow allocates with the system's allocator here: see mrcnn_batch/__init__.py)
-        ahead = min(8, len(shards))
+        ahead = max(1, min(ahead, len(shards)))
         try:
             with ThreadPoolExecutor(ahead, thread_name_prefix="read-shard") as pool:
                 pending = deque(pool.submit(one, s) for s in shards[:ahead])
