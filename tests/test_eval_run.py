@@ -213,9 +213,11 @@ def test_a_run_directory_on_s3(s3, instances_case):
     gt_doc, results, gt_path, run = instances_case
     fs.put(str(run), f"{bucket}/evalrun", recursive=True)
     gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
-    out, _ = evaluate_run(f"s3://{bucket}/evalrun", gt, iou_types=("bbox", "segm"), workers=0, storage_options=options)
-    for t in ("bbox", "segm"):
-        assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
+    for shards_per_task in (None, 1):  # (in groups of one shard: eight files read ahead across them)
+        out, _ = evaluate_run(f"s3://{bucket}/evalrun", gt, iou_types=("bbox", "segm"), workers=0,
+                              storage_options=options, shards_per_task=shards_per_task)
+        for t in ("bbox", "segm"):
+            assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
 
 
 # pyarrow's own conversions import pandas (0.2 CPU s, 40 MiB: more than a small evaluation);
