@@ -51,6 +51,23 @@ def test_run_equals_pycocotools_on_its_export(instances_case, workers):
         assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_results_matched_in_parts_equal_pycocotools(instances_case, workers):
+    # a results file's detections over images in parts: in this process, or in Ray tasks
+    from mrcnn_batch.evaluate.distributed import evaluate_detections
+    from mrcnn_batch.evaluate.predictions import detections_from_results
+
+    gt_doc, results, gt_path, _ = instances_case
+    if workers:
+        ensure_ray()
+    gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
+    wanted = {t: as_run_results(results, iou_type=t) for t in ("bbox", "segm")}
+    dets = {t: detections_from_results(r, gt=gt, iou_type=t) for t, r in wanted.items()}
+    out = evaluate_detections(dets, gt, workers=workers, images_per_task=4)
+    for t in ("bbox", "segm"):
+        assert_same_as_pycoco(out[t], pycoco(gt_doc, wanted[t], t))
+
+
 def test_shard_layout_does_not_change_numbers(instances_case, tmp_path):
     gt_doc, results, gt_path, run = instances_case
     gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))

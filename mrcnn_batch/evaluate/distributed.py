@@ -319,7 +319,7 @@ def evaluate_detections(
         for img_ids, gt_part in zip(groups, gt.parts(groups)):
             _add(ev, match_group(gt_part, dets, ev.setup, img_ids, unknown_categories))
     else:
-        jobs = [(gt.subset(ids), {t: d.subset(ids) for t, d in dets.items()}, ids) for ids in groups]
+        jobs = [(part, {t: d.subset(ids) for t, d in dets.items()}, ids) for ids, part in zip(groups, gt.parts(groups))]
         _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
     return ev.evaluate()
 
