@@ -39,31 +39,25 @@ def instances_case(tmp_path_factory):
     return gt_doc, results, gt_path, run
 
 
+@pytest.mark.parametrize("source", ["run", "results"])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_run_equals_pycocotools_on_its_export(instances_case, workers):
+def test_matched_in_parts_equals_pycocotools(instances_case, workers, source):
+    # a run a shard group at a time, or a results file's detections a part of its images at a
+    # time: in this process, or in Ray tasks
+    from mrcnn_batch.evaluate.distributed import evaluate_detections
+    from mrcnn_batch.evaluate.predictions import detections_from_results
+
     gt_doc, results, gt_path, run = instances_case
     if workers:
         ensure_ray()
     gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
-    out, scope = evaluate_run(str(run), gt, iou_types=("bbox", "segm"), workers=workers, shards_per_task=1)
-    assert scope.missing_images == 0 and not out["bbox"].partial
-    for t in ("bbox", "segm"):
-        assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_results_matched_in_parts_equal_pycocotools(instances_case, workers):
-    # a results file's detections over images in parts: in this process, or in Ray tasks
-    from mrcnn_batch.evaluate.distributed import evaluate_detections
-    from mrcnn_batch.evaluate.predictions import detections_from_results
-
-    gt_doc, results, gt_path, _ = instances_case
-    if workers:
-        ensure_ray()
-    gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
     wanted = {t: as_run_results(results, iou_type=t) for t in ("bbox", "segm")}
-    dets = {t: detections_from_results(r, gt=gt, iou_type=t) for t, r in wanted.items()}
-    out = evaluate_detections(dets, gt, workers=workers, images_per_task=4)
+    if source == "run":
+        out, scope = evaluate_run(str(run), gt, iou_types=("bbox", "segm"), workers=workers, shards_per_task=1)
+        assert scope.missing_images == 0 and not out["bbox"].partial
+    else:
+        dets = {t: detections_from_results(r, gt=gt, iou_type=t) for t, r in wanted.items()}
+        out = evaluate_detections(dets, gt, workers=workers, images_per_task=4)
     for t in ("bbox", "segm"):
         assert_same_as_pycoco(out[t], pycoco(gt_doc, wanted[t], t))
 
