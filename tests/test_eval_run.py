@@ -129,6 +129,25 @@ def test_in_process_groups_hold_about_a_fixed_number_of_images(instances_case, m
         assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
 
 
+@pytest.mark.parametrize("per_task", [1, 2, 3])
+def test_each_group_holds_the_images_of_its_shards(instances_case, tmp_path, per_task):
+    # (found from the images sorted by shard once; shards 1 and 4 uncommitted, the rest grouped)
+    from mrcnn_batch.evaluate.distributed import run_scope
+    from mrcnn_batch.run.layout import open_run
+
+    gt_doc, results, gt_path, _ = instances_case
+    shards = _shards(gt_doc, 7, seed=3)
+    run = write_run(tmp_path / "run", gt_doc, results, shards=shards, commit=[0, 2, 3, 5, 6])
+    gt = load_ground_truth(str(gt_path), iou_types=("bbox",))
+    scope = run_scope(open_run(str(run)), gt, allow_partial=True, shards_per_task=per_task, workers=0)
+    assert [s for group, _ in scope.groups for s in group] == [0, 2, 3, 5, 6]
+    assert all(len(group) <= per_task for group, _ in scope.groups)
+    for group, ids in scope.groups:
+        assert ids.tolist() == sorted(i for s in group for i in shards[s])
+    none = write_run(tmp_path / "none", gt_doc, results, shards=shards, commit=[])
+    assert run_scope(open_run(str(none)), gt, allow_partial=True, shards_per_task=per_task, workers=0).groups == ()
+
+
 @pytest.mark.parametrize("shards_per_task", [None, 1])
 def test_keypoint_run_uses_model_sigmas(tmp_path, shards_per_task):
     gt_doc, results = random_case(4, iou_type="keypoints", n_images=10)

@@ -203,10 +203,18 @@ def run_scope(
     if shards_per_task is None:
         cap = _IMAGES_PER_TASK if workers else _IMAGES_HERE
         shards_per_task = max(1, min(math.ceil(len(committed) / max(1, 4 * workers)), cap // per_shard))
-    groups = []
-    for i in range(0, len(committed), shards_per_task):
-        shards = tuple(committed[i:i + shards_per_task])
-        groups.append((shards, np.unique(ids[np.isin(shard_of, shards)])))
+    # each group's images with one sort of all of them by (group, image id), not a pass over every
+    # image per group (thousands of groups in this process); groups are runs of the sorted shards
+    starts = list(range(0, len(committed), shards_per_task))
+    group_of = np.searchsorted(np.asarray([committed[i] for i in starts], np.int64), shard_of, "right") - 1
+    group_of[~np.isin(shard_of, committed)] = -1  # (a row of a shard no group has: in none)
+    order = np.lexsort((ids, group_of))
+    g, i = group_of[order], ids[order]
+    first = np.ones(len(g), bool)  # (an image listed twice counts once)
+    first[1:] = (g[1:] != g[:-1]) | (i[1:] != i[:-1])
+    g, i = g[first], i[first]
+    bounds = np.searchsorted(g, np.arange(len(starts) + 1))
+    groups = [(tuple(committed[s:s + shards_per_task]), i[bounds[n]:bounds[n + 1]]) for n, s in enumerate(starts)]
     return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted, id_map)
 
 
