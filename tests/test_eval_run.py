@@ -115,16 +115,27 @@ def test_mask_areas_come_from_the_masks_where_the_area_column_disagrees(instance
     assert "area column" not in caplog.text
 
 
-def test_in_process_groups_hold_about_a_fixed_number_of_images(instances_case, monkeypatch):
-    # in this process a run is matched a small group of shards at a time (their detections are all
-    # that is held beside the ground truth), each table read once, group after group
+@pytest.mark.parametrize("workers,per_task,unit,units", [(0, None, 8, [[2, 2]]), (2, 2, 4, [[1, 1], [2]])])
+def test_groups_are_read_and_matched_a_unit_of_shards_at_a_time(instances_case, monkeypatch, workers, per_task,
+                                                                   unit, units):
+    # a group's shards are matched in units of about _IMAGES_PER_UNIT images (their detections are
+    # all a task holds beside its ground truth), each table read once: in this process, where the
+    # run is one group, and in each Ray task
     from mrcnn_batch.evaluate import distributed
 
-    gt_doc, results, gt_path, run = instances_case  # 14 images in 4 shards of 3 or 4
-    monkeypatch.setattr(distributed, "_IMAGES_HERE", 8)
+    gt_doc, results, gt_path, run = instances_case  # 14 images in 4 shards of 4, 4, 3, 3
+    monkeypatch.setattr(distributed, "_IMAGES_PER_UNIT", unit)
+    matched, real = [], distributed._match
+    monkeypatch.setattr(distributed, "_match", lambda gt, dets, setup, t, ids, *a: (
+        matched.append((t, ids.tolist())), real(gt, dets, setup, t, ids, *a))[1])
+    if workers:
+        ensure_ray()
     gt = load_ground_truth(str(gt_path), iou_types=("bbox", "segm"))
-    out, scope = evaluate_run(str(run), gt, iou_types=("bbox", "segm"), workers=0)
-    assert [len(shards) for shards, _ in scope.groups] == [2, 2]
+    out, scope = evaluate_run(str(run), gt, iou_types=("bbox", "segm"), workers=workers, shards_per_task=per_task)
+    got = [distributed._units(shards, scope.shard_images) for shards, _ in scope.groups]
+    assert [[len(shards) for shards, _ in g] for g in got] == units
+    if not workers:  # (Ray's tasks run in other processes)
+        assert matched == [(t, ids.tolist()) for t in ("bbox", "segm") for g in got for _, ids in g]
     for t in ("bbox", "segm"):
         assert_same_as_pycoco(out[t], pycoco(gt_doc, as_run_results(results, iou_type=t), t))
 

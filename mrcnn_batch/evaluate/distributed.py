@@ -7,10 +7,11 @@ itself from the run directory, or its slice of a results file's detections. It r
 range and IoU threshold per detection), so the driver holds no Python object per detection.
 Matching is per image and accumulation sorts by (category, image id, rank) before pycocotools'
 stable score sort, so the numbers do not depend on how images were split into shards or tasks.
-``workers=0`` matches in this process, without Ray: a run's shards are read once per IoU type,
-one after another, in groups of about ``_IMAGES_HERE`` images, each group's detections matched and
-let go before the next (so only the ground truth, one group and the matches are held); a results
-file's detections, held whole, are matched a part at a time in the same way.
+``workers=0`` runs the same groups in this process, without Ray. Either way a group of shards is
+read once per IoU type, shard after shard, and matched in units of about ``_IMAGES_PER_UNIT``
+images, each unit's detections let go before the next's are read (so what a task holds is its
+ground truth, one unit's detections and the matches); a results file's detections, held whole,
+are matched a part at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import math
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn_batch.arrays import is_word, to_numpy
+from mrcnn_batch.evaluate.accumulate import merge
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -49,8 +51,8 @@ _TABLE_COLUMNS = {
     "boundary": ("instances", ["image_id", "instance_id", "category_id", "score", "bbox", "mask", "area"]),
     "keypoints": ("keypoints", ["image_id", "instance_id", "category_id", "score", "bbox", "keypoints"]),
 }
-_IMAGES_PER_TASK = 50_000  # bound on one task's images (its memory)
-_IMAGES_HERE = 256  # about the images of one group matched in this process (workers=0)
+_IMAGES_PER_TASK = 50_000  # bound on one task's images
+_IMAGES_PER_UNIT = 256  # about the images whose detections a task holds at once (see _units)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class ShardGroup:
     shards: tuple[int, ...]
     storage_options: dict[str, Any] = field(default_factory=dict)
     id_map: IdMap | None = None  # run image ids -> ground-truth ids (matching by file name)
+    units: tuple[tuple[tuple[int, ...], np.ndarray], ...] = ()  # (shards, image ids) matched in turn: see _units
 
     def load(self, iou_type: str) -> Detections:
         from mrcnn_batch.run.layout import RunDir
@@ -134,6 +137,7 @@ class RunScope:
     failed_images: int  # processed images whose status is not "ok" (evaluated without detections)
     uncommitted_shards: int
     id_map: IdMap | None = None  # with match_by="file_name"
+    shard_images: Mapping[int, np.ndarray] = field(default_factory=dict)  # each committed shard's evaluated images
 
 
 def match_group(
@@ -143,7 +147,16 @@ def match_group(
     image_ids: np.ndarray,
     unknown_categories: str,
 ) -> dict[str, MatchResult]:
-    """One task: the detections of ``source`` matched against ``gt_part`` on ``image_ids``."""
+    """One task: the detections of ``source`` matched against ``gt_part`` on ``image_ids`` (a
+    group of shards with its units: read and matched a unit at a time, :func:`_stream_matches`)."""
+    if isinstance(source, ShardGroup) and source.units:
+        from mrcnn_batch.run.layout import RunDir
+
+        run = RunDir(source.url, dict(source.storage_options))
+        got: dict[str, list[MatchResult]] = {t: [] for t in setup.iou_types}
+        for t, m in _stream_matches(run, source.units, gt_part, setup, source.id_map, unknown_categories):
+            got[t].append(m)
+        return {t: merge(parts) for t, parts in got.items()}
     return {
         t: _match(gt_part, source.load(t) if isinstance(source, ShardGroup) else source[t], setup, t, image_ids,
                   unknown_categories, str(getattr(source, "url", "predictions")))
@@ -201,21 +214,22 @@ def run_scope(
     evaluated = np.setdiff1d(gt.image_ids, missing)
     per_shard = max(1, math.ceil(len(ids) / max(1, len(committed))))
     if shards_per_task is None:
-        cap = _IMAGES_PER_TASK if workers else _IMAGES_HERE
-        shards_per_task = max(1, min(math.ceil(len(committed) / max(1, 4 * workers)), cap // per_shard))
-    # each group's images with one sort of all of them by (group, image id), not a pass over every
-    # image per group (thousands of groups in this process); groups are runs of the sorted shards
-    starts = list(range(0, len(committed), shards_per_task))
-    group_of = np.searchsorted(np.asarray([committed[i] for i in starts], np.int64), shard_of, "right") - 1
-    group_of[~np.isin(shard_of, committed)] = -1  # (a row of a shard no group has: in none)
-    order = np.lexsort((ids, group_of))
-    g, i = group_of[order], ids[order]
-    first = np.ones(len(g), bool)  # (an image listed twice counts once)
-    first[1:] = (g[1:] != g[:-1]) | (i[1:] != i[:-1])
-    g, i = g[first], i[first]
-    bounds = np.searchsorted(g, np.arange(len(starts) + 1))
-    groups = [(tuple(committed[s:s + shards_per_task]), i[bounds[n]:bounds[n + 1]]) for n, s in enumerate(starts)]
-    return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted, id_map)
+        shards_per_task = max(1, min(math.ceil(len(committed) / max(1, 4 * workers)), _IMAGES_PER_TASK // per_shard))
+    # each shard's images from one sort of all of them by (shard, image id), not a pass over every
+    # image per shard (thousands of them)
+    order = np.lexsort((ids, shard_of))
+    sh, im = shard_of[order], ids[order]
+    first = np.ones(len(sh), bool)  # (an image listed twice counts once)
+    first[1:] = (sh[1:] != sh[:-1]) | (im[1:] != im[:-1])
+    first &= np.isin(sh, committed)  # (a row naming a shard that is not committed: in none)
+    sh, im = sh[first], im[first]
+    bounds = np.searchsorted(sh, np.asarray(committed + [np.iinfo(np.int64).max], np.int64))
+    shard_images = {s: im[bounds[n]:bounds[n + 1]] for n, s in enumerate(committed)}
+    groups = []
+    for i in range(0, len(committed), shards_per_task):
+        shards = tuple(committed[i:i + shards_per_task])
+        groups.append((shards, np.unique(np.concatenate([shard_images[s] for s in shards]))))
+    return RunScope(evaluated, tuple(groups), len(missing), failed, uncommitted, id_map, shard_images)
 
 
 def evaluate_run(
@@ -271,12 +285,16 @@ def match_run(
                        unknown_categories=unknown_categories)
     covered = np.concatenate([ids for _, ids in scope.groups]) if scope.groups else np.zeros(0, np.int64)
     rest = np.setdiff1d(scope.image_ids, covered)  # none expected; kept for safety
-    if workers == 0:
-        _match_here(ev, run, scope, unknown_categories=unknown_categories)
+    if workers == 0:  # each group read and matched a unit at a time, here
+        for shards, _ in scope.groups:
+            for t, m in _stream_matches(run, _units(shards, scope.shard_images), ev.gt, ev.setup, scope.id_map,
+                                        unknown_categories):
+                ev.add(t, m)
         jobs = []
-    else:
+    else:  # each group a task, which does the same
         jobs = [
-            (part, ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids)), img_ids)
+            (part, ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids),
+                              _units(shards, scope.shard_images)), img_ids)
             for (shards, img_ids), part in zip(scope.groups, gt.parts(ids for _, ids in scope.groups))
         ]
     if len(rest):
@@ -285,25 +303,40 @@ def match_run(
     return ev, scope
 
 
-def _match_here(ev: COCOEvaluator, run: Any, scope: RunScope, *, unknown_categories: str) -> None:
-    """:func:`match_run`'s groups in this process: each IoU type's table read once, shard after
-    shard (read ahead across the groups), each group's detections converted, matched and let go
-    before the next's; only the matches are kept. Groups are small here (``run_scope``): the
-    detections of one are all that is held beside the ground truth."""
-    shards = [s for group, _ in scope.groups for s in group]
+def _units(shards: Sequence[int], shard_images: Mapping[int, np.ndarray]) -> tuple[tuple[tuple[int, ...], np.ndarray], ...]:
+    """``shards`` in runs of about ``_IMAGES_PER_UNIT`` images (at least one shard each), with
+    their images: what a task reads, matches and lets go before the next."""
+    units, part, held, count = [], [], [], 0
+    for s in shards:
+        part.append(s)
+        held.append(shard_images.get(s, np.zeros(0, np.int64)))
+        count += len(held[-1])
+        if count >= _IMAGES_PER_UNIT or s == shards[-1]:
+            units.append((tuple(part), np.unique(np.concatenate(held))))
+            part, held, count = [], [], 0
+    return tuple(units)
+
+
+def _stream_matches(run: Any, units: Sequence[tuple[tuple[int, ...], np.ndarray]], gt: GroundTruth, setup: EvalSetup,
+                    id_map: IdMap | None, unknown_categories: str) -> Iterator[tuple[str, MatchResult]]:
+    """``(iou_type, matches)`` of each unit in turn: each IoU type's table of the units' shards
+    read once, shard after shard (read ahead across the units), a unit's detections converted,
+    matched against its part of ``gt`` and let go before the next's — so what is held is the
+    ground truth, one unit's detections and the matches."""
+    shards = [s for unit, _ in units for s in unit]
     # from object storage eight files in flight hide its latency; from a local disk one, read while
     # the last is matched, is as fast, and each file more in flight is its table and buffers more
     ahead = 1 if run.is_local else 8
-    for t in ev.iou_types:
+    for t in setup.iou_types:
         table_name, columns = _TABLE_COLUMNS[t]
         with closing(run.iter_shards(table_name, shards, columns, ahead=ahead)) as tables:
-            for (group, img_ids), gt_part in zip(scope.groups, ev.gt.parts(ids for _, ids in scope.groups)):
-                dets = detections_from_tables(islice(tables, len(group)), count=len(group), iou_type=t,
-                                              source=f"{run.url} shards {group[0]}..{group[-1]}")
-                if scope.id_map is not None:
-                    dets = replace(dets, image_id=scope.id_map(dets.image_id))
-                ev.add(t, _match(gt_part, dets, ev.setup, t, img_ids, unknown_categories, run.url))
-                del dets  # (before the next group's are converted)
+            for (unit, img_ids), gt_part in zip(units, gt.parts(ids for _, ids in units)):
+                dets = detections_from_tables(islice(tables, len(unit)), count=len(unit), iou_type=t,
+                                              source=f"{run.url} shards {unit[0]}..{unit[-1]}")
+                if id_map is not None:
+                    dets = replace(dets, image_id=id_map(dets.image_id))
+                yield t, _match(gt_part, dets, setup, t, img_ids, unknown_categories, run.url)
+                del dets  # (before the next unit's are converted)
 
 
 def evaluate_detections(
