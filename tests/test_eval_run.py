@@ -115,10 +115,11 @@ def test_mask_areas_come_from_the_masks_where_the_area_column_disagrees(instance
     assert "area column" not in caplog.text
 
 
-@pytest.mark.parametrize("workers,per_task,unit,units", [(0, None, 8, [[2, 2]]), (2, 2, 4, [[1, 1], [2]])])
+@pytest.mark.parametrize("workers,per_task,unit,units", [(0, None, 8, [[2, 2]]), (0, None, 7, [[1, 2, 1]]),
+                                                          (2, 2, 4, [[1, 1], [1, 1]])])
 def test_groups_are_read_and_matched_a_unit_of_shards_at_a_time(instances_case, monkeypatch, workers, per_task,
                                                                    unit, units):
-    # a group's shards are matched in units of about _IMAGES_PER_UNIT images (their detections are
+    # a group's shards are matched in units of at most _IMAGES_PER_UNIT images (their detections are
     # all a task holds beside its ground truth), each table read once: in this process, where the
     # run is one group, and in each Ray task
     from mrcnn_batch.evaluate import distributed

@@ -8,8 +8,8 @@ range and IoU threshold per detection), so the driver holds no Python object per
 Matching is per image and accumulation sorts by (category, image id, rank) before pycocotools'
 stable score sort, so the numbers do not depend on how images were split into shards or tasks.
 ``workers=0`` runs the same groups in this process, without Ray. Either way a group of shards is
-read once per IoU type, shard after shard, and matched in units of about ``_IMAGES_PER_UNIT``
-images, each unit's detections let go before the next's are read (so what a task holds is its
+read once per IoU type, shard after shard, and matched in units of at most ``_IMAGES_PER_UNIT``
+images (or one larger shard), each unit's detections let go before the next's are read (so what a task holds is its
 ground truth, one unit's detections and the matches); a results file's detections, held whole,
 are matched a part at a time.
 """
@@ -52,7 +52,7 @@ _TABLE_COLUMNS = {
     "keypoints": ("keypoints", ["image_id", "instance_id", "category_id", "score", "bbox", "keypoints"]),
 }
 _IMAGES_PER_TASK = 50_000  # bound on one task's images
-_IMAGES_PER_UNIT = 256  # about the images whose detections a task holds at once (see _units)
+_IMAGES_PER_UNIT = 256  # the most images whose detections a task holds at once, unless one shard has more
 
 
 @dataclass(frozen=True)
@@ -304,16 +304,19 @@ def match_run(
 
 
 def _units(shards: Sequence[int], shard_images: Mapping[int, np.ndarray]) -> tuple[tuple[tuple[int, ...], np.ndarray], ...]:
-    """``shards`` in runs of about ``_IMAGES_PER_UNIT`` images (at least one shard each), with
-    their images: what a task reads, matches and lets go before the next."""
+    """``shards`` in runs of at most ``_IMAGES_PER_UNIT`` images (a larger shard is a unit of its
+    own), with their images: what a task reads, matches and lets go before the next."""
     units, part, held, count = [], [], [], 0
     for s in shards:
-        part.append(s)
-        held.append(shard_images.get(s, np.zeros(0, np.int64)))
-        count += len(held[-1])
-        if count >= _IMAGES_PER_UNIT or s == shards[-1]:
+        ids = shard_images.get(s, np.zeros(0, np.int64))
+        if part and count + len(ids) > _IMAGES_PER_UNIT:
             units.append((tuple(part), np.unique(np.concatenate(held))))
             part, held, count = [], [], 0
+        part.append(s)
+        held.append(ids)
+        count += len(ids)
+    if part:
+        units.append((tuple(part), np.unique(np.concatenate(held))))
     return tuple(units)
 
 
