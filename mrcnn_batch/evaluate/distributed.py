@@ -20,16 +20,15 @@ import logging
 import math
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
 
 from mrcnn_batch.arrays import is_word, to_numpy
-from mrcnn_batch.evaluate.accumulate import merge
 from mrcnn_batch.evaluate.errors import EvalInputError, IncompleteRunError
 from mrcnn_batch.evaluate.evaluator import COCOEvaluator, EvalResult, EvalSetup
 from mrcnn_batch.evaluate.groundtruth import GroundTruth
@@ -146,33 +145,38 @@ def match_group(
     setup: EvalSetup,
     image_ids: np.ndarray,
     unknown_categories: str,
-) -> dict[str, MatchResult]:
+) -> dict[str, list[MatchResult]]:
     """One task: the detections of ``source`` matched against ``gt_part`` on ``image_ids`` (a
-    group of shards with its units: read and matched a unit at a time, :func:`_stream_matches`)."""
-    if isinstance(source, ShardGroup) and source.units:
+    group of shards read and matched a unit at a time, :func:`_stream_matches`; without units, as
+    one), the matches of each IoU type in parts (merged once, by the evaluator)."""
+    got: dict[str, list[MatchResult]] = {t: [] for t in setup.iou_types}
+    if isinstance(source, ShardGroup):
         from mrcnn_batch.run.layout import RunDir
 
         run = RunDir(source.url, dict(source.storage_options))
-        got: dict[str, list[MatchResult]] = {t: [] for t in setup.iou_types}
-        for t, m in _stream_matches(run, source.units, gt_part, setup, source.id_map, unknown_categories):
+        for t, m in _stream_matches(run, source.units or ((source.shards, image_ids),), gt_part, setup,
+                                    source.id_map, unknown_categories):
             got[t].append(m)
-        return {t: merge(parts) for t, parts in got.items()}
-    return {
-        t: _match(gt_part, source.load(t) if isinstance(source, ShardGroup) else source[t], setup, t, image_ids,
-                  unknown_categories, str(getattr(source, "url", "predictions")))
-        for t in setup.iou_types
-    }
+    else:
+        for t in setup.iou_types:
+            got[t].append(_match(gt_part, source[t], setup, t, image_ids, unknown_categories, "predictions"))
+    return got
 
 
 def _match(gt_part: GroundTruth, dets: Detections, setup: EvalSetup, iou_type: str, image_ids: np.ndarray,
            unknown_categories: str, source: str) -> MatchResult:
     """``dets`` on ``image_ids``, their categories checked, matched against ``gt_part``."""
+    return match_images(gt_part, _checked(dets, image_ids, gt_part, source, unknown_categories),
+                        params=setup.params[iou_type], category_ids=setup.category_ids[iou_type], sigmas=setup.sigmas,
+                        image_ids=image_ids)
+
+
+def _checked(dets: Detections, image_ids: np.ndarray, gt: GroundTruth, source: str, unknown_categories: str) -> Detections:
+    """``dets`` of ``image_ids``, their categories checked against ``gt`` (``check_ids``: refused,
+    or dropped with ``unknown_categories="drop"``)."""
     dets = dets.subset(image_ids)
-    keep = check_ids(dets.image_id, dets.category_id, gt=gt_part, source=source, unknown_categories=unknown_categories)
-    if keep is not None:
-        dets = dets.take(keep)
-    return match_images(gt_part, dets, params=setup.params[iou_type], category_ids=setup.category_ids[iou_type],
-                        sigmas=setup.sigmas, image_ids=image_ids)
+    keep = check_ids(dets.image_id, dets.category_id, gt=gt, source=source, unknown_categories=unknown_categories)
+    return dets if keep is None else dets.take(keep)
 
 
 def run_scope(
@@ -285,20 +289,12 @@ def match_run(
                        unknown_categories=unknown_categories)
     covered = np.concatenate([ids for _, ids in scope.groups]) if scope.groups else np.zeros(0, np.int64)
     rest = np.setdiff1d(scope.image_ids, covered)  # none expected; kept for safety
-    if workers == 0:  # each group read and matched a unit at a time, here
-        for shards, _ in scope.groups:
-            for t, m in _stream_matches(run, _units(shards, scope.shard_images), ev.gt, ev.setup, scope.id_map,
-                                        unknown_categories):
-                ev.add(t, m)
-        jobs = []
-    else:  # each group a task, which does the same
-        jobs = [
-            (part, ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids),
-                              _units(shards, scope.shard_images)), img_ids)
-            for (shards, img_ids), part in zip(scope.groups, gt.parts(ids for _, ids in scope.groups))
-        ]
-    if len(rest):
-        jobs.append((gt.subset(rest), {t: _no_detections(t) for t in ev.iou_types}, rest))
+    jobs = chain(  # (taken one at a time in this process: each group's ground truth as it is matched)
+        ((part, ShardGroup(url, shards, dict(storage_options or {}), _restrict(scope.id_map, img_ids),
+                           _units(shards, scope.shard_images)), img_ids)
+         for (shards, img_ids), part in zip(scope.groups, gt.parts(ids for _, ids in scope.groups))),
+        [(gt.subset(rest), {t: _no_detections(t) for t in ev.iou_types}, rest)] if len(rest) else [],
+    )
     _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
     return ev, scope
 
@@ -359,16 +355,19 @@ def evaluate_detections(
     n = len(gt.image_ids)
     per_task = images_per_task or max(1, min(_IMAGES_PER_TASK, math.ceil(n / max(1, 4 * workers))))
     groups = [gt.image_ids[i:i + per_task] for i in range(0, n, per_task)]
-    if workers == 0:  # each group's part taken as it is matched, not every part at once
-        for img_ids, gt_part in zip(groups, gt.parts(groups)):
-            _add(ev, match_group(gt_part, dets, ev.setup, img_ids, unknown_categories))
-    else:
-        jobs = [(part, {t: d.subset(ids) for t, d in dets.items()}, ids) for ids, part in zip(groups, gt.parts(groups))]
-        _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
+    # in this process each part's detections are taken as it is matched, not every part at once
+    jobs = ((part, dets if workers == 0 else {t: d.subset(ids) for t, d in dets.items()}, ids)
+            for ids, part in zip(groups, gt.parts(groups)))
+    _run_jobs(ev, jobs, unknown_categories=unknown_categories, workers=workers)
     return ev.evaluate()
 
 
-def _run_jobs(ev: COCOEvaluator, jobs: list, *, unknown_categories: str, workers: int) -> None:
+def _run_jobs(ev: COCOEvaluator, jobs: Iterable[tuple], *, unknown_categories: str, workers: int) -> None:
+    """``(ground truth part, source, image ids)`` jobs matched by :func:`match_group`: one after
+    another in this process (``workers=0``, or a single job), taken from ``jobs`` as they go;
+    else as Ray tasks."""
+    if workers:
+        jobs = list(jobs)
     if workers == 0 or len(jobs) <= 1:
         for gt_part, source, img_ids in jobs:
             _add(ev, match_group(gt_part, source, ev.setup, img_ids, unknown_categories))
@@ -390,9 +389,10 @@ def _run_jobs(ev: COCOEvaluator, jobs: list, *, unknown_categories: str, workers
             raise
 
 
-def _add(ev: COCOEvaluator, results: dict[str, MatchResult]) -> None:
+def _add(ev: COCOEvaluator, results: dict[str, list[MatchResult]]) -> None:
     for t in ev.iou_types:
-        ev.add(t, results[t])
+        for part in results[t]:
+            ev.add(t, part)
 
 
 def ensure_ray(workers: int | None = None, *, address: str | None = None) -> str:
@@ -439,19 +439,14 @@ def run_detections(
     ``(image_ids, {iou_type: Detections})`` for the images :func:`evaluate_run` evaluates, their
     categories checked against ``gt`` as there; evaluated images of no committed shard (none
     expected) come last, with no detections. For analyses that match in their own way (TIDE, LVIS)."""
-    from mrcnn_batch.evaluate.predictions import check_ids, empty_detections
+    from mrcnn_batch.evaluate.predictions import empty_detections
     from mrcnn_batch.run.layout import open_run
 
     run = open_run(url, storage_options=storage_options)
     scope = run_scope(run, gt, allow_partial=allow_partial, shards_per_task=None, workers=1, match_by=match_by)
     for shards, img_ids in scope.groups:
         group = ShardGroup(url, shards, dict(storage_options or {}), scope.id_map)
-        out = {}
-        for t in iou_types:
-            dets = group.load(t).subset(img_ids)
-            keep = check_ids(dets.image_id, dets.category_id, gt=gt, source=url, unknown_categories=unknown_categories)
-            out[t] = dets if keep is None else dets.take(keep)
-        yield img_ids, out
+        yield img_ids, {t: _checked(group.load(t), img_ids, gt, url, unknown_categories) for t in iou_types}
     done = np.concatenate([g[1] for g in scope.groups]) if scope.groups else np.zeros(0, np.int64)
     rest = np.setdiff1d(scope.image_ids, done)
     if len(rest):
