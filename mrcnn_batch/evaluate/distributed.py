@@ -39,7 +39,6 @@ from mrcnn_batch.evaluate.predictions import (
     check_ids,
     detections_from_tables,
 )
-from mrcnn_batch.memory import give_back_freed_memory
 from mrcnn_batch.ray_session import ray_address, ray_session
 
 log = logging.getLogger(__name__)
@@ -65,15 +64,13 @@ class ShardGroup:
     units: tuple[tuple[tuple[int, ...], np.ndarray], ...] = ()  # (shards, image ids) matched in turn: see _units
 
     def load(self, iou_type: str) -> Detections:
+        """Every shard's detections of ``iou_type`` at once (one unit of all of them; eight files
+        read ahead, nothing to overlap them with)."""
         from mrcnn_batch.run.layout import RunDir
 
-        table_name, columns = _TABLE_COLUMNS[iou_type]
         run = RunDir(self.url, dict(self.storage_options))
-        tables = run.iter_shards(table_name, list(self.shards), columns)  # (each converted and let go)
-        dets = detections_from_tables(tables, count=len(self.shards), iou_type=iou_type,
-                                      source=f"{self.url} shards {self.shards[0]}..{self.shards[-1]}")
-        give_back_freed_memory()  # the tables' columns that were converted
-        return dets if self.id_map is None else replace(dets, image_id=self.id_map(dets.image_id))
+        (_, dets), = _unit_detections(run, ((self.shards, np.zeros(0, np.int64)),), iou_type, self.id_map, ahead=8)
+        return dets
 
 
 @dataclass(frozen=True)
@@ -318,24 +315,33 @@ def _units(shards: Sequence[int], shard_images: Mapping[int, np.ndarray]) -> tup
 
 def _stream_matches(run: Any, units: Sequence[tuple[tuple[int, ...], np.ndarray]], gt: GroundTruth, setup: EvalSetup,
                     id_map: IdMap | None, unknown_categories: str) -> Iterator[tuple[str, MatchResult]]:
-    """``(iou_type, matches)`` of each unit in turn: each IoU type's table of the units' shards
-    read once, shard after shard (read ahead across the units), a unit's detections converted,
-    matched against its part of ``gt`` and let go before the next's — so what is held is the
-    ground truth, one unit's detections and the matches."""
-    shards = [s for unit, _ in units for s in unit]
+    """``(iou_type, matches)`` of each unit in turn (:func:`_unit_detections`), each matched
+    against its part of ``gt`` — so what is held is the ground truth, one unit's detections and
+    the matches."""
     # from object storage eight files in flight hide its latency; from a local disk one, read while
-    # the last is matched, is as fast, and each file more in flight is its table and buffers more
+    # the last unit is matched, is as fast, and each file more in flight is its table and buffers more
     ahead = 1 if run.is_local else 8
     for t in setup.iou_types:
-        table_name, columns = _TABLE_COLUMNS[t]
-        with closing(run.iter_shards(table_name, shards, columns, ahead=ahead)) as tables:
-            for (unit, img_ids), gt_part in zip(units, gt.parts(ids for _, ids in units)):
-                dets = detections_from_tables(islice(tables, len(unit)), count=len(unit), iou_type=t,
-                                              source=f"{run.url} shards {unit[0]}..{unit[-1]}")
-                if id_map is not None:
-                    dets = replace(dets, image_id=id_map(dets.image_id))
-                yield t, _match(gt_part, dets, setup, t, img_ids, unknown_categories, run.url)
-                del dets  # (before the next unit's are converted)
+        for (img_ids, dets), gt_part in zip(_unit_detections(run, units, t, id_map, ahead=ahead),
+                                            gt.parts(ids for _, ids in units)):
+            yield t, _match(gt_part, dets, setup, t, img_ids, unknown_categories, run.url)
+            del dets  # (before the next unit's are converted)
+
+
+def _unit_detections(run: Any, units: Sequence[tuple[tuple[int, ...], np.ndarray]], iou_type: str,
+                     id_map: IdMap | None, *, ahead: int) -> Iterator[tuple[np.ndarray, Detections]]:
+    """``(image ids, detections)`` of each unit in turn: the ``iou_type`` table of the units'
+    shards read once, shard after shard (``ahead`` files read ahead, across the units), a unit's
+    detections converted (run ids mapped to the ground truth's by ``id_map``) and let go before
+    the next's."""
+    table_name, columns = _TABLE_COLUMNS[iou_type]
+    shards = [s for unit, _ in units for s in unit]
+    with closing(run.iter_shards(table_name, shards, columns, ahead=ahead)) as tables:  # (closed: buffers given back)
+        for unit, img_ids in units:
+            dets = detections_from_tables(islice(tables, len(unit)), count=len(unit), iou_type=iou_type,
+                                          source=f"{run.url} shards {unit[0]}..{unit[-1]}")
+            yield img_ids, dets if id_map is None else replace(dets, image_id=id_map(dets.image_id))
+            del dets
 
 
 def evaluate_detections(
